@@ -1,0 +1,214 @@
+//! `kelp run`: one service, locally, on the same engine a device uses.
+
+use std::collections::BTreeMap;
+use std::io::Write;
+use std::path::PathBuf;
+use std::process::ExitCode;
+
+use anyhow::{Context as _, bail};
+use clap::Args;
+use kelp_core::{ByteSize, RestartPolicy};
+use kelp_runtime::{
+    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceSpec, Stream,
+    Supervisor,
+};
+
+/// Run a service locally and print its output; exit with its status.
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The service: a `.wasm` component (wasm32-wasip2) or core module
+    /// (wasm32-wasip1).
+    file: PathBuf,
+
+    /// Set an environment variable for the service (repeatable).
+    #[arg(long = "env", short = 'e', value_name = "KEY=VALUE")]
+    env: Vec<String>,
+
+    /// Pass an argument to the service (repeatable); arguments after `--`
+    /// are passed too.
+    #[arg(long = "arg", value_name = "ARG", allow_hyphen_values = true)]
+    arg: Vec<String>,
+
+    /// Memory limit, e.g. 64MiB.
+    #[arg(long, default_value = "64MiB")]
+    memory: ByteSize,
+
+    /// always, never, or on-failure:N.
+    #[arg(long, default_value = "never")]
+    restart: RestartPolicy,
+
+    /// Host directory to mount at /data (kept after the run). Without it the
+    /// service gets a fresh, empty /data that is removed afterwards.
+    #[arg(long, value_name = "DIR")]
+    data: Option<PathBuf>,
+
+    /// Service name (defaults to the file name).
+    #[arg(long)]
+    name: Option<String>,
+
+    /// Where compiled code is cached.
+    #[arg(long, env = "KELP_CACHE_DIR", value_name = "DIR")]
+    cache_dir: Option<PathBuf>,
+
+    /// Instance allocator: auto, pooling or on-demand.
+    #[arg(long, env = "KELP_ALLOCATOR", default_value = "auto")]
+    allocator: AllocatorChoice,
+
+    /// Arguments for the service.
+    #[arg(last = true)]
+    rest: Vec<String>,
+}
+
+impl RunArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let env = parse_env(&self.env)?;
+        let name = match self.name {
+            Some(n) => n,
+            None => default_name(&self.file),
+        };
+        let runtime = Runtime::new(RuntimeConfig {
+            engine: EngineConfig {
+                allocator: self.allocator,
+                // One service: a pool of a few slots is all it needs.
+                pool_slots: 4,
+                ..EngineConfig::default()
+            },
+            cache_dir: self.cache_dir.or_else(default_cache_dir),
+        })?;
+        // Load first, so a bad file is one clear error rather than a service
+        // that fails to start.
+        runtime.load_file(&self.file).await?;
+
+        let scratch;
+        let data_dir = match self.data {
+            Some(dir) => dir,
+            None => {
+                scratch = tempfile::Builder::new()
+                    .prefix("kelp-run-")
+                    .tempdir()
+                    .context("cannot create a temporary /data directory")?;
+                scratch.path().to_owned()
+            }
+        };
+        let mut args = self.arg;
+        args.extend(self.rest);
+        let spec = ServiceSpec {
+            args,
+            env,
+            restart: self.restart,
+            memory_limit: self.memory,
+            data_dir: Some(data_dir),
+            ..ServiceSpec::new(name, &self.file)
+        };
+        let supervisor = Supervisor::new(runtime);
+        let service = supervisor.start(spec)?;
+        let logs = service.logs();
+        let printer = tokio::spawn(async move {
+            while let Some(events) = logs.next().await {
+                print_events(&events);
+            }
+        });
+        let status = tokio::select! {
+            status = service.wait_final() => status,
+            _ = tokio::signal::ctrl_c() => supervisor.stop(service.name()).await?,
+        };
+        service.logs().close();
+        let _ = printer.await;
+        let Some(exit) = status.last_exit else {
+            return Ok(ExitCode::FAILURE);
+        };
+        if !exit.is_success() {
+            eprintln!("kelp: `{}` {exit}", status.name);
+        }
+        Ok(ExitCode::from(
+            u8::try_from(exit.exit_code() & 0xff).unwrap_or(1),
+        ))
+    }
+}
+
+fn print_events(events: &[LogEvent]) {
+    let mut out = std::io::stdout().lock();
+    let mut err = std::io::stderr().lock();
+    for event in events {
+        // A closed pipe (`kelp run x | head`) is the reader's choice, not an
+        // error worth a panic.
+        let _ = match event {
+            LogEvent::Line(line) if line.stream == Stream::Stdout => writeln!(out, "{}", line.text),
+            LogEvent::Line(line) => writeln!(err, "{}", line.text),
+            LogEvent::Dropped(n) => writeln!(err, "kelp: {n} lines of output dropped"),
+        };
+    }
+    let _ = out.flush();
+}
+
+fn parse_env(pairs: &[String]) -> anyhow::Result<BTreeMap<String, String>> {
+    let mut env = BTreeMap::new();
+    for pair in pairs {
+        let Some((key, value)) = pair.split_once('=') else {
+            bail!("--env `{pair}` must be KEY=VALUE");
+        };
+        if key.is_empty() {
+            bail!("--env `{pair}` has an empty name");
+        }
+        env.insert(key.to_owned(), value.to_owned());
+    }
+    Ok(env)
+}
+
+/// A service name from a file name: `Hello_World.wasm` → `hello_world`.
+fn default_name(file: &std::path::Path) -> String {
+    let stem = file
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_lowercase())
+        .unwrap_or_default();
+    let name: String = stem
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || c == '_' {
+                c
+            } else {
+                '-'
+            }
+        })
+        .skip_while(|c| !c.is_ascii_alphanumeric())
+        .take(63)
+        .collect();
+    if name.is_empty() {
+        "service".to_owned()
+    } else {
+        name
+    }
+}
+
+fn default_cache_dir() -> Option<PathBuf> {
+    std::env::var_os("XDG_CACHE_HOME")
+        .map(PathBuf::from)
+        .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache")))
+        .map(|d| d.join("kelp").join("compiled"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn env_pairs_need_a_name_and_an_equals_sign() {
+        let env = parse_env(&["A=1".into(), "B=x=y".into(), "C=".into()]).unwrap();
+        assert_eq!(env["B"], "x=y");
+        assert_eq!(env["C"], "");
+        assert!(
+            parse_env(&["NOEQUALS".into()])
+                .unwrap_err()
+                .to_string()
+                .contains("NOEQUALS")
+        );
+        assert!(parse_env(&["=1".into()]).is_err());
+    }
+
+    #[test]
+    fn names_come_from_file_names() {
+        assert_eq!(default_name("x/hello-p1.wasm".as_ref()), "hello-p1");
+        assert_eq!(default_name("My Service.wasm".as_ref()), "my-service");
+        assert_eq!(default_name("..wasm".as_ref()), "service");
+    }
+}

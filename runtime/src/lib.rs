@@ -1,0 +1,124 @@
+//! The Kelp device runtime: runs signed WebAssembly services side by side in
+//! one process, each in its own sandbox, with a memory cap, a share of the
+//! CPU, a restart policy and a bounded log buffer.
+//!
+//! A [`Runtime`] owns the wasmtime engine and the compile cache; a
+//! [`Supervisor`] runs a set of services on it. The `kelpd` binary wraps them
+//! for a device; `kelp run` uses the same pieces for one service.
+//!
+//! ```no_run
+//! use kelp_runtime::{Runtime, RuntimeConfig, ServiceSpec, Supervisor};
+//!
+//! # async fn demo() -> anyhow::Result<()> {
+//! let runtime = Runtime::new(RuntimeConfig::default())?;
+//! let supervisor = Supervisor::new(runtime);
+//! let hello = supervisor.start(ServiceSpec::new("hello", "hello.wasm"))?;
+//! let status = hello.wait_for(|s| s.last_exit.is_some()).await;
+//! println!("{}: {:?}", status.name, status.last_exit);
+//! # Ok(()) }
+//! ```
+
+mod cache;
+mod engine;
+pub mod fsutil;
+mod instance;
+mod limits;
+pub mod local;
+mod logs;
+mod program;
+mod service;
+mod supervisor;
+
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+pub use cache::CacheError;
+pub use engine::{
+    Allocator, AllocatorChoice, DEFAULT_MAX_SERVICE_MEMORY, DEFAULT_POOL_SLOTS, DEFAULT_TIMESLICE,
+    EngineConfig, EngineError,
+};
+pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
+pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind};
+pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};
+pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};
+
+/// Settings for a [`Runtime`].
+#[derive(Clone, Debug, Default)]
+pub struct RuntimeConfig {
+    pub engine: EngineConfig,
+    /// Where compiled code is kept between runs; `None` compiles every time
+    /// the process starts.
+    pub cache_dir: Option<PathBuf>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    #[error(transparent)]
+    Engine(#[from] EngineError),
+    #[error(transparent)]
+    Cache(#[from] CacheError),
+    #[error("cannot set up WASI for services: {0}")]
+    Linker(wasmtime::Error),
+}
+
+/// The engine, the compile cache and the programs loaded so far. Cheap to
+/// clone; clones share everything.
+#[derive(Clone)]
+pub struct Runtime {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    engine: engine::EngineHandle,
+    loader: Arc<program::Loader>,
+}
+
+impl Runtime {
+    pub fn new(config: RuntimeConfig) -> Result<Self, RuntimeError> {
+        let engine = engine::EngineHandle::new(config.engine)?;
+        let cache = match &config.cache_dir {
+            Some(dir) => Some(cache::CompileCache::open(dir, &engine.engine)?),
+            None => None,
+        };
+        let loader =
+            program::Loader::new(engine.engine.clone(), cache).map_err(RuntimeError::Linker)?;
+        tracing::debug!(allocator = %engine.allocator, "engine ready");
+        Ok(Runtime {
+            inner: Arc::new(Inner {
+                engine,
+                loader: Arc::new(loader),
+            }),
+        })
+    }
+
+    /// Which allocator the engine chose.
+    pub fn allocator(&self) -> Allocator {
+        self.inner.engine.allocator
+    }
+
+    /// The largest memory limit a service may have here.
+    pub fn max_service_memory(&self) -> kelp_core::ByteSize {
+        self.inner.engine.config.max_service_memory
+    }
+
+    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+        &self.inner.engine.engine
+    }
+
+    /// Loads a `.wasm` file: checks it, compiles it or takes it from the
+    /// cache, and links it. Loading the same bytes again while the first
+    /// program is alive costs a hash.
+    pub async fn load_file(&self, path: &Path) -> Result<Arc<Program>, LoadError> {
+        self.inner.loader.load_file(path).await
+    }
+
+    /// Like [`Runtime::load_file`], for bytes already in memory; `name` is
+    /// what errors call them.
+    pub async fn load_bytes(&self, name: &str, bytes: Vec<u8>) -> Result<Arc<Program>, LoadError> {
+        self.inner.loader.load_bytes(name, bytes).await
+    }
+
+    pub fn load_stats(&self) -> LoadStats {
+        self.inner.loader.stats()
+    }
+}

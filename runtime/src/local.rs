@@ -1,0 +1,177 @@
+//! The local target file: the services a device runs without a cloud
+//! (`kelpd --local FILE`), as balena's local mode, and the way to preload a
+//! device.
+//!
+//! ```toml
+//! [services.hello]
+//! module = "hello.wasm"          # relative to this file
+//! args = ["Kelp"]
+//! env = { NAME = "Kelp" }
+//! memory = "32MiB"               # default 64MiB
+//! restart = "on-failure:3"       # always (default), never, on-failure:N
+//! stop-grace = "5s"              # default 10s
+//! ```
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use kelp_core::{ByteSize, RestartPolicy};
+use serde::Deserialize;
+
+use crate::service::{DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceSpec};
+
+/// Largest target file read. A file for hundreds of services is a few tens of
+/// KiB.
+const MAX_FILE: u64 = 1 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum LocalError {
+    #[error("cannot read target file `{path}`: {error}")]
+    Read {
+        path: PathBuf,
+        error: std::io::Error,
+    },
+    #[error("target file `{path}` is larger than {MAX_FILE} bytes")]
+    TooLarge { path: PathBuf },
+    #[error("target file `{path}` is not valid: {message}")]
+    Parse { path: PathBuf, message: String },
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TargetFile {
+    #[serde(default)]
+    services: BTreeMap<String, LocalService>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields, rename_all = "kebab-case")]
+struct LocalService {
+    module: PathBuf,
+    version: Option<String>,
+    #[serde(default)]
+    args: Vec<String>,
+    #[serde(default)]
+    env: BTreeMap<String, String>,
+    memory: Option<ByteSize>,
+    restart: Option<RestartPolicy>,
+    #[serde(default, with = "humantime_serde_opt")]
+    stop_grace: Option<Duration>,
+}
+
+mod humantime_serde_opt {
+    use serde::{Deserialize, Deserializer};
+    use std::time::Duration;
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+        let Some(text) = Option::<String>::deserialize(d)? else {
+            return Ok(None);
+        };
+        humantime::parse_duration(&text)
+            .map(Some)
+            .map_err(|e| serde::de::Error::custom(format!("`{text}` is not a duration: {e}")))
+    }
+}
+
+/// Reads a target file into service specs. Each service's `/data` is
+/// `data_root/<name>`.
+pub fn load(path: &Path, data_root: &Path) -> Result<Vec<ServiceSpec>, LocalError> {
+    let meta = std::fs::metadata(path).map_err(|error| LocalError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    if meta.len() > MAX_FILE {
+        return Err(LocalError::TooLarge {
+            path: path.to_owned(),
+        });
+    }
+    let text = std::fs::read_to_string(path).map_err(|error| LocalError::Read {
+        path: path.to_owned(),
+        error,
+    })?;
+    parse(&text, path, data_root)
+}
+
+pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<ServiceSpec>, LocalError> {
+    let file: TargetFile = toml::from_str(text).map_err(|e| LocalError::Parse {
+        path: path.to_owned(),
+        message: e.to_string().trim_end().to_owned(),
+    })?;
+    let base = path.parent().unwrap_or(Path::new("."));
+    Ok(file
+        .services
+        .into_iter()
+        .map(|(name, s)| ServiceSpec {
+            module: base.join(&s.module),
+            version: s.version,
+            args: s.args,
+            env: s.env,
+            restart: s.restart.unwrap_or_default(),
+            memory_limit: s.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
+            data_dir: Some(data_root.join(&name)),
+            stop_grace: s.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
+            name,
+        })
+        .collect())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn reads_services_with_defaults_and_relative_modules() {
+        let specs = parse(
+            r#"
+            [services.hello]
+            module = "hello.wasm"
+            env = { NAME = "Kelp" }
+            memory = "32MiB"
+            restart = "on-failure:3"
+            stop-grace = "1s 500ms"
+
+            [services.idle]
+            module = "/opt/idle.wasm"
+            "#,
+            Path::new("/etc/kelp/local.toml"),
+            Path::new("/var/lib/kelp/services"),
+        )
+        .unwrap();
+        assert_eq!(specs.len(), 2);
+        let hello = &specs[0];
+        assert_eq!(hello.module, Path::new("/etc/kelp/hello.wasm"));
+        assert_eq!(hello.memory_limit, ByteSize::mib(32));
+        assert_eq!(hello.restart, RestartPolicy::OnFailure { max_restarts: 3 });
+        assert_eq!(hello.stop_grace, Duration::from_millis(1500));
+        assert_eq!(hello.env["NAME"], "Kelp");
+        assert_eq!(
+            hello.data_dir.as_deref(),
+            Some(Path::new("/var/lib/kelp/services/hello"))
+        );
+        let idle = &specs[1];
+        assert_eq!(idle.module, Path::new("/opt/idle.wasm"));
+        assert_eq!(idle.restart, RestartPolicy::Always);
+        assert_eq!(idle.memory_limit, DEFAULT_MEMORY_LIMIT);
+    }
+
+    #[test]
+    fn names_the_field_at_fault() {
+        let err = parse(
+            "[services.x]\nmodule = \"x.wasm\"\nrestart = \"sometimes\"\n",
+            Path::new("t.toml"),
+            Path::new("/d"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("t.toml") && err.contains("sometimes"), "{err}");
+        let err = parse(
+            "[services.x]\nmodul = \"x.wasm\"\n",
+            Path::new("t.toml"),
+            Path::new("/d"),
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(err.contains("modul"), "{err}");
+    }
+}

@@ -1,0 +1,194 @@
+//! `kelpd`, the Kelp device supervisor.
+
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::Context as _;
+use clap::Parser;
+use kelp_runtime::{
+    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, Stream,
+    Supervisor, fsutil, local,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::signal::unix::{SignalKind, signal};
+
+/// Status is written at most this often, so a crash-looping service does not
+/// wear out a device's flash.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// The Kelp device supervisor: runs WebAssembly services side by side.
+#[derive(Parser, Debug)]
+#[command(name = "kelpd", version)]
+struct Args {
+    /// Run the services listed in this target file, without a cloud. Edit it
+    /// and send SIGHUP to apply the change.
+    #[arg(long, value_name = "FILE")]
+    local: PathBuf,
+
+    /// Where services keep their `/data`, the compile cache, and status.
+    #[arg(long, env = "KELP_DATA_DIR", default_value = "/var/lib/kelp")]
+    data_dir: PathBuf,
+
+    /// Instance allocator: auto (pooling if the address space allows),
+    /// pooling, or on-demand.
+    #[arg(long, env = "KELP_ALLOCATOR", default_value = "auto")]
+    allocator: AllocatorChoice,
+
+    /// Services the pooling allocator makes room for.
+    #[arg(long, env = "KELP_POOL_SLOTS", default_value_t = kelp_runtime::DEFAULT_POOL_SLOTS)]
+    pool_slots: u32,
+}
+
+fn main() -> ExitCode {
+    init_tracing();
+    let args = Args::parse();
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the async runtime: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    match rt.block_on(run(args)) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn init_tracing() {
+    let filter = tracing_subscriber::EnvFilter::try_from_env("KELP_LOG")
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info"));
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
+}
+
+async fn run(args: Args) -> anyhow::Result<()> {
+    let services_dir = args.data_dir.join("services");
+    let cache_dir = args.data_dir.join("cache");
+    std::fs::create_dir_all(&services_dir)
+        .with_context(|| format!("cannot create data directory `{}`", services_dir.display()))?;
+    let specs = local::load(&args.local, &services_dir)?;
+
+    let runtime = Runtime::new(RuntimeConfig {
+        engine: EngineConfig {
+            allocator: args.allocator,
+            pool_slots: args.pool_slots,
+            ..EngineConfig::default()
+        },
+        cache_dir: Some(cache_dir),
+    })?;
+    tracing::info!(allocator = %runtime.allocator(), local = %args.local.display(), "kelpd starting");
+    let supervisor = Arc::new(Supervisor::new(runtime).on_start(forward_logs));
+
+    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
+    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
+    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
+
+    let status_path = args.data_dir.join("status.json");
+    let status_writer = tokio::spawn(write_status(supervisor.clone(), status_path.clone()));
+
+    let report = supervisor.apply(specs).await;
+    log_report(&report);
+
+    loop {
+        tokio::select! {
+            _ = hangup.recv() => {
+                match local::load(&args.local, &services_dir) {
+                    Ok(specs) => {
+                        let report = supervisor.apply(specs).await;
+                        log_report(&report);
+                    }
+                    // A broken edit must not take down what runs: keep the
+                    // current set and say why.
+                    Err(e) => tracing::error!(error = %e, "not applying target file"),
+                }
+            }
+            _ = terminate.recv() => break,
+            _ = interrupt.recv() => break,
+        }
+    }
+    tracing::info!("stopping services");
+    supervisor.shutdown().await;
+    status_writer.abort();
+    save_status(&supervisor, &status_path);
+    Ok(())
+}
+
+fn log_report(report: &kelp_runtime::ApplyReport) {
+    tracing::info!(
+        started = ?report.started,
+        stopped = ?report.stopped,
+        restarted = ?report.restarted,
+        unchanged = ?report.unchanged,
+        "applied target"
+    );
+    for (name, why) in &report.rejected {
+        tracing::error!(service = %name, %why, "service not started");
+    }
+}
+
+/// Prints a service's output on kelpd's stdout, one line per line, as
+/// `<time> <service> | <text>`.
+fn forward_logs(service: &ServiceHandle) {
+    let name = service.name().to_owned();
+    let logs = service.logs();
+    tokio::spawn(async move {
+        let mut out = tokio::io::stdout();
+        while let Some(events) = logs.next().await {
+            let mut text = String::new();
+            for event in events {
+                match event {
+                    LogEvent::Line(line) => {
+                        let stamp = humantime::format_rfc3339_millis(line.at);
+                        let mark = if line.stream == Stream::Stderr {
+                            '!'
+                        } else {
+                            '|'
+                        };
+                        text.push_str(&format!("{stamp} {name} {mark} {}\n", line.text));
+                    }
+                    LogEvent::Dropped(n) => {
+                        text.push_str(&format!(
+                            "{name} ! kelp: {n} lines dropped (output faster than delivery)\n"
+                        ));
+                    }
+                }
+            }
+            if out.write_all(text.as_bytes()).await.is_err() || out.flush().await.is_err() {
+                return;
+            }
+        }
+    });
+}
+
+async fn write_status(supervisor: Arc<Supervisor>, path: PathBuf) {
+    let changes = supervisor.changes();
+    loop {
+        changes.notified().await;
+        tokio::time::sleep(STATUS_DEBOUNCE).await;
+        save_status(&supervisor, &path);
+    }
+}
+
+fn save_status(supervisor: &Supervisor, path: &Path) {
+    let status = serde_json::json!({
+        "allocator": supervisor.runtime().allocator(),
+        "services": supervisor.status(),
+    });
+    let result = serde_json::to_vec_pretty(&status)
+        .map_err(std::io::Error::other)
+        .and_then(|bytes| fsutil::write_atomic(path, &bytes));
+    if let Err(error) = result {
+        tracing::warn!(%error, path = %path.display(), "cannot write status");
+    }
+}

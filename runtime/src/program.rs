@@ -1,0 +1,412 @@
+//! Loading a Wasm file into something ready to instantiate: checked, compiled
+//! (or found in the compile cache), and linked against the host once.
+
+use std::collections::HashMap;
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+
+use kelp_core::Digest;
+use sha2::{Digest as _, Sha256};
+use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
+use wasmtime::{Linker, Module};
+use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime_wasi::p2::bindings::CommandPre;
+use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+
+use crate::cache::{CompileCache, Lookup};
+use crate::limits::ServiceLimiter;
+
+/// Largest Wasm file the supervisor loads. Real services are kilobytes to a
+/// few MiB; this bounds the memory and compile time a bad file can cost.
+pub const MAX_MODULE_SIZE: u64 = 64 << 20;
+
+/// Store data of a component instance.
+pub(crate) struct ComponentState {
+    pub(crate) ctx: WasiCtx,
+    pub(crate) table: ResourceTable,
+    pub(crate) limiter: ServiceLimiter,
+}
+
+impl WasiView for ComponentState {
+    fn ctx(&mut self) -> WasiCtxView<'_> {
+        WasiCtxView {
+            ctx: &mut self.ctx,
+            table: &mut self.table,
+        }
+    }
+}
+
+/// Store data of a WASI preview 1 core module instance.
+pub(crate) struct ModuleState {
+    pub(crate) ctx: WasiP1Ctx,
+    pub(crate) limiter: ServiceLimiter,
+}
+
+/// Whether a file is a component or a core module.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum ProgramKind {
+    Component,
+    Module,
+}
+
+impl std::fmt::Display for ProgramKind {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            ProgramKind::Component => "component",
+            ProgramKind::Module => "core module",
+        })
+    }
+}
+
+pub(crate) enum Pre {
+    Component(CommandPre<ComponentState>),
+    Module(wasmtime::InstancePre<ModuleState>),
+}
+
+/// A loaded, linked program; instantiating it is cheap.
+pub struct Program {
+    digest: Digest,
+    kind: ProgramKind,
+    pub(crate) pre: Pre,
+}
+
+impl Program {
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+
+    pub fn kind(&self) -> ProgramKind {
+        self.kind
+    }
+}
+
+/// Why a file could not be loaded. Each names the file.
+#[derive(Debug, thiserror::Error)]
+pub enum LoadError {
+    #[error("cannot read `{path}`: {error}")]
+    Read { path: String, error: std::io::Error },
+    #[error("`{path}` is {size} bytes, more than the {max} bytes a module may have")]
+    TooLarge { path: String, size: u64, max: u64 },
+    #[error("`{path}` is not a WebAssembly file: {why}")]
+    NotWasm { path: String, why: String },
+    #[error("`{path}` is not a valid WebAssembly {kind}: {message}")]
+    Invalid {
+        path: String,
+        kind: ProgramKind,
+        message: String,
+    },
+    #[error("`{path}` cannot be linked: {message}")]
+    Link { path: String, message: String },
+    #[error("`{path}` is not a runnable service: {message}")]
+    NotRunnable { path: String, message: String },
+    #[error("compiling `{path}` did not finish: {message}")]
+    Join { path: String, message: String },
+}
+
+/// What loading has done so far, for tests, benchmarks and status pages.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct LoadStats {
+    /// Programs compiled with Cranelift.
+    pub compiled: u64,
+    /// Programs read from the on-disk compile cache.
+    pub cache_hits: u64,
+    /// Cache files that failed their check and were thrown away.
+    pub cache_rejected: u64,
+    /// Loads answered from programs already in memory.
+    pub memory_hits: u64,
+}
+
+#[derive(Default)]
+struct Counters {
+    compiled: AtomicU64,
+    cache_hits: AtomicU64,
+    cache_rejected: AtomicU64,
+    memory_hits: AtomicU64,
+}
+
+pub(crate) struct Loader {
+    engine: wasmtime::Engine,
+    cache: Option<CompileCache>,
+    component_linker: ComponentLinker<ComponentState>,
+    module_linker: Linker<ModuleState>,
+    loaded: Mutex<HashMap<Digest, std::sync::Weak<Program>>>,
+    counters: Counters,
+}
+
+impl Loader {
+    pub(crate) fn new(
+        engine: wasmtime::Engine,
+        cache: Option<CompileCache>,
+    ) -> wasmtime::Result<Self> {
+        let mut component_linker = ComponentLinker::new(&engine);
+        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        let mut module_linker = Linker::new(&engine);
+        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
+            &mut s.ctx
+        })?;
+        Ok(Loader {
+            engine,
+            cache,
+            component_linker,
+            module_linker,
+            loaded: Mutex::default(),
+            counters: Counters::default(),
+        })
+    }
+
+    pub(crate) fn stats(&self) -> LoadStats {
+        let c = &self.counters;
+        LoadStats {
+            compiled: c.compiled.load(Ordering::Relaxed),
+            cache_hits: c.cache_hits.load(Ordering::Relaxed),
+            cache_rejected: c.cache_rejected.load(Ordering::Relaxed),
+            memory_hits: c.memory_hits.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) async fn load_file(
+        self: &Arc<Self>,
+        path: &Path,
+    ) -> Result<Arc<Program>, LoadError> {
+        let name = path.display().to_string();
+        let bytes = read_module(path).await?;
+        self.load_bytes(&name, bytes).await
+    }
+
+    pub(crate) async fn load_bytes(
+        self: &Arc<Self>,
+        name: &str,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Program>, LoadError> {
+        let kind = sniff(name, &bytes)?;
+        let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
+        if let Some(program) = self.lookup(&digest) {
+            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+            return Ok(program);
+        }
+        // Compiling is CPU work measured in milliseconds to seconds: keep it
+        // off the threads that run services and the supervisor.
+        let this = self.clone();
+        let owned = name.to_owned();
+        let program =
+            tokio::task::spawn_blocking(move || this.prepare(&owned, kind, digest, &bytes))
+                .await
+                .map_err(|e| LoadError::Join {
+                    path: name.to_owned(),
+                    message: e.to_string(),
+                })??;
+        let program = Arc::new(program);
+        lock(&self.loaded).insert(digest, Arc::downgrade(&program));
+        Ok(program)
+    }
+
+    fn lookup(&self, digest: &Digest) -> Option<Arc<Program>> {
+        let mut loaded = lock(&self.loaded);
+        let found = loaded.get(digest).and_then(std::sync::Weak::upgrade);
+        if found.is_none() {
+            loaded.remove(digest);
+        }
+        found
+    }
+
+    fn prepare(
+        &self,
+        name: &str,
+        kind: ProgramKind,
+        digest: Digest,
+        bytes: &[u8],
+    ) -> Result<Program, LoadError> {
+        let invalid = |e: wasmtime::Error| LoadError::Invalid {
+            path: name.to_owned(),
+            kind,
+            message: root_message(&e),
+        };
+        let link = |e: wasmtime::Error| LoadError::Link {
+            path: name.to_owned(),
+            message: root_message(&e),
+        };
+        let cached = self.cached(&digest);
+        let pre = match kind {
+            ProgramKind::Component => {
+                let component = match cached.and_then(|code| {
+                    // SAFETY: `code` passed the cache's HMAC check, so it is
+                    // exactly what this supervisor's own engine serialized
+                    // for this module digest and compatibility hash.
+                    unsafe { Component::deserialize(&self.engine, &code) }.ok()
+                }) {
+                    Some(c) => c,
+                    None => {
+                        let c = Component::new(&self.engine, bytes).map_err(invalid)?;
+                        self.counters.compiled.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(module = name, %digest, "compiled");
+                        self.store(&digest, c.serialize());
+                        c
+                    }
+                };
+                let pre = self
+                    .component_linker
+                    .instantiate_pre(&component)
+                    .map_err(link)?;
+                Pre::Component(CommandPre::new(pre).map_err(|e| LoadError::NotRunnable {
+                    path: name.to_owned(),
+                    message: format!(
+                        "a component service must export `wasi:cli/run` (build it as a binary for wasm32-wasip2): {}",
+                        root_message(&e)
+                    ),
+                })?)
+            }
+            ProgramKind::Module => {
+                let module = match cached.and_then(|code| {
+                    // SAFETY: as above; the HMAC proves we wrote this code.
+                    unsafe { Module::deserialize(&self.engine, &code) }.ok()
+                }) {
+                    Some(m) => m,
+                    None => {
+                        let m = Module::new(&self.engine, bytes).map_err(invalid)?;
+                        self.counters.compiled.fetch_add(1, Ordering::Relaxed);
+                        tracing::info!(module = name, %digest, "compiled");
+                        self.store(&digest, m.serialize());
+                        m
+                    }
+                };
+                if module.get_export("_start").is_none() {
+                    return Err(LoadError::NotRunnable {
+                        path: name.to_owned(),
+                        message: "a core module service must export `_start` (a WASI command)"
+                            .into(),
+                    });
+                }
+                Pre::Module(self.module_linker.instantiate_pre(&module).map_err(link)?)
+            }
+        };
+        Ok(Program { digest, kind, pre })
+    }
+
+    fn cached(&self, digest: &Digest) -> Option<Vec<u8>> {
+        let cache = self.cache.as_ref()?;
+        match cache.get(digest) {
+            Lookup::Hit(code) => {
+                self.counters.cache_hits.fetch_add(1, Ordering::Relaxed);
+                tracing::debug!(%digest, "compile cache hit");
+                Some(code)
+            }
+            Lookup::Miss => None,
+            Lookup::Rejected(why) => {
+                self.counters.cache_rejected.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(%digest, why, "discarded compile cache entry");
+                None
+            }
+        }
+    }
+
+    fn store(&self, digest: &Digest, code: wasmtime::Result<Vec<u8>>) {
+        let Some(cache) = &self.cache else { return };
+        match code {
+            Ok(code) => cache.put(digest, &code),
+            Err(error) => tracing::warn!(%digest, %error, "cannot serialize compiled code"),
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+async fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
+    let name = || path.display().to_string();
+    let meta = tokio::fs::metadata(path)
+        .await
+        .map_err(|error| LoadError::Read {
+            path: name(),
+            error,
+        })?;
+    if meta.is_dir() {
+        return Err(LoadError::Read {
+            path: name(),
+            error: std::io::Error::other("it is a directory"),
+        });
+    }
+    if meta.len() > MAX_MODULE_SIZE {
+        return Err(LoadError::TooLarge {
+            path: name(),
+            size: meta.len(),
+            max: MAX_MODULE_SIZE,
+        });
+    }
+    tokio::fs::read(path)
+        .await
+        .map_err(|error| LoadError::Read {
+            path: name(),
+            error,
+        })
+}
+
+/// Tells a component from a core module by the preamble, before anything
+/// heavier looks at the bytes.
+pub(crate) fn sniff(name: &str, bytes: &[u8]) -> Result<ProgramKind, LoadError> {
+    let not_wasm = |why: String| LoadError::NotWasm {
+        path: name.to_owned(),
+        why,
+    };
+    if bytes.len() as u64 > MAX_MODULE_SIZE {
+        return Err(LoadError::TooLarge {
+            path: name.to_owned(),
+            size: bytes.len() as u64,
+            max: MAX_MODULE_SIZE,
+        });
+    }
+    if bytes.is_empty() {
+        return Err(not_wasm("the file is empty".into()));
+    }
+    if !bytes.starts_with(b"\0asm") {
+        let head: Vec<String> = bytes.iter().take(4).map(|b| format!("{b:02x}")).collect();
+        return Err(not_wasm(format!(
+            "it starts with bytes {} instead of 00 61 73 6d (`\\0asm`)",
+            head.join(" ")
+        )));
+    }
+    match bytes.get(4..8) {
+        Some([1, 0, 0, 0]) => Ok(ProgramKind::Module),
+        Some([0x0d, 0, 1, 0]) => Ok(ProgramKind::Component),
+        Some(other) => Err(not_wasm(format!(
+            "unknown WebAssembly version/layer {other:02x?}"
+        ))),
+        None => Err(not_wasm("the file ends inside its 8-byte header".into())),
+    }
+}
+
+/// wasmtime errors carry a chain; the last link says what was wrong in the
+/// file, the first what wasmtime was doing. Both, once.
+fn root_message(e: &wasmtime::Error) -> String {
+    let chain: Vec<String> = e.chain().map(|c| c.to_string()).collect();
+    match chain.as_slice() {
+        [] => String::new(),
+        [one] => one.clone(),
+        [first, .., last] if first.contains(last.as_str()) => first.clone(),
+        [first, .., last] => format!("{first}: {last}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sniffs_kind_and_names_what_is_wrong() {
+        assert_eq!(sniff("a", b"\0asm\x01\0\0\0").unwrap(), ProgramKind::Module);
+        assert_eq!(
+            sniff("a", b"\0asm\x0d\0\x01\0").unwrap(),
+            ProgramKind::Component
+        );
+        let e = sniff("elf.bin", b"\x7fELF\x02\x01")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("`elf.bin`") && e.contains("7f 45 4c 46"), "{e}");
+        let e = sniff("t.wasm", b"\0asm\x01").unwrap_err().to_string();
+        assert!(e.contains("ends inside its 8-byte header"), "{e}");
+        let e = sniff("e.wasm", b"").unwrap_err().to_string();
+        assert!(e.contains("empty"), "{e}");
+    }
+}

@@ -1,0 +1,304 @@
+//! The set of services on a device, and moving it to a new set.
+
+use std::collections::BTreeMap;
+use std::sync::{Arc, Mutex, MutexGuard};
+
+use kelp_core::{Digest, ServiceStatus};
+use sha2::{Digest as _, Sha256};
+use tokio::sync::{Notify, watch};
+use tokio::task::JoinHandle;
+
+use crate::Runtime;
+use crate::service::{Backoff, ServiceHandle, ServiceSpec, Shared, supervise};
+
+#[derive(Debug, thiserror::Error)]
+pub enum SupervisorError {
+    #[error("a service named `{0}` is already running")]
+    Duplicate(String),
+    #[error("no service named `{0}`")]
+    Unknown(String),
+    #[error(
+        "service name `{0}` must be 1 to 63 characters of lowercase letters, digits, `-` and `_`, starting with a letter or digit"
+    )]
+    BadName(String),
+    #[error(
+        "service `{name}` asks for {asked} of memory; this device allows at most {max} per service"
+    )]
+    MemoryTooLarge {
+        name: String,
+        asked: kelp_core::ByteSize,
+        max: kelp_core::ByteSize,
+    },
+}
+
+/// What [`Supervisor::apply`] did.
+#[derive(Debug, Default, PartialEq, Eq)]
+pub struct ApplyReport {
+    pub started: Vec<String>,
+    pub stopped: Vec<String>,
+    pub restarted: Vec<String>,
+    pub unchanged: Vec<String>,
+    /// Services left out of the new set, with the reason.
+    pub rejected: Vec<(String, String)>,
+}
+
+struct Entry {
+    handle: ServiceHandle,
+    /// Digest of the module file when the service was started, to notice a
+    /// file replaced in place.
+    module_digest: Option<Digest>,
+    stop: watch::Sender<bool>,
+    task: JoinHandle<()>,
+}
+
+/// Runs services side by side on one [`Runtime`].
+pub struct Supervisor {
+    runtime: Runtime,
+    backoff: Backoff,
+    services: Mutex<BTreeMap<String, Entry>>,
+    changed: Arc<Notify>,
+    on_start: Option<OnStart>,
+}
+
+/// Called with each service as it is started, to attach log readers.
+pub type OnStart = Arc<dyn Fn(&ServiceHandle) + Send + Sync>;
+
+impl Supervisor {
+    pub fn new(runtime: Runtime) -> Self {
+        Supervisor::with_backoff(runtime, Backoff::default())
+    }
+
+    pub fn with_backoff(runtime: Runtime, backoff: Backoff) -> Self {
+        Supervisor {
+            runtime,
+            backoff,
+            services: Mutex::default(),
+            changed: Arc::new(Notify::new()),
+            on_start: None,
+        }
+    }
+
+    /// Calls `f` with every service this supervisor starts from now on.
+    pub fn on_start(mut self, f: impl Fn(&ServiceHandle) + Send + Sync + 'static) -> Self {
+        self.on_start = Some(Arc::new(f));
+        self
+    }
+
+    pub fn runtime(&self) -> &Runtime {
+        &self.runtime
+    }
+
+    fn lock(&self) -> MutexGuard<'_, BTreeMap<String, Entry>> {
+        self.services.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Woken whenever any service's status changes.
+    pub fn changes(&self) -> Arc<Notify> {
+        self.changed.clone()
+    }
+
+    fn check(&self, spec: &ServiceSpec) -> Result<(), SupervisorError> {
+        if !valid_name(&spec.name) {
+            return Err(SupervisorError::BadName(spec.name.clone()));
+        }
+        let max = self.runtime.max_service_memory();
+        if spec.memory_limit > max {
+            return Err(SupervisorError::MemoryTooLarge {
+                name: spec.name.clone(),
+                asked: spec.memory_limit,
+                max,
+            });
+        }
+        Ok(())
+    }
+
+    /// Starts a service. It runs in the background; the handle tells how it
+    /// goes.
+    pub fn start(&self, spec: ServiceSpec) -> Result<ServiceHandle, SupervisorError> {
+        self.check(&spec)?;
+        let mut services = self.lock();
+        if services
+            .get(&spec.name)
+            .is_some_and(|e| !e.task.is_finished())
+        {
+            return Err(SupervisorError::Duplicate(spec.name));
+        }
+        let entry = self.spawn(spec);
+        let handle = entry.handle.clone();
+        if let Some(f) = &self.on_start {
+            f(&handle);
+        }
+        services.insert(handle.name().to_owned(), entry);
+        Ok(handle)
+    }
+
+    fn spawn(&self, spec: ServiceSpec) -> Entry {
+        let module_digest = file_digest(&spec);
+        if let Some(dir) = &spec.data_dir
+            && let Err(error) = create_private_dir(dir)
+        {
+            tracing::warn!(service = %spec.name, %error, dir = %dir.display(), "cannot create data directory");
+        }
+        let spec = Arc::new(spec);
+        let shared = Shared::new(&spec, self.changed.clone());
+        let (stop, stop_rx) = watch::channel(false);
+        let task = tokio::spawn(supervise(
+            self.runtime.clone(),
+            spec.clone(),
+            shared.clone(),
+            self.backoff,
+            stop_rx,
+        ));
+        self.changed.notify_one();
+        Entry {
+            handle: ServiceHandle { spec, shared },
+            module_digest,
+            stop,
+            task,
+        }
+    }
+
+    pub fn service(&self, name: &str) -> Option<ServiceHandle> {
+        self.lock().get(name).map(|e| e.handle.clone())
+    }
+
+    pub fn status(&self) -> Vec<ServiceStatus> {
+        self.lock().values().map(|e| e.handle.status()).collect()
+    }
+
+    /// Stops a service: its stdin closes, it has its grace period to exit,
+    /// then it is cancelled. Returns its final status.
+    pub async fn stop(&self, name: &str) -> Result<ServiceStatus, SupervisorError> {
+        let entry = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| SupervisorError::Unknown(name.to_owned()))?;
+        Ok(stop_entry(entry).await)
+    }
+
+    /// Stops a service and starts it again from the same spec.
+    pub async fn restart(&self, name: &str) -> Result<ServiceHandle, SupervisorError> {
+        let entry = self
+            .lock()
+            .remove(name)
+            .ok_or_else(|| SupervisorError::Unknown(name.to_owned()))?;
+        let spec = (*entry.handle.spec).clone();
+        stop_entry(entry).await;
+        self.start(spec)
+    }
+
+    /// Moves the running set to `specs`: new names start, missing names stop,
+    /// changed specs (or module files whose contents changed) restart, and the
+    /// rest are left alone.
+    pub async fn apply(&self, specs: Vec<ServiceSpec>) -> ApplyReport {
+        let mut report = ApplyReport::default();
+        let mut wanted = BTreeMap::new();
+        for spec in specs {
+            match self.check(&spec) {
+                Ok(()) => {
+                    wanted.insert(spec.name.clone(), spec);
+                }
+                Err(e) => report.rejected.push((spec.name.clone(), e.to_string())),
+            }
+        }
+        let mut to_stop = Vec::new();
+        let mut to_start = Vec::new();
+        {
+            let mut services = self.lock();
+            let names: Vec<String> = services.keys().cloned().collect();
+            for name in names {
+                match wanted.remove(&name) {
+                    None => {
+                        if let Some(entry) = services.remove(&name) {
+                            to_stop.push(entry);
+                            report.stopped.push(name);
+                        }
+                    }
+                    Some(spec) => {
+                        let same = services.get(&name).is_some_and(|e| {
+                            *e.handle.spec == spec && e.module_digest == file_digest(&spec)
+                        });
+                        if same {
+                            report.unchanged.push(name);
+                        } else if let Some(entry) = services.remove(&name) {
+                            to_stop.push(entry);
+                            to_start.push(spec);
+                            report.restarted.push(name);
+                        }
+                    }
+                }
+            }
+            for (name, spec) in wanted {
+                to_start.push(spec);
+                report.started.push(name);
+            }
+        }
+        futures_join(to_stop.into_iter().map(stop_entry)).await;
+        for spec in to_start {
+            if let Err(e) = self.start(spec.clone()) {
+                report.rejected.push((spec.name, e.to_string()));
+            }
+        }
+        report
+    }
+
+    /// Stops every service, each with its grace period, all at once.
+    pub async fn shutdown(&self) {
+        let entries: Vec<Entry> = std::mem::take(&mut *self.lock()).into_values().collect();
+        futures_join(entries.into_iter().map(stop_entry)).await;
+    }
+}
+
+async fn stop_entry(entry: Entry) -> ServiceStatus {
+    let _ = entry.stop.send(true);
+    let _ = entry.task.await;
+    entry.handle.shared.logs.close();
+    entry.handle.status()
+}
+
+async fn futures_join<F: std::future::Future<Output = ServiceStatus> + Send + 'static>(
+    futures: impl Iterator<Item = F>,
+) {
+    let tasks: Vec<_> = futures.map(tokio::spawn).collect();
+    for task in tasks {
+        let _ = task.await;
+    }
+}
+
+fn valid_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= 63
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+}
+
+fn file_digest(spec: &ServiceSpec) -> Option<Digest> {
+    let bytes = std::fs::read(&spec.module).ok()?;
+    Some(Digest::from_bytes(Sha256::digest(&bytes).into()))
+}
+
+fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_names_are_safe_directory_names() {
+        for good in ["hello", "a", "sensor-1", "x_y", "0day"] {
+            assert!(valid_name(good), "{good}");
+        }
+        for bad in ["", "..", "a/b", "Hello", "-x", "a b", &"x".repeat(64)] {
+            assert!(!valid_name(bad), "{bad}");
+        }
+    }
+}

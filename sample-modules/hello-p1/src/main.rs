@@ -1,0 +1,14 @@
+//! `hello`, built as a WASI preview 1 core module.
+
+fn main() {
+    let name = std::env::args()
+        .nth(1)
+        .or_else(|| std::env::var("NAME").ok())
+        .unwrap_or_else(|| "world".to_owned());
+    println!("Hello, {name}! Greetings from a WebAssembly core module.");
+    let code = std::env::var("EXIT_CODE")
+        .ok()
+        .and_then(|c| c.parse().ok())
+        .unwrap_or(0);
+    std::process::exit(code);
+}
