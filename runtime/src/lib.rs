@@ -42,6 +42,39 @@ pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind};
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};
 pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};
 
+/// How often, in task polls, a tokio worker looks at its queue of tasks woken
+/// from other threads (finished file reads, compiles, timers from the
+/// blocking pool). Tokio's default (31 or 61) assumes polls take microseconds;
+/// a guest's poll lasts a whole timeslice, so the default would make such a
+/// task wait 31 timeslices behind a busy guest. Two keeps that wait at about
+/// one timeslice.
+pub const GLOBAL_QUEUE_INTERVAL: u32 = 2;
+
+/// How often, in task polls, a tokio worker polls its I/O and timer driver
+/// (and, on the current-thread executor, the future it was asked to block
+/// on). The default, 61, would let a busy guest hold timers and sockets for
+/// 61 timeslices.
+pub const EVENT_INTERVAL: u32 = 2;
+
+/// A tokio runtime builder set up for running guests: `threads` workers (one
+/// per core if `None`), or the current thread for `Some(0)`.
+pub fn executor(threads: Option<usize>) -> tokio::runtime::Builder {
+    let mut builder = match threads {
+        Some(0) => tokio::runtime::Builder::new_current_thread(),
+        Some(n) => {
+            let mut b = tokio::runtime::Builder::new_multi_thread();
+            b.worker_threads(n);
+            b
+        }
+        None => tokio::runtime::Builder::new_multi_thread(),
+    };
+    builder
+        .enable_all()
+        .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
+        .event_interval(EVENT_INTERVAL);
+    builder
+}
+
 /// Settings for a [`Runtime`].
 #[derive(Clone, Debug, Default)]
 pub struct RuntimeConfig {

@@ -315,18 +315,29 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
 }
 
 async fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
-    let name = || path.display().to_string();
-    let meta = tokio::fs::metadata(path)
+    // One trip to the blocking pool for the whole read: each trip is a
+    // wake-up from another thread, which a busy executor serves late.
+    let owned = path.to_owned();
+    let name = path.display().to_string();
+    tokio::task::spawn_blocking(move || read_module_blocking(&owned))
         .await
-        .map_err(|error| LoadError::Read {
-            path: name(),
-            error,
-        })?;
+        .map_err(|e| LoadError::Join {
+            path: name,
+            message: e.to_string(),
+        })?
+}
+
+fn read_module_blocking(path: &Path) -> Result<Vec<u8>, LoadError> {
+    use std::io::Read;
+    let name = || path.display().to_string();
+    let read_err = |error| LoadError::Read {
+        path: name(),
+        error,
+    };
+    let file = std::fs::File::open(path).map_err(read_err)?;
+    let meta = file.metadata().map_err(read_err)?;
     if meta.is_dir() {
-        return Err(LoadError::Read {
-            path: name(),
-            error: std::io::Error::other("it is a directory"),
-        });
+        return Err(read_err(std::io::Error::other("it is a directory")));
     }
     if meta.len() > MAX_MODULE_SIZE {
         return Err(LoadError::TooLarge {
@@ -335,12 +346,12 @@ async fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
             max: MAX_MODULE_SIZE,
         });
     }
-    tokio::fs::read(path)
-        .await
-        .map_err(|error| LoadError::Read {
-            path: name(),
-            error,
-        })
+    let mut bytes = Vec::with_capacity(usize::try_from(meta.len()).unwrap_or(0));
+    // The size was checked above, but the file may grow meanwhile.
+    file.take(MAX_MODULE_SIZE + 1)
+        .read_to_end(&mut bytes)
+        .map_err(read_err)?;
+    Ok(bytes)
 }
 
 /// Tells a component from a core module by the preamble, before anything

@@ -145,6 +145,15 @@ pub struct ServiceHandle {
     pub(crate) shared: Arc<Shared>,
 }
 
+impl std::fmt::Debug for ServiceHandle {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ServiceHandle")
+            .field("name", &self.spec.name)
+            .field("state", &self.shared.status.borrow().state)
+            .finish()
+    }
+}
+
 impl ServiceHandle {
     pub fn name(&self) -> &str {
         &self.spec.name
@@ -266,6 +275,8 @@ pub(crate) async fn supervise(
             }
         };
         let ran = started.elapsed();
+        // A cancelled run never reached its own cleanup.
+        shared.meter.reset();
         shared.logs.flush();
         tracing::info!(service = %spec.name, reason = %exit, ran_ms = ran.as_millis() as u64, "ended");
         let success = exit.is_success();

@@ -242,10 +242,33 @@ impl Supervisor {
         report
     }
 
-    /// Stops every service, each with its grace period, all at once.
+    /// Stops every service, each with its grace period, all at once. They
+    /// stay listed, stopped, so their final status can still be read.
     pub async fn shutdown(&self) {
-        let entries: Vec<Entry> = std::mem::take(&mut *self.lock()).into_values().collect();
-        futures_join(entries.into_iter().map(stop_entry)).await;
+        let entries = std::mem::take(&mut *self.lock());
+        let mut stopped = BTreeMap::new();
+        let mut waits = Vec::new();
+        for (name, entry) in entries {
+            let _ = entry.stop.send(true);
+            waits.push(entry.task);
+            let (stop, _) = watch::channel(true);
+            stopped.insert(
+                name,
+                Entry {
+                    handle: entry.handle,
+                    module_digest: entry.module_digest,
+                    stop,
+                    task: tokio::spawn(async {}),
+                },
+            );
+        }
+        for task in waits {
+            let _ = task.await;
+        }
+        for entry in stopped.values() {
+            entry.handle.shared.logs.close();
+        }
+        self.lock().extend(stopped);
     }
 }
 

@@ -1,1 +1,9 @@
+//! Kelp's end-to-end tests: the runtime in-process with real sample services,
+//! and the `kelp` and `kelpd` binaries as a user runs them.
 
+mod support;
+
+mod engine;
+mod kelp_run;
+mod kelpd;
+mod lifecycle;

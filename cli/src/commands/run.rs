@@ -77,7 +77,8 @@ impl RunArgs {
         })?;
         // Load first, so a bad file is one clear error rather than a service
         // that fails to start.
-        runtime.load_file(&self.file).await?;
+        // Held for the whole run, so the service's own load finds it ready.
+        let _program = runtime.load_file(&self.file).await?;
 
         let scratch;
         let data_dir = match self.data {
