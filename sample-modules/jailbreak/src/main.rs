@@ -24,7 +24,10 @@ fn list(path: &str) -> std::io::Result<String> {
     Ok(names.join(","))
 }
 
-#[expect(deprecated, reason = "the portable symlink call that std offers on WASI")]
+#[expect(
+    deprecated,
+    reason = "the portable symlink call that std offers on WASI"
+)]
 fn make_link(target: &str, link: &str) -> std::io::Result<()> {
     fs::soft_link(target, link)
 }
