@@ -63,6 +63,20 @@ fn main() {
             ));
         }
     }
+    // `hello` built for the host too: the baseline its start time is
+    // measured against.
+    let host = std::env::var("TARGET").unwrap_or_default();
+    build(&root, &target_dir, &host, &["hello"]);
+    let native = target_dir.join(&host).join("release").join("hello");
+    assert!(
+        native.exists(),
+        "built hello natively but found no {}",
+        native.display()
+    );
+    out.push_str(&format!(
+        "/// `hello`, built natively for the host ({host}).\npub const HELLO_NATIVE: &str = {:?};\n",
+        native.display().to_string()
+    ));
     let dest = PathBuf::from(std::env::var_os("OUT_DIR").unwrap_or_default()).join("artifacts.rs");
     std::fs::write(&dest, out).unwrap_or_else(|e| panic!("cannot write {}: {e}", dest.display()));
 }

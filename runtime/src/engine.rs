@@ -214,11 +214,22 @@ fn spawn_ticker(engine: wasmtime::EngineWeak, timeslice: Duration, stop: Arc<Ato
     let spawned = std::thread::Builder::new()
         .name("kelp-epoch".into())
         .spawn(move || {
+            // Ticks on a fixed schedule rather than sleeping a timeslice after
+            // each tick, so that sleep overshoot does not stretch every slice.
+            let mut next = std::time::Instant::now() + timeslice;
             while !stop.load(Ordering::Relaxed) {
-                std::thread::sleep(timeslice);
+                let now = std::time::Instant::now();
+                if next > now {
+                    std::thread::sleep(next - now);
+                }
                 match engine.upgrade() {
                     Some(engine) => engine.increment_epoch(),
                     None => return,
+                }
+                next += timeslice;
+                if next < now {
+                    // Fell far behind (a suspended board): start afresh.
+                    next = now + timeslice;
                 }
             }
         });

@@ -46,9 +46,9 @@ pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};
 /// from other threads (finished file reads, compiles, timers from the
 /// blocking pool). Tokio's default (31 or 61) assumes polls take microseconds;
 /// a guest's poll lasts a whole timeslice, so the default would make such a
-/// task wait 31 timeslices behind a busy guest. Two keeps that wait at about
-/// one timeslice.
-pub const GLOBAL_QUEUE_INTERVAL: u32 = 2;
+/// task wait 31 timeslices behind a busy guest. One means such a task runs as
+/// soon as the guest in front of it yields: at most one timeslice.
+pub const GLOBAL_QUEUE_INTERVAL: u32 = 1;
 
 /// How often, in task polls, a tokio worker polls its I/O and timer driver
 /// (and, on the current-thread executor, the future it was asked to block
@@ -153,5 +153,51 @@ impl Runtime {
 
     pub fn load_stats(&self) -> LoadStats {
         self.inner.loader.stats()
+    }
+
+    /// Runs a loaded program once, outside any supervisor: no restarts, no
+    /// stop. Its output goes to `invocation.logs`.
+    pub async fn run(&self, program: &Program, invocation: &Invocation) -> kelp_core::ExitReason {
+        let meter = Arc::new(limits::MemoryMeter::default());
+        let (_stop, stdin) = logs::StopSignal::new();
+        instance::run(
+            self.engine(),
+            program,
+            instance::InstanceIo {
+                name: &invocation.name,
+                args: &invocation.args,
+                env: &invocation.env,
+                data_dir: invocation.data_dir.as_deref(),
+                memory_limit: invocation.memory_limit,
+                logs: &invocation.logs,
+                meter: &meter,
+                stdin,
+            },
+        )
+        .await
+    }
+}
+
+/// One run of a program, for [`Runtime::run`].
+#[derive(Clone)]
+pub struct Invocation {
+    pub name: String,
+    pub args: Vec<String>,
+    pub env: Vec<(String, String)>,
+    pub data_dir: Option<PathBuf>,
+    pub memory_limit: kelp_core::ByteSize,
+    pub logs: Arc<LogBuffer>,
+}
+
+impl Invocation {
+    pub fn new(name: impl Into<String>) -> Self {
+        Invocation {
+            name: name.into(),
+            args: Vec::new(),
+            env: Vec::new(),
+            data_dir: None,
+            memory_limit: DEFAULT_MEMORY_LIMIT,
+            logs: LogBuffer::new(),
+        }
     }
 }

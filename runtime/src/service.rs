@@ -213,26 +213,29 @@ pub(crate) async fn supervise(
     let mut failures: u32 = 0;
     let mut quick_failures: u32 = 0;
     let mut delay = backoff.initial;
+    shared.update(|s| s.state = ServiceState::Starting);
+    // Loaded once: restarts reuse it. A changed file is a changed service,
+    // which the supervisor replaces as a whole.
+    let program = match runtime.load_file(&spec.module).await {
+        Ok(p) => p,
+        Err(e) => {
+            let reason = ExitReason::StartFailed {
+                message: e.to_string(),
+            };
+            tracing::error!(service = %spec.name, error = %e, "cannot start");
+            shared
+                .logs
+                .write(Stream::Stderr, format!("kelp: {reason}\n").as_bytes());
+            shared.update(|s| {
+                s.state = ServiceState::Failed;
+                s.last_exit = Some(reason);
+            });
+            return;
+        }
+    };
     loop {
         shared.set_next_start(None);
         shared.update(|s| s.state = ServiceState::Starting);
-        let program = match runtime.load_file(&spec.module).await {
-            Ok(p) => p,
-            Err(e) => {
-                let reason = ExitReason::StartFailed {
-                    message: e.to_string(),
-                };
-                tracing::error!(service = %spec.name, error = %e, "cannot start");
-                shared
-                    .logs
-                    .write(Stream::Stderr, format!("kelp: {reason}\n").as_bytes());
-                shared.update(|s| {
-                    s.state = ServiceState::Failed;
-                    s.last_exit = Some(reason);
-                });
-                break;
-            }
-        };
         let digest: Digest = program.digest();
         shared.update(|s| {
             s.digest = Some(digest);
