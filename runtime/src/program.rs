@@ -199,6 +199,9 @@ impl Loader {
                 })??;
         let program = Arc::new(program);
         lock(&self.loaded).insert(digest, Arc::downgrade(&program));
+        if self.counters.compiled.load(Ordering::Relaxed) > 0 {
+            release_freed_memory();
+        }
         Ok(program)
     }
 
@@ -307,6 +310,18 @@ impl Loader {
             Ok(code) => cache.put(digest, &code),
             Err(error) => tracing::warn!(%digest, %error, "cannot serialize compiled code"),
         }
+    }
+}
+
+/// Compiling allocates tens of MiB across Cranelift's threads and frees it
+/// again, but glibc keeps freed memory in per-thread arenas: a supervisor
+/// that compiled once would hold it for ever. Hand it back to the kernel.
+fn release_freed_memory() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    // SAFETY: malloc_trim only returns free heap memory to the kernel; it
+    // touches no memory in use and is safe to call from any thread.
+    unsafe {
+        libc::malloc_trim(0);
     }
 }
 
