@@ -10,8 +10,9 @@ pub mod artifacts {
 }
 
 /// Path of one of Kelp's binaries (`kelp`, `kelpd`) built beside the running
-/// test or benchmark. `cargo test` and `cargo bench` at the workspace root
-/// build them.
+/// test or benchmark. `cargo test` does not build binaries of other packages,
+/// so the README's test command runs `cargo build --workspace` first (and the
+/// benchmark command `cargo build --release`).
 pub fn binary(name: &str) -> PathBuf {
     let exe = std::env::current_exe().unwrap_or_default();
     // target/<profile>/deps/<test>-<hash>  →  target/<profile>/<name>
@@ -23,7 +24,7 @@ pub fn binary(name: &str) -> PathBuf {
     let path = profile_dir.join(name);
     assert!(
         path.exists(),
-        "`{}` is not built; run the tests from the workspace root with `cargo test`",
+        "`{}` is not built; run `cargo build --workspace` (or `--release` for benchmarks) first",
         path.display()
     );
     path

@@ -128,6 +128,96 @@ async fn start_latency(rows: &mut Vec<Row>) {
         target: "≤ native, ≤ 30 µs median".into(),
         met: Some(wm <= nm && wm <= Duration::from_micros(30)),
     });
+    rows.push(container_start(wm));
+}
+
+const RUNC_RUNS: usize = 20;
+
+/// `runc run` of the same native `hello` in a minimal bundle: the container
+/// baseline. Skipped, and said so, where runc is not installed.
+fn container_start(wasm_median: Duration) -> Row {
+    let what = format!("start → first line, hello in `runc run` ({RUNC_RUNS} runs), median / p99");
+    let Some(runc) = which("runc") else {
+        return Row {
+            what,
+            kelp: format!("{}", us(wasm_median)),
+            baseline: "runc not installed (apt-get install runc)".into(),
+            target: "1000× faster than runc".into(),
+            met: None,
+        };
+    };
+    let bundle = tempfile::tempdir().unwrap();
+    let rootfs = bundle.path().join("rootfs");
+    std::fs::create_dir_all(&rootfs).unwrap();
+    // The native hello and the shared libraries it links.
+    std::fs::copy(HELLO_NATIVE, rootfs.join("hello")).unwrap();
+    let ldd = Command::new("ldd").arg(HELLO_NATIVE).output().unwrap();
+    for lib in String::from_utf8_lossy(&ldd.stdout)
+        .split_whitespace()
+        .filter(|w| w.starts_with('/'))
+    {
+        let dest = rootfs.join(lib.trim_start_matches('/'));
+        std::fs::create_dir_all(dest.parent().unwrap()).unwrap();
+        std::fs::copy(lib, dest).unwrap();
+    }
+    let spec = Command::new(&runc)
+        .arg("spec")
+        .current_dir(bundle.path())
+        .status()
+        .unwrap();
+    assert!(spec.success());
+    let config_path = bundle.path().join("config.json");
+    let config = std::fs::read_to_string(&config_path)
+        .unwrap()
+        .replace("\"sh\"", "\"/hello\"")
+        .replace("\"terminal\": true", "\"terminal\": false");
+    std::fs::write(&config_path, config).unwrap();
+    let mut times = Vec::with_capacity(RUNC_RUNS);
+    for i in 0..RUNC_RUNS {
+        let start = Instant::now();
+        let out = Command::new(&runc)
+            .args(["run", "--bundle"])
+            .arg(bundle.path())
+            .arg(format!("kelp-bench-{}-{i}", std::process::id()))
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        let took = start.elapsed();
+        if !out.status.success() || !out.stdout.starts_with(b"Hello") {
+            return Row {
+                what,
+                kelp: us(wasm_median),
+                baseline: format!(
+                    "runc failed: {}",
+                    String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")
+                ),
+                target: "1000× faster than runc".into(),
+                met: None,
+            };
+        }
+        times.push(took);
+    }
+    times.sort();
+    let (rm, rp) = (percentile(&times, 0.5), percentile(&times, 0.99));
+    Row {
+        what,
+        kelp: format!(
+            "{} ({:.0}× faster)",
+            us(wasm_median),
+            rm.as_secs_f64() / wasm_median.as_secs_f64()
+        ),
+        baseline: format!("runc run: {} / {}", us(rm), us(rp)),
+        target: "1000× faster than runc".into(),
+        met: Some(rm >= wasm_median * 1000),
+    }
+}
+
+fn which(name: &str) -> Option<std::path::PathBuf> {
+    std::env::var_os("PATH")?
+        .to_str()?
+        .split(':')
+        .map(|d| std::path::Path::new(d).join(name))
+        .find(|p| p.exists())
 }
 
 /// `hello` start-to-exit on a one-worker executor (a single-core board),
