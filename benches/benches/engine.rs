@@ -189,7 +189,10 @@ fn container_start(wasm_median: Duration) -> Row {
                 kelp: us(wasm_median),
                 baseline: format!(
                     "runc failed: {}",
-                    String::from_utf8_lossy(&out.stderr).lines().next().unwrap_or("")
+                    String::from_utf8_lossy(&out.stderr)
+                        .lines()
+                        .next()
+                        .unwrap_or("")
                 ),
                 target: "1000× faster than runc".into(),
                 met: None,

@@ -56,6 +56,12 @@ pub const GLOBAL_QUEUE_INTERVAL: u32 = 1;
 /// 61 timeslices.
 pub const EVENT_INTERVAL: u32 = 2;
 
+/// Threads the executor may start for blocking work (reading modules,
+/// compiling). Services start in bursts — every service at boot — and each
+/// extra thread costs a stack and, with glibc, a malloc arena; a handful is
+/// enough to keep both cores busy.
+pub const MAX_BLOCKING_THREADS: usize = 4;
+
 /// A tokio runtime builder set up for running guests: `threads` workers (one
 /// per core if `None`), or the current thread for `Some(0)`.
 pub fn executor(threads: Option<usize>) -> tokio::runtime::Builder {
@@ -71,7 +77,8 @@ pub fn executor(threads: Option<usize>) -> tokio::runtime::Builder {
     builder
         .enable_all()
         .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
-        .event_interval(EVENT_INTERVAL);
+        .event_interval(EVENT_INTERVAL)
+        .max_blocking_threads(MAX_BLOCKING_THREADS);
     builder
 }
 
