@@ -140,7 +140,7 @@ fn container_start(wasm_median: Duration) -> Row {
     let Some(runc) = which("runc") else {
         return Row {
             what,
-            kelp: format!("{}", us(wasm_median)),
+            kelp: us(wasm_median),
             baseline: "runc not installed (apt-get install runc)".into(),
             target: "1000× faster than runc".into(),
             met: None,
