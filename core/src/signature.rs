@@ -476,11 +476,13 @@ pub fn verify(module: &[u8], keys: &[PublicKey]) -> Result<VerifiedBy, Signature
                     continue;
                 }
                 let signature = ed25519_dalek::Signature::from_bytes(&sig.signature);
-                if key.0.verify_strict(&msg, &signature).is_ok() && set.hashes.contains(&hash) {
+                let genuine = key.0.verify_strict(&msg, &signature).is_ok();
+                if genuine && set.hashes.contains(&hash) {
                     if !verified.contains(&id) {
                         verified.push(id);
                     }
-                } else if !sig.key_id.is_empty() {
+                } else if genuine || !sig.key_id.is_empty() {
+                    // This key's signature, over other contents.
                     failed.get_or_insert(id);
                 }
             }
