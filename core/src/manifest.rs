@@ -123,8 +123,8 @@ pub enum ManifestError {
     Wasm(#[from] WasmError),
     #[error("manifest is {size} bytes, more than the limit of {MAX_MANIFEST_SIZE}")]
     TooLarge { size: usize },
-    #[error("invalid manifest: {0}")]
-    Toml(#[from] toml::de::Error),
+    #[error("invalid manifest, line {line}: {message}")]
+    Toml { line: usize, message: String },
     #[error("invalid `{MANIFEST_SECTION}` section: {0}")]
     Json(#[from] serde_json::Error),
     #[error("more than one `{MANIFEST_SECTION}` section")]
@@ -145,7 +145,18 @@ impl Manifest {
         if text.len() > MAX_MANIFEST_SIZE {
             return Err(ManifestError::TooLarge { size: text.len() });
         }
-        let manifest: Manifest = toml::from_str(text)?;
+        let manifest: Manifest = toml::from_str(text).map_err(|e| {
+            let start = e.span().map_or(0, |span| span.start.min(text.len()));
+            ManifestError::Toml {
+                line: 1 + text.as_bytes()[..start]
+                    .iter()
+                    .filter(|&&b| b == b'\n')
+                    .count(),
+                // One line: the error's own display adds a multi-line
+                // snippet of the file.
+                message: e.message().trim().replace('\n', " "),
+            }
+        })?;
         manifest.validate()?;
         Ok(manifest)
     }
@@ -304,8 +315,15 @@ mod tests {
 
     #[test]
     fn refuses_typos_bad_names_and_unknown_kinds() {
-        let err = Manifest::from_toml(&format!("{TOML}\nmemroy = 1")).unwrap_err();
-        assert!(err.to_string().contains("memroy"), "{err}");
+        let err =
+            Manifest::from_toml("name = \"x\"\nversion = \"1\"\nkind = \"component\"\nmemroy = 1")
+                .unwrap_err()
+                .to_string();
+        assert!(
+            err.starts_with("invalid manifest, line 4: unknown field `memroy`"),
+            "{err}"
+        );
+        assert!(!err.contains('\n'), "{err}");
         let err = Manifest::from_toml(&TOML.replace("\"hello\"", "\"Hello World\"")).unwrap_err();
         assert!(err.to_string().contains("`Hello World`"), "{err}");
         let err = Manifest::from_toml(&TOML.replace("\"component\"", "\"container\"")).unwrap_err();
