@@ -2,6 +2,7 @@
 
 use std::process::ExitCode;
 
+use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod commands;
@@ -17,26 +18,22 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Run(commands::run::RunArgs),
+    Key(commands::key::KeyArgs),
+    Sign(commands::sign::SignArgs),
+    Verify(commands::verify::VerifyArgs),
+    Inspect(commands::inspect::InspectArgs),
 }
 
 fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the async runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+    let result = match cli.command {
+        Command::Run(args) => run(args),
+        Command::Key(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Sign(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Verify(args) => args.run().map(|()| ExitCode::SUCCESS),
+        Command::Inspect(args) => args.run().map(|()| ExitCode::SUCCESS),
     };
-    let result = rt.block_on(async {
-        match cli.command {
-            Command::Run(args) => args.run().await,
-        }
-    });
     match result {
         Ok(code) => code,
         Err(e) => {
@@ -44,6 +41,15 @@ fn main() -> ExitCode {
             ExitCode::FAILURE
         }
     }
+}
+
+/// `kelp run` is the one command that needs the async runtime.
+fn run(args: commands::run::RunArgs) -> anyhow::Result<ExitCode> {
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .context("cannot start the async runtime")?;
+    rt.block_on(args.run())
 }
 
 fn init_tracing() {

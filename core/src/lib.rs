@@ -2,9 +2,11 @@
 //!
 //! Every part of Kelp — the device supervisor, the cloud, the CLI — speaks of
 //! the same things: a content [`Digest`], a [`RestartPolicy`], a memory
-//! [`ByteSize`], and the [`ServiceStatus`] a device reports for each service.
-//! They live here, with their text forms, so that a value written by one part
-//! parses the same way in every other.
+//! [`ByteSize`], the [`ServiceStatus`] a device reports for each service, the
+//! service [`Manifest`] a publisher signs, and the signature format ([`sign`],
+//! [`verify`]) that decides what a device runs. They live here, with their
+//! text and byte forms, so that a value written by one part parses the same
+//! way in every other.
 //!
 //! ```
 //! use kelp_core::{ByteSize, RestartPolicy};
@@ -15,9 +17,22 @@
 //! ```
 
 mod digest;
+mod manifest;
+mod signature;
 mod size;
 mod status;
+mod wasm;
 
 pub use digest::{Digest, DigestError};
+pub use manifest::{
+    DEFAULT_MEMORY, GpioGrant, Grants, I2cGrant, MANIFEST_SECTION, MAX_MANIFEST_SIZE, MAX_NAME_LEN,
+    Manifest, ManifestError, ManifestFileError, NetworkGrant, embed, extract, read_manifest_file,
+};
+pub use signature::{
+    Inspection, KeyError, KeyId, MAX_HASH_SETS, MAX_HASHES, MAX_KEY_FILE_SIZE, MAX_SIGNATURES,
+    PublicKey, SIGNATURE_SECTION, SecretKey, SignatureError, SignatureSummary, VerifiedBy, inspect,
+    sign, verify,
+};
 pub use size::{ByteSize, SizeError};
 pub use status::{ExitReason, RestartPolicy, RestartPolicyError, ServiceState, ServiceStatus};
+pub use wasm::{WasmError, WasmKind};

@@ -1,5 +1,6 @@
 //! Kelp's end-to-end tests: the runtime in-process with real sample services,
-//! and the `kelp` and `kelpd` binaries as a user runs them.
+//! and the `kelp` and `kelpd` binaries as a user runs them (signatures are
+//! checked against the reference tool, `wasmsign2`, too).
 
 mod support;
 
@@ -7,3 +8,4 @@ mod engine;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
+mod signing;
