@@ -16,6 +16,7 @@
 
 mod auth;
 pub mod client;
+
 mod error;
 mod names;
 pub mod oci;
@@ -23,6 +24,7 @@ mod server;
 mod store;
 
 pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash};
+pub use client::{Client, ClientError, Pulled, Reference};
 pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEntry};
 pub use names::{MAX_NAME_LEN, MAX_TAG_LEN, ManifestRef, NameError, RepoName, Tag};
 pub use server::{
