@@ -455,20 +455,35 @@ async fn monolithic(
     expected: Option<u64>,
 ) -> Result<(), ApiError> {
     let path = reg.store().upload_path(&Uuid::new_v4());
-    let result = async {
-        let mut file = tokio::fs::File::create_new(&path)
-            .await
-            .map_err(io_err("creating upload file"))?;
-        let mut hasher = Sha256::new();
-        let written = append_body(&mut file, body, &mut hasher, 0).await?;
-        check_length(expected, written)?;
-        seal(reg, file, &path, hasher, digest).await
+    // Removes the file on every way out but success, including this future
+    // being dropped when the client goes away mid-body.
+    let guard = RemoveOnDrop(Some(path.clone()));
+    let mut file = tokio::fs::File::create_new(&path)
+        .await
+        .map_err(io_err("creating upload file"))?;
+    let mut hasher = Sha256::new();
+    let written = append_body(&mut file, body, &mut hasher, 0).await?;
+    check_length(expected, written)?;
+    seal(reg, file, &path, hasher, digest).await?;
+    guard.disarm();
+    Ok(())
+}
+
+/// Deletes an upload file when dropped, unless disarmed.
+struct RemoveOnDrop(Option<PathBuf>);
+
+impl RemoveOnDrop {
+    fn disarm(mut self) {
+        self.0 = None;
     }
-    .await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&path).await;
+}
+
+impl Drop for RemoveOnDrop {
+    fn drop(&mut self) {
+        if let Some(path) = self.0.take() {
+            let _ = std::fs::remove_file(path);
+        }
     }
-    result
 }
 
 fn check_length(expected: Option<u64>, written: u64) -> Result<(), ApiError> {
@@ -637,10 +652,18 @@ async fn append_chunk(
     }
     let expected = chunk_range(headers, repo, uuid, upload.len)?;
     let mut file = tokio::fs::OpenOptions::new()
-        .append(true)
+        .write(true)
         .open(&upload.path)
         .await
         .map_err(io_err("opening upload file"))?;
+    // Bytes past `len` are from a chunk whose request was dropped mid-way;
+    // they were never counted, so they go.
+    file.set_len(upload.len)
+        .await
+        .map_err(io_err("trimming upload file"))?;
+    file.seek(SeekFrom::Start(upload.len))
+        .await
+        .map_err(io_err("seeking in upload file"))?;
     let mut hasher = upload.hasher.clone();
     let result = async {
         let written = append_body(&mut file, body, &mut hasher, upload.len).await?;
@@ -701,17 +724,15 @@ async fn finish_upload(
     append_chunk(&mut upload, &uuid, repo, headers, body).await?;
     // From here the session ends, whatever the outcome.
     reg.uploads().remove(&uuid);
+    let guard = RemoveOnDrop(Some(upload.path.clone()));
     let file = tokio::fs::OpenOptions::new()
         .write(true)
         .open(&upload.path)
         .await
         .map_err(io_err("opening upload file"))?;
     let hasher = std::mem::take(&mut upload.hasher);
-    let result = seal(reg, file, &upload.path, hasher, digest).await;
-    if result.is_err() {
-        let _ = tokio::fs::remove_file(&upload.path).await;
-    }
-    result?;
+    seal(reg, file, &upload.path, hasher, digest).await?;
+    guard.disarm();
     Ok(blob_created(repo, &digest))
 }
 
