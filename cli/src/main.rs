@@ -17,6 +17,8 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Run(commands::run::RunArgs),
+    Push(commands::push::PushArgs),
+    Pull(commands::pull::PullArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +37,8 @@ fn main() -> ExitCode {
     let result = rt.block_on(async {
         match cli.command {
             Command::Run(args) => args.run().await,
+            Command::Push(args) => args.run().await,
+            Command::Pull(args) => args.run().await,
         }
     });
     match result {

@@ -1,1 +1,3 @@
+pub mod pull;
+pub mod push;
 pub mod run;
