@@ -314,7 +314,7 @@ fn run_kelpd(
 ) -> (u64, usize) {
     let mut child = Command::new(kelpd)
         .arg("--local")
-        .arg(&file)
+        .arg(file)
         .arg("--data-dir")
         .arg(dir.join("data"))
         .env("KELP_LOG", "warn")
