@@ -7,3 +7,4 @@ mod engine;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
+mod registry;
