@@ -10,6 +10,7 @@ use std::path::{Path, PathBuf};
 use std::str::FromStr;
 use std::time::Duration;
 
+use bytes::Bytes;
 use futures_util::StreamExt as _;
 use kelp_core::Digest;
 use reqwest::StatusCode;
@@ -222,11 +223,11 @@ impl Client {
 
     /// Pushes `wasm` as a Wasm OCI artifact tagged `tag`; returns the
     /// manifest digest.
-    pub async fn push_wasm(&self, repo: &RepoName, tag: &Tag, wasm: &[u8]) -> Result<Digest> {
-        let artifact = WasmArtifact::new(wasm)
+    pub async fn push_wasm(&self, repo: &RepoName, tag: &Tag, wasm: Bytes) -> Result<Digest> {
+        let artifact = WasmArtifact::new(&wasm)
             .map_err(|e| ClientError::Manifest(format!("cannot encode the manifest: {e}")))?;
         self.push_blob(repo, wasm).await?;
-        self.push_blob(repo, &artifact.config).await?;
+        self.push_blob(repo, Bytes::from(artifact.config)).await?;
         self.push_manifest(
             repo,
             &ManifestRef::Tag(tag.clone()),
@@ -237,9 +238,10 @@ impl Client {
     }
 
     /// Uploads a blob unless the registry has it already (POST, then PUT
-    /// with the digest, which every registry supports).
-    pub async fn push_blob(&self, repo: &RepoName, bytes: &[u8]) -> Result<Digest> {
-        let digest = digest_of(bytes);
+    /// with the digest, which every registry supports). `Bytes`, so the
+    /// request body shares the caller's buffer instead of copying it.
+    pub async fn push_blob(&self, repo: &RepoName, bytes: Bytes) -> Result<Digest> {
+        let digest = digest_of(&bytes);
         let what = format!("pushing blob {digest} to {repo}");
         let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
         let res = self
@@ -272,7 +274,7 @@ impl Client {
         let req = self
             .request(reqwest::Method::PUT, &url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes.to_vec());
+            .body(bytes);
         let res = self.send(&what, req).await?;
         self.expect(&what, res, &[StatusCode::CREATED]).await?;
         Ok(digest)
@@ -573,7 +575,7 @@ mod tests {
         let repo = RepoName::parse("kelp/hello").unwrap();
         let wasm = module();
         let digest = client
-            .push_wasm(&repo, &Tag::parse("v1").unwrap(), &wasm)
+            .push_wasm(&repo, &Tag::parse("v1").unwrap(), wasm.clone().into())
             .await
             .unwrap();
         for reference in [
@@ -601,7 +603,7 @@ mod tests {
         let repo = RepoName::parse("x").unwrap();
         let wasm = module();
         client
-            .push_wasm(&repo, &Tag::parse("v1").unwrap(), &wasm)
+            .push_wasm(&repo, &Tag::parse("v1").unwrap(), wasm.clone().into())
             .await
             .unwrap();
         let desc = Descriptor {
@@ -635,7 +637,7 @@ mod tests {
         let client = Client::new(&base, Some("t".into())).unwrap();
         let repo = RepoName::parse("x").unwrap();
         let wasm = module();
-        client.push_blob(&repo, &wasm).await.unwrap();
+        client.push_blob(&repo, wasm.clone().into()).await.unwrap();
         let desc = Descriptor {
             media_type: oci::WASM_LAYER.into(),
             digest: digest_of(&wasm),

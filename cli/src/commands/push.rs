@@ -31,11 +31,11 @@ impl PushArgs {
             .await
             .with_context(|| format!("cannot read {}", self.file.display()))?;
         let client = Client::new(&self.to.registry, self.token)?;
-        let digest = client.push_wasm(&self.to.repo, tag, &wasm).await?;
+        let size = wasm.len();
+        let digest = client.push_wasm(&self.to.repo, tag, wasm.into()).await?;
         println!(
-            "pushed {} ({} bytes) as {}@{digest}",
+            "pushed {} ({size} bytes) as {}@{digest}",
             self.file.display(),
-            wasm.len(),
             self.to
         );
         Ok(ExitCode::SUCCESS)
