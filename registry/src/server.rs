@@ -1358,6 +1358,42 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn bytes_a_dropped_chunk_left_behind_do_not_end_up_in_the_blob() {
+        let t = registry(PullPolicy::Token);
+        let r = t.call("POST", "/v2/x/blobs/uploads/", &[], b"").await;
+        let location = r.header("location").to_owned();
+        let file = t
+            ._dir
+            .path()
+            .join("uploads")
+            .join(r.header("docker-upload-uuid"));
+        t.call("PATCH", &location, &[], b"good ").await;
+        // What a chunk whose request died mid-body leaves: bytes on disk that
+        // the session never counted.
+        let mut f = std::fs::OpenOptions::new()
+            .append(true)
+            .open(&file)
+            .unwrap();
+        std::io::Write::write_all(&mut f, b"GARBAGE").unwrap();
+        let r = t
+            .call("PATCH", &location, &[("content-range", "5-9")], b"bytes")
+            .await;
+        assert_eq!(r.status, StatusCode::ACCEPTED);
+        let d = digest_of(b"good bytes");
+        let r = t
+            .call("PUT", &format!("{location}?digest={d}"), &[], b"")
+            .await;
+        assert_eq!(
+            r.status,
+            StatusCode::CREATED,
+            "{}",
+            String::from_utf8_lossy(&r.body)
+        );
+        let r = t.call("GET", &format!("/v2/x/blobs/{d}"), &[], b"").await;
+        assert_eq!(r.body, b"good bytes");
+    }
+
+    #[tokio::test]
     async fn manifests_round_trip_by_tag_and_digest_with_their_type() {
         let t = registry(PullPolicy::Token);
         let a = t
