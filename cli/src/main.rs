@@ -22,13 +22,17 @@ enum Command {
     Sign(commands::sign::SignArgs),
     Verify(commands::verify::VerifyArgs),
     Inspect(commands::inspect::InspectArgs),
+    Push(commands::push::PushArgs),
+    Pull(commands::pull::PullArgs),
 }
 
 fn main() -> ExitCode {
     init_tracing();
     let cli = Cli::parse();
     let result = match cli.command {
-        Command::Run(args) => run(args),
+        Command::Run(args) => block_on(args.run()),
+        Command::Push(args) => block_on(args.run()),
+        Command::Pull(args) => block_on(args.run()),
         Command::Key(args) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => args.run().map(|()| ExitCode::SUCCESS),
@@ -43,13 +47,15 @@ fn main() -> ExitCode {
     }
 }
 
-/// `kelp run` is the one command that needs the async runtime.
-fn run(args: commands::run::RunArgs) -> anyhow::Result<ExitCode> {
-    let rt = tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
+/// Runs an async command on an executor tuned for guests (see
+/// `kelp_runtime::executor`); commands that need none skip starting it.
+fn block_on(
+    command: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> anyhow::Result<ExitCode> {
+    kelp_runtime::executor(None)
         .build()
-        .context("cannot start the async runtime")?;
-    rt.block_on(args.run())
+        .context("cannot start the async runtime")?
+        .block_on(command)
 }
 
 fn init_tracing() {

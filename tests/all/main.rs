@@ -8,4 +8,5 @@ mod engine;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
+mod registry;
 mod signing;

@@ -1,5 +1,7 @@
 pub mod inspect;
 pub mod key;
+pub mod pull;
+pub mod push;
 pub mod run;
 pub mod sign;
 pub mod verify;

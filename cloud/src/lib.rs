@@ -1,0 +1,160 @@
+//! Kelp's control plane. For now it serves the registry under `/v2/`; the
+//! fleet API joins it under `/api/v1/`.
+//!
+//! ```no_run
+//! # async fn demo() -> anyhow::Result<()> {
+//! let data = kelp_cloud::DataDir::open("/var/lib/kelp-cloud".as_ref())?;
+//! let app = kelp_cloud::app(&data, kelp_registry::PullPolicy::Token)?;
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+use std::fs;
+use std::io::Write as _;
+use std::os::unix::fs::OpenOptionsExt as _;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::Context as _;
+use axum::Router;
+use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash};
+
+/// Longest any request may take. Long enough to upload the largest blob the
+/// registry accepts ([`kelp_registry::MAX_BLOB_SIZE`], 512 MiB) at about
+/// 1 MB/s; short enough that a stalled client does not hold a connection
+/// and an upload session for ever.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
+
+/// Largest request body: the largest blob, plus room for a chunk's framing.
+/// The registry checks its own limits as it streams; this refuses an
+/// oversized `Content-Length` before a byte is read.
+pub const MAX_REQUEST_BODY: usize = kelp_registry::MAX_BLOB_SIZE as usize + (1 << 20);
+
+/// The cloud's data directory: `registry/` (the blob store), `tokens` (the
+/// sha256 of each API token, one a line) and `admin.token` (the admin token
+/// itself, mode 0600, written once for the operator to read).
+pub struct DataDir {
+    pub root: PathBuf,
+    pub tokens: Vec<TokenHash>,
+    /// The admin token, when this start created it (the first start).
+    pub new_admin_token: Option<String>,
+}
+
+impl DataDir {
+    /// Opens `root`, creating it, the store and an admin token on first use.
+    pub fn open(root: &Path) -> anyhow::Result<Self> {
+        fs::create_dir_all(root)
+            .with_context(|| format!("cannot create data directory {}", root.display()))?;
+        let tokens_path = root.join("tokens");
+        let mut new_admin_token = None;
+        let tokens = match fs::read_to_string(&tokens_path) {
+            Ok(text) => parse_tokens(&text)
+                .with_context(|| format!("cannot read {}", tokens_path.display()))?,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                let token = new_token()?;
+                let admin = root.join("admin.token");
+                write_secret(&admin, format!("{token}\n").as_bytes())
+                    .with_context(|| format!("cannot write {}", admin.display()))?;
+                let hash = TokenHash::of(&token);
+                kelp_registry::write_atomic(&tokens_path, format!("{hash}\n").as_bytes())
+                    .with_context(|| format!("cannot write {}", tokens_path.display()))?;
+                new_admin_token = Some(token);
+                vec![hash]
+            }
+            Err(e) => {
+                return Err(e).with_context(|| format!("cannot read {}", tokens_path.display()));
+            }
+        };
+        Ok(DataDir {
+            root: root.to_owned(),
+            tokens,
+            new_admin_token,
+        })
+    }
+}
+
+fn parse_tokens(text: &str) -> anyhow::Result<Vec<TokenHash>> {
+    text.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty() && !l.starts_with('#'))
+        .map(|l| l.parse().with_context(|| format!("bad token hash `{l}`")))
+        .collect()
+}
+
+/// 32 random bytes from the OS, as hex.
+fn new_token() -> anyhow::Result<String> {
+    let mut bytes = [0u8; 32];
+    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
+    Ok(hex::encode(bytes))
+}
+
+/// Writes a file only its owner can read, atomically.
+fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let tmp = dir.join(format!(".admin.token.{}.tmp", std::process::id()));
+    let result = (|| {
+        let mut f = fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&tmp)?;
+        f.write_all(bytes)?;
+        f.sync_all()?;
+        fs::rename(&tmp, path)?;
+        fs::File::open(dir)?.sync_all()
+    })();
+    if result.is_err() {
+        let _ = fs::remove_file(&tmp);
+    }
+    result
+}
+
+/// The whole HTTP service: the registry under `/v2/`, with body limits and
+/// timeouts on every route.
+pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
+    let store_dir = data.root.join("registry");
+    let store = Store::open(&store_dir)
+        .with_context(|| format!("cannot open the registry store in {}", store_dir.display()))?;
+    let auth = Auth {
+        pull,
+        tokens: data.tokens.clone(),
+    };
+    Ok(kelp_registry::router(Registry::new(store, auth))
+        .layer(tower_http::limit::RequestBodyLimitLayer::new(
+            MAX_REQUEST_BODY,
+        ))
+        .layer(tower_http::timeout::TimeoutLayer::with_status_code(
+            axum::http::StatusCode::REQUEST_TIMEOUT,
+            REQUEST_TIMEOUT,
+        ))
+        .layer(tower_http::trace::TraceLayer::new_for_http()))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::PermissionsExt as _;
+
+    use super::*;
+
+    #[test]
+    fn the_admin_token_is_made_once_and_only_its_hash_is_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let first = DataDir::open(dir.path()).unwrap();
+        let token = first.new_admin_token.clone().unwrap();
+        let saved = fs::read_to_string(dir.path().join("admin.token")).unwrap();
+        assert_eq!(saved.trim(), token);
+        let mode = fs::metadata(dir.path().join("admin.token"))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600);
+        let hashes = fs::read_to_string(dir.path().join("tokens")).unwrap();
+        assert!(!hashes.contains(&token));
+        assert_eq!(first.tokens, vec![TokenHash::of(&token)]);
+
+        let again = DataDir::open(dir.path()).unwrap();
+        assert_eq!(again.new_admin_token, None);
+        assert_eq!(again.tokens, first.tokens);
+    }
+}

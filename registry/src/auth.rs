@@ -1,0 +1,216 @@
+//! Who may push and pull.
+//!
+//! Pushing always needs a token. Pulling needs one too unless the registry is
+//! configured for anonymous pulls. A token is accepted as `Authorization:
+//! Bearer <token>` or as the password of HTTP basic auth (what `docker login`
+//! and skopeo send; the user name is ignored). Only the sha256 of each token
+//! is kept, and presented tokens are compared with those hashes in constant
+//! time.
+
+use std::fmt;
+use std::str::FromStr;
+
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use base64::Engine as _;
+use kelp_core::Digest;
+use subtle::ConstantTimeEq as _;
+
+use crate::error::{ApiError, ErrorCode};
+use crate::oci::digest_of;
+
+/// Whether pulling needs a token.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum PullPolicy {
+    /// Anyone who can reach the registry may pull.
+    Anonymous,
+    /// Pulls need a token, as pushes do.
+    #[default]
+    Token,
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("pull policy `{0}` is not `anonymous` or `token`")]
+pub struct PullPolicyError(String);
+
+impl FromStr for PullPolicy {
+    type Err = PullPolicyError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s {
+            "anonymous" => Ok(PullPolicy::Anonymous),
+            "token" => Ok(PullPolicy::Token),
+            _ => Err(PullPolicyError(s.to_owned())),
+        }
+    }
+}
+
+impl fmt::Display for PullPolicy {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            PullPolicy::Anonymous => "anonymous",
+            PullPolicy::Token => "token",
+        })
+    }
+}
+
+/// The sha256 of a token: what is stored instead of the token.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub struct TokenHash(Digest);
+
+impl TokenHash {
+    pub fn of(token: &str) -> Self {
+        TokenHash(digest_of(token.as_bytes()))
+    }
+}
+
+impl fmt::Display for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+impl fmt::Debug for TokenHash {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "TokenHash({})", self.0)
+    }
+}
+
+impl FromStr for TokenHash {
+    type Err = kelp_core::DigestError;
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        s.parse().map(TokenHash)
+    }
+}
+
+/// The access rules of one registry.
+#[derive(Clone, Debug, Default)]
+pub struct Auth {
+    pub pull: PullPolicy,
+    pub tokens: Vec<TokenHash>,
+}
+
+/// What a request may do.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Access {
+    Pull,
+    Push,
+}
+
+impl Auth {
+    /// Whether `token` is one of the registry's tokens.
+    pub fn accepts(&self, token: &str) -> bool {
+        let presented = TokenHash::of(token);
+        // Check every hash, so the time taken does not say which one matched.
+        self.tokens.iter().fold(false, |found, known| {
+            found | bool::from(known.0.as_bytes().ct_eq(presented.0.as_bytes()))
+        })
+    }
+
+    /// Allows or refuses a request for `access`, from its headers.
+    pub(crate) fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+        match presented_token(headers) {
+            Presented::Token(token) if self.accepts(&token) => Ok(()),
+            Presented::Token(_) => Err(unauthorized("the token presented is not valid")),
+            Presented::Malformed => Err(unauthorized(
+                "the Authorization header is neither `Bearer <token>` nor basic auth",
+            )),
+            Presented::None if access == Access::Pull && self.pull == PullPolicy::Anonymous => {
+                Ok(())
+            }
+            Presented::None => Err(unauthorized(match access {
+                Access::Push => "pushing needs a token",
+                Access::Pull => "pulling from this registry needs a token",
+            })),
+        }
+    }
+}
+
+pub(crate) fn unauthorized(message: &str) -> ApiError {
+    ApiError::new(StatusCode::UNAUTHORIZED, ErrorCode::Unauthorized, message).with_header(
+        header::WWW_AUTHENTICATE,
+        HeaderValue::from_static("Basic realm=\"kelp\""),
+    )
+}
+
+enum Presented {
+    None,
+    Token(String),
+    Malformed,
+}
+
+fn presented_token(headers: &HeaderMap) -> Presented {
+    let Some(value) = headers.get(header::AUTHORIZATION) else {
+        return Presented::None;
+    };
+    let Ok(value) = value.to_str() else {
+        return Presented::Malformed;
+    };
+    let (scheme, rest) = value.split_once(' ').unwrap_or((value, ""));
+    let rest = rest.trim();
+    if scheme.eq_ignore_ascii_case("bearer") && !rest.is_empty() {
+        return Presented::Token(rest.to_owned());
+    }
+    if scheme.eq_ignore_ascii_case("basic") {
+        let Ok(decoded) = base64::engine::general_purpose::STANDARD.decode(rest) else {
+            return Presented::Malformed;
+        };
+        let Ok(decoded) = String::from_utf8(decoded) else {
+            return Presented::Malformed;
+        };
+        return match decoded.split_once(':') {
+            // Clients that got a challenge but hold no credentials send an
+            // empty user and password: that is no credentials at all.
+            Some((_, "")) => Presented::None,
+            Some((_, password)) => Presented::Token(password.to_owned()),
+            None => Presented::Malformed,
+        };
+    }
+    Presented::Malformed
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(auth: &str) -> HeaderMap {
+        let mut h = HeaderMap::new();
+        h.insert(header::AUTHORIZATION, HeaderValue::from_str(auth).unwrap());
+        h
+    }
+
+    #[test]
+    fn tokens_are_accepted_as_bearer_or_basic_password() {
+        let auth = Auth {
+            pull: PullPolicy::Token,
+            tokens: vec![TokenHash::of("s3cret")],
+        };
+        assert!(auth.check(&headers("Bearer s3cret"), Access::Push).is_ok());
+        let basic = base64::engine::general_purpose::STANDARD.encode("anyone:s3cret");
+        assert!(
+            auth.check(&headers(&format!("Basic {basic}")), Access::Push)
+                .is_ok()
+        );
+        let err = auth
+            .check(&headers("Bearer wrong"), Access::Pull)
+            .unwrap_err();
+        assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
+        assert!(err.to_string().contains("not valid"), "{err}");
+        let err = auth.check(&HeaderMap::new(), Access::Pull).unwrap_err();
+        assert!(err.to_string().contains("pulling"), "{err}");
+    }
+
+    #[test]
+    fn anonymous_pull_still_needs_a_token_to_push() {
+        let auth = Auth {
+            pull: PullPolicy::Anonymous,
+            tokens: vec![TokenHash::of("t")],
+        };
+        assert!(auth.check(&HeaderMap::new(), Access::Pull).is_ok());
+        let empty = base64::engine::general_purpose::STANDARD.encode(":");
+        assert!(
+            auth.check(&headers(&format!("Basic {empty}")), Access::Pull)
+                .is_ok()
+        );
+        let err = auth.check(&HeaderMap::new(), Access::Push).unwrap_err();
+        assert!(err.to_string().contains("pushing needs a token"), "{err}");
+    }
+}

@@ -1,0 +1,34 @@
+//! Kelp's registry: a content-addressed blob store on disk, the OCI
+//! distribution API over it, and the client that pushes and pulls Wasm OCI
+//! artifacts (from this registry or any other OCI registry).
+//!
+//! ```no_run
+//! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
+//! use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash, router};
+//!
+//! let store = Store::open("/var/lib/kelp-cloud/registry")?;
+//! let auth = Auth { pull: PullPolicy::Anonymous, tokens: vec![TokenHash::of("s3cret")] };
+//! let app = router(Registry::new(store, auth));
+//! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
+//! axum::serve(listener, app).await?;
+//! # Ok(()) }
+//! ```
+
+mod auth;
+pub mod client;
+
+mod error;
+mod names;
+pub mod oci;
+mod server;
+mod store;
+
+pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash};
+pub use client::{Client, ClientError, Pulled, Reference};
+pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEntry};
+pub use names::{MAX_NAME_LEN, MAX_TAG_LEN, ManifestRef, NameError, RepoName, Tag};
+pub use server::{
+    MAX_BLOB_SIZE, MAX_MANIFEST_SIZE, MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS, Registry,
+    UPLOAD_IDLE_TIMEOUT, router,
+};
+pub use store::{Store, write_atomic};
