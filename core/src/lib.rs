@@ -17,6 +17,7 @@
 //! ```
 
 mod digest;
+pub mod fsutil;
 mod manifest;
 mod signature;
 mod size;

@@ -12,7 +12,7 @@ use std::fs::{self, File};
 use std::hash::{Hash, Hasher};
 use std::io::{Read, Write};
 
-use crate::fsutil::write_atomic;
+use kelp_core::fsutil::write_atomic;
 use std::path::{Path, PathBuf};
 
 use hmac::{Hmac, Mac};

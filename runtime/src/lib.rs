@@ -20,7 +20,6 @@
 
 mod cache;
 mod engine;
-pub mod fsutil;
 mod instance;
 mod limits;
 pub mod local;

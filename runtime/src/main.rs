@@ -9,7 +9,7 @@ use anyhow::Context as _;
 use clap::Parser;
 use kelp_runtime::{
     AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, Stream,
-    Supervisor, fsutil, local,
+    Supervisor, local,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
@@ -199,7 +199,7 @@ fn save_status(supervisor: &Supervisor, path: &Path) {
     });
     let result = serde_json::to_vec_pretty(&status)
         .map_err(std::io::Error::other)
-        .and_then(|bytes| fsutil::write_atomic(path, &bytes));
+        .and_then(|bytes| kelp_core::fsutil::write_atomic(path, &bytes));
     if let Err(error) = result {
         tracing::warn!(%error, path = %path.display(), "cannot write status");
     }
