@@ -59,6 +59,7 @@ fn runtime(slots: u32) -> Runtime {
             ..EngineConfig::default()
         },
         cache_dir: None,
+        trusted_keys: Vec::new(),
     })
     .unwrap()
 }

@@ -88,6 +88,10 @@ pub struct RuntimeConfig {
     /// Where compiled code is kept between runs; `None` compiles every time
     /// the process starts.
     pub cache_dir: Option<PathBuf>,
+    /// Publisher keys this device trusts. When any are given, a module runs
+    /// only if one of them signed it (and its signed manifest agrees with the
+    /// file's kind); when none are, signatures are not checked.
+    pub trusted_keys: Vec<kelp_core::PublicKey>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -119,8 +123,8 @@ impl Runtime {
             Some(dir) => Some(cache::CompileCache::open(dir, &engine.engine)?),
             None => None,
         };
-        let loader =
-            program::Loader::new(engine.engine.clone(), cache).map_err(RuntimeError::Linker)?;
+        let loader = program::Loader::new(engine.engine.clone(), cache, config.trusted_keys)
+            .map_err(RuntimeError::Linker)?;
         tracing::debug!(allocator = %engine.allocator, "engine ready");
         Ok(Runtime {
             inner: Arc::new(Inner {

@@ -36,6 +36,12 @@ struct Args {
     #[arg(long, env = "KELP_ALLOCATOR", default_value = "auto")]
     allocator: AllocatorChoice,
 
+    /// A publisher public key (wasmsign2's raw format, as `kelp key generate`
+    /// writes it) this device trusts; repeat for several. When any are given,
+    /// only modules one of them signed run.
+    #[arg(long = "trusted-key", value_name = "FILE")]
+    trusted_keys: Vec<PathBuf>,
+
     /// Services the pooling allocator makes room for.
     #[arg(long, env = "KELP_POOL_SLOTS", default_value_t = kelp_runtime::DEFAULT_POOL_SLOTS)]
     pool_slots: u32,
@@ -90,6 +96,14 @@ async fn run(args: Args) -> anyhow::Result<()> {
     std::fs::create_dir_all(&services_dir)
         .with_context(|| format!("cannot create data directory `{}`", services_dir.display()))?;
     let specs = local::load(&args.local, &services_dir)?;
+    let trusted_keys = args
+        .trusted_keys
+        .iter()
+        .map(|path| read_public_key(path))
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    if trusted_keys.is_empty() {
+        tracing::warn!("no --trusted-key given: module signatures are not checked");
+    }
 
     let runtime = Runtime::new(RuntimeConfig {
         engine: EngineConfig {
@@ -98,6 +112,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
             ..EngineConfig::default()
         },
         cache_dir: Some(cache_dir),
+        trusted_keys,
     })?;
     tracing::info!(allocator = %runtime.allocator(), local = %args.local.display(), "kelpd starting");
     let supervisor = Arc::new(Supervisor::new(runtime).on_start(forward_logs));
@@ -134,6 +149,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
     status_writer.abort();
     save_status(&supervisor, &status_path);
     Ok(())
+}
+
+fn read_public_key(path: &Path) -> anyhow::Result<kelp_core::PublicKey> {
+    use std::io::Read;
+    let file = std::fs::File::open(path)
+        .with_context(|| format!("cannot read trusted key `{}`", path.display()))?;
+    let mut bytes = Vec::new();
+    file.take(kelp_core::MAX_KEY_FILE_SIZE as u64 + 1)
+        .read_to_end(&mut bytes)
+        .with_context(|| format!("cannot read trusted key `{}`", path.display()))?;
+    kelp_core::PublicKey::from_bytes(&bytes)
+        .with_context(|| format!("trusted key `{}`", path.display()))
 }
 
 fn log_report(report: &kelp_runtime::ApplyReport) {

@@ -103,6 +103,11 @@ pub enum LoadError {
     NotRunnable { path: String, message: String },
     #[error("compiling `{path}` did not finish: {message}")]
     Join { path: String, message: String },
+    #[error("`{path}` is not signed by a trusted key: {error}")]
+    Untrusted {
+        path: String,
+        error: kelp_core::SignatureError,
+    },
 }
 
 /// What loading has done so far, for tests, benchmarks and status pages.
@@ -133,12 +138,14 @@ pub(crate) struct Loader {
     module_linker: Linker<ModuleState>,
     loaded: Mutex<HashMap<Digest, std::sync::Weak<Program>>>,
     counters: Counters,
+    trusted_keys: Vec<kelp_core::PublicKey>,
 }
 
 impl Loader {
     pub(crate) fn new(
         engine: wasmtime::Engine,
         cache: Option<CompileCache>,
+        trusted_keys: Vec<kelp_core::PublicKey>,
     ) -> wasmtime::Result<Self> {
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
@@ -153,6 +160,7 @@ impl Loader {
             module_linker,
             loaded: Mutex::default(),
             counters: Counters::default(),
+            trusted_keys,
         })
     }
 
@@ -182,9 +190,20 @@ impl Loader {
     ) -> Result<Arc<Program>, LoadError> {
         let kind = sniff(name, &bytes)?;
         let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
+        // A program in memory was checked when it was loaded: the same bytes
+        // under the same keys verify the same way.
         if let Some(program) = self.lookup(&digest) {
             self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(program);
+        }
+        if !self.trusted_keys.is_empty() {
+            let verified = kelp_core::verify(&bytes, &self.trusted_keys).map_err(|error| {
+                LoadError::Untrusted {
+                    path: name.to_owned(),
+                    error,
+                }
+            })?;
+            tracing::debug!(module = name, signers = ?verified.key_ids, "signature verified");
         }
         // Compiling is CPU work measured in milliseconds to seconds: keep it
         // off the threads that run services and the supervisor.

@@ -216,6 +216,7 @@ fn cached_runtime(dir: &std::path::Path) -> Runtime {
             ..EngineConfig::default()
         },
         cache_dir: Some(dir.to_owned()),
+        trusted_keys: Vec::new(),
     })
     .unwrap()
 }

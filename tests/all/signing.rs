@@ -489,3 +489,107 @@ fn keys_kelp_generates_sign_with_wasmsign2() {
         signed.as_os_str(),
     ]));
 }
+
+/// `kelp run --public-key` runs only what that key signed.
+#[test]
+fn run_with_a_public_key_refuses_unsigned_and_tampered_files() {
+    let keys = Keys::generate();
+    let signed = keys.sign(HELLO, Some(HELLO_MANIFEST), "hello.signed.wasm");
+    let public = keys.public();
+    let run = |file: &Path| {
+        kelp(&[
+            "run".as_ref(),
+            "--public-key".as_ref(),
+            public.as_os_str(),
+            file.as_os_str(),
+        ])
+    };
+    let out = ok(run(&signed));
+    assert!(
+        stdout(&out).starts_with("Hello, world!"),
+        "{}",
+        stdout(&out)
+    );
+
+    fails_with(
+        run(Path::new(HELLO)),
+        &[
+            HELLO,
+            "is not signed by a trusted key",
+            "no signature section",
+        ],
+    );
+
+    let mut bytes = std::fs::read(&signed).unwrap();
+    let last = bytes.len() - 1;
+    bytes[last] ^= 1;
+    let tampered = keys.path("tampered.wasm");
+    std::fs::write(&tampered, bytes).unwrap();
+    let err = fails_with(run(&tampered), &["is not signed by a trusted key"]);
+    assert!(err.contains("tampered.wasm"), "{err}");
+
+    // Signed, but by someone else.
+    let stranger = Keys::generate();
+    let theirs = stranger.sign(HELLO, Some(HELLO_MANIFEST), "theirs.wasm");
+    fails_with(run(&theirs), &["is not signed by a trusted key"]);
+}
+
+/// A device given a trusted key runs the services that key signed and
+/// refuses the rest, each with its reason, while the others keep running.
+#[test]
+fn kelpd_with_a_trusted_key_runs_only_signed_services() {
+    let keys = Keys::generate();
+    let signed = keys.sign(HELLO, Some(HELLO_MANIFEST), "hello.signed.wasm");
+    let target = keys.path("local.toml");
+    std::fs::write(
+        &target,
+        format!(
+            "[services.signed]\nmodule = {:?}\nrestart = \"never\"\n\n[services.unsigned]\nmodule = {HELLO:?}\nrestart = \"never\"\n",
+            signed.display().to_string()
+        ),
+    )
+    .unwrap();
+    let data = keys.path("var");
+    let mut child = Command::new(binary("kelpd"))
+        .arg("--local")
+        .arg(&target)
+        .arg("--data-dir")
+        .arg(&data)
+        .arg("--trusted-key")
+        .arg(keys.public())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .spawn()
+        .unwrap();
+    let status_path = data.join("status.json");
+    let start = std::time::Instant::now();
+    let states = loop {
+        let status: serde_json::Value = std::fs::read(&status_path)
+            .ok()
+            .and_then(|b| serde_json::from_slice(&b).ok())
+            .unwrap_or_default();
+        let state = |name: &str| {
+            status["services"]
+                .as_array()
+                .and_then(|a| a.iter().find(|s| s["name"] == name).cloned())
+                .unwrap_or_default()
+        };
+        let (s, u) = (state("signed"), state("unsigned"));
+        if s["state"] == "exited" && u["state"] == "failed" {
+            break (s, u);
+        }
+        assert!(
+            start.elapsed() < std::time::Duration::from_secs(60),
+            "timed out: {status}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    let _ = child.kill();
+    let _ = child.wait();
+    assert_eq!(states.0["last_exit"]["code"], 0);
+    let reason = states.1["last_exit"]["message"].as_str().unwrap();
+    assert!(
+        reason.contains("is not signed by a trusted key") && reason.contains("hello.wasm"),
+        "{reason}"
+    );
+}

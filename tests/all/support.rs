@@ -28,6 +28,7 @@ pub fn runtime_with(allocator: AllocatorChoice) -> Runtime {
             ..EngineConfig::default()
         },
         cache_dir: None,
+        trusted_keys: Vec::new(),
     })
     .unwrap()
 }

@@ -50,6 +50,10 @@ pub struct RunArgs {
     #[arg(long, env = "KELP_CACHE_DIR", value_name = "DIR")]
     cache_dir: Option<PathBuf>,
 
+    /// Run the file only if this publisher key signed it (repeatable).
+    #[arg(long = "public-key", value_name = "FILE")]
+    public_keys: Vec<PathBuf>,
+
     /// Instance allocator: auto, pooling or on-demand.
     #[arg(long, env = "KELP_ALLOCATOR", default_value = "auto")]
     allocator: AllocatorChoice,
@@ -74,6 +78,11 @@ impl RunArgs {
                 ..EngineConfig::default()
             },
             cache_dir: self.cache_dir.or_else(default_cache_dir),
+            trusted_keys: self
+                .public_keys
+                .iter()
+                .map(|p| super::key::read_public_key(p))
+                .collect::<anyhow::Result<_>>()?,
         })?;
         // Load first, so a bad file is one clear error rather than a service
         // that fails to start.
