@@ -5,6 +5,7 @@ use std::process::ExitCode;
 use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
+mod build;
 mod commands;
 
 /// Build, sign, ship and run WebAssembly services on fleets of devices.

@@ -544,3 +544,112 @@ fn head_body(addr: &str, path: &str) -> String {
     assert!(head.starts_with("HTTP/1.1 200"), "{head}");
     body.to_owned()
 }
+
+/// The publishing flow as the README shows it: push the `hello` crate (built,
+/// manifest embedded, signed), pull it back, and run it only if the
+/// publisher's key signed it.
+#[test]
+fn a_pushed_crate_is_built_signed_and_runs_verified_after_pulling() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let keys = dir.path().join("keys");
+    let out = kelp(&["key", "generate", "-o", keys.to_str().unwrap()], None);
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let (secret, public) = (keys.join("kelp.key"), keys.join("kelp.pub"));
+
+    let crate_dir = concat!(env!("CARGO_MANIFEST_DIR"), "/../sample-modules/hello");
+    let to = format!("{}/kelp/hello:v1", cloud.addr);
+    let out = kelp(
+        &[
+            "push",
+            crate_dir,
+            "--key",
+            secret.to_str().unwrap(),
+            "--to",
+            &to,
+        ],
+        Some(&cloud.token),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(
+        text(&out.stderr).contains("signed with key id"),
+        "{}",
+        text(&out.stderr)
+    );
+    let digest = text(&out.stdout)
+        .trim()
+        .rsplit_once('@')
+        .unwrap()
+        .1
+        .to_owned();
+
+    let pulled = dir.path().join("hello.wasm");
+    let reference = format!("{}/kelp/hello@{digest}", cloud.addr);
+    let out = kelp(
+        &["pull", &reference, "-o", pulled.to_str().unwrap()],
+        Some(&cloud.token),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+
+    // The pulled file carries its manifest and signature.
+    let out = kelp(
+        &["inspect", pulled.to_str().unwrap(), "--output", "json"],
+        None,
+    );
+    let inspection: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(inspection["manifest"]["name"], "hello", "{inspection}");
+
+    let out = kelp(
+        &[
+            "run",
+            "--public-key",
+            public.to_str().unwrap(),
+            pulled.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    assert!(text(&out.stdout).starts_with("Hello, world!"));
+
+    // An unsigned push of the same program is refused by that key.
+    let out = kelp(
+        &[
+            "push",
+            HELLO,
+            "--to",
+            &format!("{}/kelp/raw:v1", cloud.addr),
+        ],
+        Some(&cloud.token),
+    );
+    assert!(
+        text(&out.stderr).contains("pushing unsigned"),
+        "{}",
+        text(&out.stderr)
+    );
+    let raw = dir.path().join("raw.wasm");
+    let out = kelp(
+        &[
+            "pull",
+            &format!("{}/kelp/raw:v1", cloud.addr),
+            "-o",
+            raw.to_str().unwrap(),
+        ],
+        Some(&cloud.token),
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let out = kelp(
+        &[
+            "run",
+            "--public-key",
+            public.to_str().unwrap(),
+            raw.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        text(&out.stderr).contains("is not signed by a trusted key"),
+        "{}",
+        text(&out.stderr)
+    );
+}

@@ -7,11 +7,22 @@ use anyhow::{Context as _, bail};
 use clap::Args;
 use kelp_registry::{Client, ManifestRef, Reference};
 
-/// Push a .wasm file to a registry as a Wasm OCI artifact.
+/// Build (given a crate), sign and push a service to a registry as a Wasm
+/// OCI artifact.
 #[derive(Args, Debug)]
 pub struct PushArgs {
-    /// The component or module to push.
+    /// A service crate (a directory with Cargo.toml and kelp.toml), which is
+    /// built, or a .wasm file, which is pushed as it is.
     file: PathBuf,
+
+    /// Sign with this secret key (from `kelp key generate`) before pushing.
+    #[arg(long, value_name = "FILE", env = "KELP_KEY")]
+    key: Option<PathBuf>,
+
+    /// Embed this manifest (a kelp.toml) in a .wasm file before signing; a
+    /// crate's own kelp.toml is always embedded.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
 
     /// Where: REGISTRY/REPOSITORY:TAG, e.g. 127.0.0.1:8080/hello:v1.
     #[arg(long, value_name = "REGISTRY/REPO:TAG")]
@@ -27,15 +38,40 @@ impl PushArgs {
         let ManifestRef::Tag(tag) = &self.to.reference else {
             bail!("push to a tag (REGISTRY/REPO:TAG), not a digest");
         };
-        let wasm = tokio::fs::read(&self.file)
+        let (path, manifest) = if self.file.is_dir() {
+            let built = crate::build::build_crate(&self.file)?;
+            (built.wasm, Some(built.manifest))
+        } else {
+            let manifest = match &self.manifest {
+                Some(m) => Some(kelp_core::read_manifest_file(m)?),
+                None => None,
+            };
+            (self.file.clone(), manifest)
+        };
+        let mut wasm = tokio::fs::read(&path)
             .await
-            .with_context(|| format!("cannot read {}", self.file.display()))?;
+            .with_context(|| format!("cannot read {}", path.display()))?;
+        if let Some(manifest) = &manifest {
+            wasm = kelp_core::embed(&wasm, manifest)
+                .with_context(|| format!("cannot embed the manifest in `{}`", path.display()))?;
+        }
+        match &self.key {
+            Some(key) => {
+                let key = super::key::read_secret_key(key)?;
+                wasm = kelp_core::sign(&wasm, &key)
+                    .with_context(|| format!("cannot sign `{}`", path.display()))?;
+                eprintln!("signed with key id {}", key.public_key().key_id());
+            }
+            None => eprintln!(
+                "warning: pushing unsigned (no --key); devices that pin keys will refuse it"
+            ),
+        }
         let client = Client::new(&self.to.registry, self.token)?;
         let size = wasm.len();
         let digest = client.push_wasm(&self.to.repo, tag, wasm.into()).await?;
         println!(
             "pushed {} ({size} bytes) as {}@{digest}",
-            self.file.display(),
+            path.display(),
             self.to
         );
         Ok(ExitCode::SUCCESS)
