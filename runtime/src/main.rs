@@ -61,10 +61,7 @@ fn main() -> ExitCode {
     }
     init_tracing();
     let args = Args::parse();
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
-    {
+    let rt = match kelp_runtime::executor(None).build() {
         Ok(rt) => rt,
         Err(e) => {
             eprintln!("error: cannot start the async runtime: {e}");
