@@ -245,30 +245,17 @@ impl Supervisor {
     /// Stops every service, each with its grace period, all at once. They
     /// stay listed, stopped, so their final status can still be read.
     pub async fn shutdown(&self) {
-        let entries = std::mem::take(&mut *self.lock());
-        let mut stopped = BTreeMap::new();
-        let mut waits = Vec::new();
-        for (name, entry) in entries {
+        let mut entries = std::mem::take(&mut *self.lock());
+        // Every stop is sent before any is awaited, so the grace periods run
+        // side by side; the tasks stay in their entries, finished.
+        for entry in entries.values() {
             let _ = entry.stop.send(true);
-            waits.push(entry.task);
-            let (stop, _) = watch::channel(true);
-            stopped.insert(
-                name,
-                Entry {
-                    handle: entry.handle,
-                    module_digest: entry.module_digest,
-                    stop,
-                    task: tokio::spawn(async {}),
-                },
-            );
         }
-        for task in waits {
-            let _ = task.await;
-        }
-        for entry in stopped.values() {
+        for entry in entries.values_mut() {
+            let _ = (&mut entry.task).await;
             entry.handle.shared.logs.close();
         }
-        self.lock().extend(stopped);
+        self.lock().extend(entries);
     }
 }
 
