@@ -12,7 +12,9 @@
 //! env = { GREETING = "hi" }
 //!
 //! [grants.gpio.led]          # the pin the device labels `led`
+//! modes = ["output"]         # input, output, edges
 //! [grants.i2c.sensors]       # the bus the device labels `sensors`
+//! addresses = [0x48]         # the devices on it the service talks to
 //! ```
 //!
 //! `kelp sign --manifest kelp.toml` embeds it in the Wasm file as a custom
@@ -29,7 +31,8 @@
 //! a typo must not silently drop a setting, and a device must not run a
 //! service whose signed manifest asks for something it does not understand.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
 use std::path::Path;
 
 use serde::{Deserialize, Serialize};
@@ -101,15 +104,101 @@ pub struct Grants {
     pub network: BTreeMap<String, NetworkGrant>,
 }
 
-/// One requested GPIO pin. No options yet.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct GpioGrant {}
+impl Grants {
+    fn validate(&self) -> Result<(), ManifestError> {
+        let labels = self
+            .gpio
+            .keys()
+            .chain(self.i2c.keys())
+            .chain(self.network.keys());
+        if let Some(bad) = labels.into_iter().find(|l| !valid_label(l)) {
+            return Err(ManifestError::Label(bad.clone()));
+        }
+        for (label, grant) in &self.gpio {
+            if grant.modes.is_empty() {
+                return Err(ManifestError::NoModes {
+                    label: label.clone(),
+                });
+            }
+        }
+        for (label, grant) in &self.i2c {
+            if grant.addresses.is_empty() {
+                return Err(ManifestError::NoAddresses {
+                    label: label.clone(),
+                });
+            }
+            if let Some(&address) = grant.addresses.iter().find(|&&a| a > MAX_I2C_ADDRESS) {
+                return Err(ManifestError::BadAddress {
+                    label: label.clone(),
+                    address,
+                });
+            }
+        }
+        Ok(())
+    }
+}
 
-/// One requested I2C bus. No options yet.
+/// Whether `label` may name a pin, bus or network: what a device's hardware
+/// map and a manifest can both spell.
+pub fn valid_label(label: &str) -> bool {
+    !label.is_empty()
+        && label.len() <= MAX_NAME_LEN
+        && label
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '-' || c == '_')
+}
+
+/// One requested GPIO pin: what the service will do with it.
+///
+/// ```toml
+/// [grants.gpio.button]
+/// modes = ["input", "edges"]
+/// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
-pub struct I2cGrant {}
+pub struct GpioGrant {
+    /// At least one.
+    pub modes: BTreeSet<GpioMode>,
+}
+
+/// A way of using a GPIO pin, as a manifest asks for it and a device's
+/// hardware map allows it.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum GpioMode {
+    /// Read the pin's level.
+    Input,
+    /// Drive the pin's level.
+    Output,
+    /// Wait for rising and falling edges (implies reading).
+    Edges,
+}
+
+impl fmt::Display for GpioMode {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            GpioMode::Input => "input",
+            GpioMode::Output => "output",
+            GpioMode::Edges => "edges",
+        })
+    }
+}
+
+/// One requested I2C bus: the device addresses the service will talk to.
+///
+/// ```toml
+/// [grants.i2c.sensors]
+/// addresses = [0x48]
+/// ```
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct I2cGrant {
+    /// At least one; 7-bit (up to 0x7f) or 10-bit (up to 0x3ff).
+    pub addresses: BTreeSet<u16>,
+}
+
+/// Highest I2C address there is (10-bit addressing).
+pub const MAX_I2C_ADDRESS: u16 = 0x3ff;
 
 /// One requested network. No options yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -135,6 +224,18 @@ pub enum ManifestError {
     Name(String),
     #[error("manifest has an empty version")]
     Version,
+    #[error(
+        "grant `gpio.{label}` names no modes: ask for some of \"input\", \"output\", \"edges\""
+    )]
+    NoModes { label: String },
+    #[error("grant `i2c.{label}` names no addresses")]
+    NoAddresses { label: String },
+    #[error(
+        "grant `i2c.{label}` asks for address {address:#x}, above the highest I2C address {MAX_I2C_ADDRESS:#x}"
+    )]
+    BadAddress { label: String, address: u16 },
+    #[error("invalid grant label `{0}`: use 1 to {MAX_NAME_LEN} letters, digits, `-` and `_`")]
+    Label(String),
     #[error("manifest says {manifest} but file is a {file}")]
     KindMismatch { manifest: WasmKind, file: WasmKind },
 }
@@ -190,7 +291,7 @@ impl Manifest {
         if self.version.trim().is_empty() {
             return Err(ManifestError::Version);
         }
-        Ok(())
+        self.grants.validate()
     }
 
     /// Checks that the manifest's `kind` is what the file's header says.
@@ -292,7 +393,11 @@ mod tests {
         env = { GREETING = "hi" }
 
         [grants.gpio.led]
+        modes = ["output"]
+        [grants.gpio.button]
+        modes = ["input", "edges"]
         [grants.i2c.sensors]
+        addresses = [0x48, 0x49]
     "#;
 
     #[test]
@@ -302,8 +407,14 @@ mod tests {
         assert_eq!(m.restart, RestartPolicy::OnFailure { max_restarts: 3 });
         assert_eq!(m.memory, ByteSize::mib(32));
         assert_eq!(m.env["GREETING"], "hi");
-        assert!(m.grants.gpio.contains_key("led"));
-        assert!(m.grants.i2c.contains_key("sensors"));
+        assert_eq!(
+            m.grants.gpio["button"].modes,
+            BTreeSet::from([GpioMode::Input, GpioMode::Edges])
+        );
+        assert_eq!(
+            m.grants.i2c["sensors"].addresses,
+            BTreeSet::from([0x48, 0x49])
+        );
         assert!(m.grants.network.is_empty());
 
         let bare =
@@ -331,6 +442,43 @@ mod tests {
         let err = Manifest::from_toml(&TOML.replace("[grants.i2c.sensors]", "[grants.usb.x]"))
             .unwrap_err();
         assert!(err.to_string().contains("usb"), "{err}");
+    }
+
+    #[test]
+    fn refuses_grants_that_ask_for_nothing_or_the_impossible() {
+        let cases = [
+            (
+                r#"modes = ["output"]"#,
+                "modes = []",
+                "grant `gpio.led` names no modes",
+            ),
+            (
+                r#"modes = ["output"]"#,
+                r#"modes = ["pwm"]"#,
+                "unknown variant `pwm`",
+            ),
+            (
+                "addresses = [0x48, 0x49]",
+                "addresses = []",
+                "grant `i2c.sensors` names no addresses",
+            ),
+            (
+                "addresses = [0x48, 0x49]",
+                "addresses = [0x400]",
+                "address 0x400, above the highest I2C address 0x3ff",
+            ),
+            (
+                "[grants.gpio.led]",
+                "[grants.gpio.\"../led\"]",
+                "invalid grant label `../led`",
+            ),
+        ];
+        for (from, to, expected) in cases {
+            let err = Manifest::from_toml(&TOML.replace(from, to))
+                .unwrap_err()
+                .to_string();
+            assert!(err.contains(expected), "{to}: {err}");
+        }
     }
 
     #[test]
