@@ -60,6 +60,7 @@ fn runtime(slots: u32) -> Runtime {
         },
         cache_dir: None,
         trusted_keys: Vec::new(),
+        hardware: None,
     })
     .unwrap()
 }

@@ -3,7 +3,8 @@
 use std::path::Path;
 use std::sync::Arc;
 
-use kelp_core::{ByteSize, ExitReason};
+use kelp_core::{ByteSize, ExitReason, Grants};
+use kelp_hostcalls::Hardware;
 use wasmtime::component::ResourceTable;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
@@ -15,6 +16,9 @@ use crate::program::{ComponentState, ModuleState, Pre, Program};
 /// What one run of a service gets from the host.
 pub(crate) struct InstanceIo<'a> {
     pub(crate) name: &'a str,
+    pub(crate) hardware: &'a Arc<Hardware>,
+    /// Grants instead of the manifest's.
+    pub(crate) grants: Option<&'a Grants>,
     pub(crate) args: &'a [String],
     pub(crate) env: &'a [(String, String)],
     pub(crate) data_dir: Option<&'a Path>,
@@ -52,10 +56,25 @@ pub(crate) async fn run(
     let limiter = ServiceLimiter::new(io.memory_limit, io.meter.clone());
     let result = match &program.pre {
         Pre::Component(pre) => {
+            let grants = io
+                .grants
+                .or(program.manifest().map(|m| &m.grants))
+                .cloned()
+                .unwrap_or_default();
+            let mut hardware = io.hardware.service(io.name, &grants);
+            for notice in hardware.notices() {
+                io.logs
+                    .write(Stream::Stderr, format!("kelp: {notice}\n").as_bytes());
+            }
+            let logs = io.logs.clone();
+            hardware.set_notify(Arc::new(move |note: &str| {
+                logs.write(Stream::Stderr, format!("kelp: {note}\n").as_bytes());
+            }));
             let state = ComponentState {
                 ctx: wasi.build(),
                 table: ResourceTable::new(),
                 limiter,
+                hardware,
             };
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);

@@ -92,6 +92,8 @@ pub struct RuntimeConfig {
     /// only if one of them signed it (and its signed manifest agrees with the
     /// file's kind); when none are, signatures are not checked.
     pub trusted_keys: Vec<kelp_core::PublicKey>,
+    /// The hardware services may be granted; `None` grants none.
+    pub hardware: Option<Arc<kelp_hostcalls::Hardware>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -114,6 +116,7 @@ pub struct Runtime {
 struct Inner {
     engine: engine::EngineHandle,
     loader: Arc<program::Loader>,
+    hardware: Arc<kelp_hostcalls::Hardware>,
 }
 
 impl Runtime {
@@ -130,6 +133,9 @@ impl Runtime {
             inner: Arc::new(Inner {
                 engine,
                 loader: Arc::new(loader),
+                hardware: config
+                    .hardware
+                    .unwrap_or_else(kelp_hostcalls::Hardware::none),
             }),
         })
     }
@@ -142,6 +148,11 @@ impl Runtime {
     /// The largest memory limit a service may have here.
     pub fn max_service_memory(&self) -> kelp_core::ByteSize {
         self.inner.engine.config.max_service_memory
+    }
+
+    /// The device's hardware.
+    pub fn hardware(&self) -> &Arc<kelp_hostcalls::Hardware> {
+        &self.inner.hardware
     }
 
     pub(crate) fn engine(&self) -> &wasmtime::Engine {
@@ -175,6 +186,8 @@ impl Runtime {
             program,
             instance::InstanceIo {
                 name: &invocation.name,
+                hardware: self.hardware(),
+                grants: invocation.grants.as_ref(),
                 args: &invocation.args,
                 env: &invocation.env,
                 data_dir: invocation.data_dir.as_deref(),
@@ -197,6 +210,9 @@ pub struct Invocation {
     pub data_dir: Option<PathBuf>,
     pub memory_limit: kelp_core::ByteSize,
     pub logs: Arc<LogBuffer>,
+    /// Hardware grants instead of the manifest's (see
+    /// [`ServiceSpec::grants`]).
+    pub grants: Option<kelp_core::Grants>,
 }
 
 impl Invocation {
@@ -208,6 +224,7 @@ impl Invocation {
             data_dir: None,
             memory_limit: DEFAULT_MEMORY_LIMIT,
             logs: LogBuffer::new(),
+            grants: None,
         }
     }
 }

@@ -111,6 +111,7 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<ServiceSpe
             memory_limit: s.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
             data_dir: Some(data_root.join(&name)),
             stop_grace: s.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
+            grants: None,
             name,
         })
         .collect())

@@ -42,6 +42,18 @@ struct Args {
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
 
+    /// The device's hardware map: which GPIO line and I2C bus each label
+    /// names, and what services may do with them. Without one, services
+    /// are granted no hardware.
+    #[arg(long, env = "KELP_HARDWARE_MAP", value_name = "FILE")]
+    hardware_map: Option<PathBuf>,
+
+    /// Hardware backend: linux (the kernel's GPIO character devices and
+    /// i2c-dev) or sim (simulated lines and devices, for trying services
+    /// without a board).
+    #[arg(long, env = "KELP_HARDWARE", default_value = "linux")]
+    hardware: kelp_hostcalls::BackendKind,
+
     /// Services the pooling allocator makes room for.
     #[arg(long, env = "KELP_POOL_SLOTS", default_value_t = kelp_runtime::DEFAULT_POOL_SLOTS)]
     pool_slots: u32,
@@ -102,6 +114,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
         tracing::warn!("no --trusted-key given: module signatures are not checked");
     }
 
+    let hardware = match &args.hardware_map {
+        Some(path) => {
+            let map = kelp_hostcalls::HardwareMap::load(path)?;
+            tracing::info!(
+                map = %path.display(),
+                gpio = map.gpio.len(),
+                i2c = map.i2c.len(),
+                backend = ?args.hardware,
+                "hardware map loaded"
+            );
+            Some(kelp_hostcalls::Hardware::with_backend(args.hardware, map))
+        }
+        None => None,
+    };
+
     let runtime = Runtime::new(RuntimeConfig {
         engine: EngineConfig {
             allocator: args.allocator,
@@ -110,6 +137,7 @@ async fn run(args: Args) -> anyhow::Result<()> {
         },
         cache_dir: Some(cache_dir),
         trusted_keys,
+        hardware,
     })?;
     tracing::info!(allocator = %runtime.allocator(), local = %args.local.display(), "kelpd starting");
     let supervisor = Arc::new(Supervisor::new(runtime).on_start(forward_logs));

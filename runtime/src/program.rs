@@ -6,7 +6,8 @@ use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
-use kelp_core::Digest;
+use kelp_core::{Digest, Manifest};
+use kelp_hostcalls::{HardwareCtx, HardwareCtxView, HardwareView};
 use sha2::{Digest as _, Sha256};
 use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
 use wasmtime::{Linker, Module};
@@ -26,6 +27,16 @@ pub(crate) struct ComponentState {
     pub(crate) ctx: WasiCtx,
     pub(crate) table: ResourceTable,
     pub(crate) limiter: ServiceLimiter,
+    pub(crate) hardware: HardwareCtx,
+}
+
+impl HardwareView for ComponentState {
+    fn hardware(&mut self) -> HardwareCtxView<'_> {
+        HardwareCtxView {
+            ctx: &mut self.hardware,
+            table: &mut self.table,
+        }
+    }
 }
 
 impl WasiView for ComponentState {
@@ -69,12 +80,19 @@ pub(crate) enum Pre {
 pub struct Program {
     digest: Digest,
     kind: ProgramKind,
+    manifest: Option<Manifest>,
     pub(crate) pre: Pre,
 }
 
 impl Program {
     pub fn digest(&self) -> Digest {
         self.digest
+    }
+
+    /// The manifest embedded in the file (verified with it, when the device
+    /// checks signatures).
+    pub fn manifest(&self) -> Option<&Manifest> {
+        self.manifest.as_ref()
     }
 
     pub fn kind(&self) -> ProgramKind {
@@ -103,6 +121,11 @@ pub enum LoadError {
     NotRunnable { path: String, message: String },
     #[error("compiling `{path}` did not finish: {message}")]
     Join { path: String, message: String },
+    #[error("`{path}` has an invalid manifest: {error}")]
+    Manifest {
+        path: String,
+        error: kelp_core::ManifestError,
+    },
     #[error("`{path}` is not signed by a trusted key: {error}")]
     Untrusted {
         path: String,
@@ -149,6 +172,7 @@ impl Loader {
     ) -> wasmtime::Result<Self> {
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        kelp_hostcalls::add_to_linker(&mut component_linker)?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
             &mut s.ctx
@@ -205,17 +229,22 @@ impl Loader {
             })?;
             tracing::debug!(module = name, signers = ?verified.key_ids, "signature verified");
         }
+        let manifest = kelp_core::extract(&bytes).map_err(|error| LoadError::Manifest {
+            path: name.to_owned(),
+            error,
+        })?;
         // Compiling is CPU work measured in milliseconds to seconds: keep it
         // off the threads that run services and the supervisor.
         let this = self.clone();
         let owned = name.to_owned();
-        let program =
-            tokio::task::spawn_blocking(move || this.prepare(&owned, kind, digest, &bytes))
-                .await
-                .map_err(|e| LoadError::Join {
-                    path: name.to_owned(),
-                    message: e.to_string(),
-                })??;
+        let program = tokio::task::spawn_blocking(move || {
+            this.prepare(&owned, kind, digest, manifest, &bytes)
+        })
+        .await
+        .map_err(|e| LoadError::Join {
+            path: name.to_owned(),
+            message: e.to_string(),
+        })??;
         let program = Arc::new(program);
         lock(&self.loaded).insert(digest, Arc::downgrade(&program));
         if self.counters.compiled.load(Ordering::Relaxed) > 0 {
@@ -238,6 +267,7 @@ impl Loader {
         name: &str,
         kind: ProgramKind,
         digest: Digest,
+        manifest: Option<Manifest>,
         bytes: &[u8],
     ) -> Result<Program, LoadError> {
         let invalid = |e: wasmtime::Error| LoadError::Invalid {
@@ -303,7 +333,12 @@ impl Loader {
                 Pre::Module(self.module_linker.instantiate_pre(&module).map_err(link)?)
             }
         };
-        Ok(Program { digest, kind, pre })
+        Ok(Program {
+            digest,
+            kind,
+            manifest,
+            pre,
+        })
     }
 
     fn cached(&self, digest: &Digest) -> Option<Vec<u8>> {

@@ -36,6 +36,10 @@ pub struct ServiceSpec {
     /// service. `None` for no `/data` at all.
     pub data_dir: Option<PathBuf>,
     pub stop_grace: Duration,
+    /// Hardware grants to ask for instead of those in the module's
+    /// manifest: for running an unsigned module during development
+    /// (`kelp run --manifest`). `None` uses the manifest's.
+    pub grants: Option<kelp_core::Grants>,
 }
 
 impl ServiceSpec {
@@ -51,6 +55,7 @@ impl ServiceSpec {
             memory_limit: DEFAULT_MEMORY_LIMIT,
             data_dir: None,
             stop_grace: DEFAULT_STOP_GRACE,
+            grants: None,
         }
     }
 }
@@ -250,6 +255,8 @@ pub(crate) async fn supervise(
             &program,
             InstanceIo {
                 name: &spec.name,
+                hardware: runtime.hardware(),
+                grants: spec.grants.as_ref(),
                 args: &spec.args,
                 env: &env,
                 data_dir: spec.data_dir.as_deref(),

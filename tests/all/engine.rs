@@ -217,6 +217,7 @@ fn cached_runtime(dir: &std::path::Path) -> Runtime {
         },
         cache_dir: Some(dir.to_owned()),
         trusted_keys: Vec::new(),
+        hardware: None,
     })
     .unwrap()
 }

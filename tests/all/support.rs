@@ -29,6 +29,7 @@ pub fn runtime_with(allocator: AllocatorChoice) -> Runtime {
         },
         cache_dir: None,
         trusted_keys: Vec::new(),
+        hardware: None,
     })
     .unwrap()
 }

@@ -2,12 +2,17 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::ExitCode;
+use std::sync::Arc;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use kelp_core::{ByteSize, RestartPolicy};
+use kelp_core::{ByteSize, Grants, RestartPolicy};
+use kelp_hostcalls::sim::Simulator;
+use kelp_hostcalls::{
+    BackendKind, GpioBinding, Hardware, HardwareMap, I2cBinding, LineId, SafeLevel,
+};
 use kelp_runtime::{
     AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceSpec, Stream,
     Supervisor,
@@ -54,6 +59,29 @@ pub struct RunArgs {
     #[arg(long = "public-key", value_name = "FILE")]
     public_keys: Vec<PathBuf>,
 
+    /// Take the service's hardware grants from this `kelp.toml` instead of
+    /// the manifest embedded in the file.
+    #[arg(long, value_name = "FILE")]
+    manifest: Option<PathBuf>,
+
+    /// Hardware backend: sim (simulated lines and devices; outputs are
+    /// printed, inputs read from --sim-set and standard input) or linux.
+    #[arg(long, default_value = "sim")]
+    hardware: BackendKind,
+
+    /// Which line and bus each label names. With `sim` and no map, each
+    /// granted GPIO label gets a simulated line and each I2C label an empty
+    /// bus.
+    #[arg(long, value_name = "FILE")]
+    hardware_map: Option<PathBuf>,
+
+    /// Set a simulated input or device before the service starts:
+    /// LABEL=1|0|- or BUS/ADDRESS/PROPERTY=VALUE (e.g.
+    /// sensors/0x48/temperature=23.5). Repeatable; lines of the same form
+    /// on standard input apply while it runs.
+    #[arg(long = "sim-set", value_name = "SETTING")]
+    sim_set: Vec<String>,
+
     /// Instance allocator: auto, pooling or on-demand.
     #[arg(long, env = "KELP_ALLOCATOR", default_value = "auto")]
     allocator: AllocatorChoice,
@@ -70,6 +98,31 @@ impl RunArgs {
             Some(n) => n,
             None => default_name(&self.file),
         };
+        let grants = match &self.manifest {
+            Some(path) => Some(kelp_core::read_manifest_file(path)?.grants),
+            None => None,
+        };
+        let manifest_grants = match &grants {
+            Some(g) => g.clone(),
+            None => embedded_grants(&self.file)?,
+        };
+        let hardware = match &self.hardware_map {
+            Some(path) => HardwareMap::load(path)?,
+            None if self.hardware == BackendKind::Sim => sim_map(&manifest_grants),
+            None => bail!(
+                "--hardware linux needs --hardware-map FILE: which line and bus each label names"
+            ),
+        };
+        let hardware = Hardware::with_backend(self.hardware, hardware);
+        if !self.sim_set.is_empty() && hardware.simulator().is_none() {
+            bail!("--sim-set needs --hardware sim");
+        }
+        if let Some(sim) = hardware.simulator() {
+            for setting in &self.sim_set {
+                sim.set(setting)
+                    .map_err(|e| anyhow::anyhow!("--sim-set {e}"))?;
+            }
+        }
         let runtime = Runtime::new(RuntimeConfig {
             engine: EngineConfig {
                 allocator: self.allocator,
@@ -83,6 +136,7 @@ impl RunArgs {
                 .iter()
                 .map(|p| super::key::read_public_key(p))
                 .collect::<anyhow::Result<_>>()?,
+            hardware: Some(hardware.clone()),
         })?;
         // Load first, so a bad file is one clear error rather than a service
         // that fails to start.
@@ -108,8 +162,13 @@ impl RunArgs {
             restart: self.restart,
             memory_limit: self.memory,
             data_dir: Some(data_dir),
+            grants,
             ..ServiceSpec::new(name, &self.file)
         };
+        if let Some(sim) = hardware.simulator() {
+            tokio::spawn(print_outputs(hardware.clone(), sim.clone()));
+            read_settings(sim.clone());
+        }
         let supervisor = Supervisor::new(runtime);
         let service = supervisor.start(spec)?;
         let logs = service.logs();
@@ -134,6 +193,88 @@ impl RunArgs {
             u8::try_from(exit.exit_code() & 0xff).unwrap_or(1),
         ))
     }
+}
+
+/// The grants in the file's embedded manifest, if it has one.
+fn embedded_grants(file: &Path) -> anyhow::Result<Grants> {
+    let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
+    // A file that is not Wasm at all gets its clearer error from the loader.
+    Ok(kelp_core::extract(&bytes)
+        .ok()
+        .flatten()
+        .map(|m| m.grants)
+        .unwrap_or_default())
+}
+
+/// A simulated line for each granted GPIO label and an empty bus for each
+/// I2C label, allowing what the grants ask.
+fn sim_map(grants: &Grants) -> HardwareMap {
+    let mut map = HardwareMap::default();
+    for (offset, (label, grant)) in (0u32..).zip(&grants.gpio) {
+        map.gpio.insert(
+            label.clone(),
+            GpioBinding {
+                line: LineId {
+                    chip: "/dev/gpiochip0".into(),
+                    line: offset,
+                },
+                modes: grant.modes.clone(),
+                safe: SafeLevel::Low,
+            },
+        );
+    }
+    for (n, (label, grant)) in grants.i2c.iter().enumerate() {
+        map.i2c.insert(
+            label.clone(),
+            I2cBinding {
+                bus: format!("/dev/i2c-{n}").into(),
+                addresses: Some(grant.addresses.clone()),
+            },
+        );
+    }
+    map
+}
+
+/// Prints each change of a simulated line: `kelp: sim led = 1`.
+async fn print_outputs(hardware: Arc<Hardware>, sim: Arc<Simulator>) {
+    let mut watches = Vec::new();
+    for label in hardware.map().gpio.keys() {
+        if let Some(line) = sim.line(label) {
+            watches.push((label.clone(), line.subscribe()));
+        }
+    }
+    let mut set = tokio::task::JoinSet::new();
+    for (label, mut events) in watches {
+        set.spawn(async move {
+            let mut level = events.borrow_and_update().high;
+            while events.changed().await.is_ok() {
+                let now = events.borrow_and_update().high;
+                if now != level {
+                    level = now;
+                    eprintln!("kelp: sim {label} = {}", u8::from(now));
+                }
+            }
+        });
+    }
+    while set.join_next().await.is_some() {}
+}
+
+/// Applies `--sim-set` style lines typed on standard input. A plain thread:
+/// a read blocked on a terminal must not keep the executor from shutting
+/// down when the service ends.
+fn read_settings(sim: Arc<Simulator>) {
+    std::thread::spawn(move || {
+        for line in std::io::stdin().lines() {
+            let Ok(line) = line else { return };
+            let line = line.trim();
+            if line.is_empty() {
+                continue;
+            }
+            if let Err(e) = sim.set(line) {
+                eprintln!("kelp: sim: {e}");
+            }
+        }
+    });
 }
 
 fn print_events(events: &[LogEvent]) {
