@@ -14,6 +14,11 @@ const COMPONENTS: &[&str] = &[
     "chatty",
     "idle",
     "jailbreak",
+    "blinky",
+    "button",
+    "thermometer",
+    "intruder",
+    "toggler",
 ];
 
 /// Services built as WASI preview 1 core modules.
@@ -30,6 +35,13 @@ fn main() {
     }
     for name in COMPONENTS.iter().chain(MODULES) {
         println!("cargo:rerun-if-changed={}", root.join(name).display());
+    }
+    // The hardware samples build against the SDK and its WIT.
+    for dir in ["sdk", "hostcalls/wit"] {
+        println!(
+            "cargo:rerun-if-changed={}",
+            root.with_file_name(dir).display()
+        );
     }
     let target_dir = root.join("target");
 
