@@ -103,6 +103,11 @@ impl Hardware {
         Self::simulated(HardwareMap::default())
     }
 
+    /// The GPIO backend, for calling it directly (benchmarks, tools).
+    pub fn gpio_backend(&self) -> &Arc<dyn GpioBackend> {
+        &self.gpio
+    }
+
     pub fn map(&self) -> &HardwareMap {
         &self.map
     }

@@ -70,10 +70,13 @@ impl GpioBackend for LinuxGpio {
 
 fn gpio_error(id: &LineId, e: gpiocdev::Error) -> HwError {
     use gpiocdev::Error as E;
-    match &e {
-        E::Uapi(_, gpiocdev_uapi::Error::Os(errno)) if errno.0 == libc::EBUSY => HwError::Busy,
-        E::Os(errno) if errno.0 == libc::EBUSY => HwError::Busy,
-        E::GpioChip(..) => HwError::NotFound(format!("{id}: {e}")),
+    let errno = match &e {
+        E::Uapi(_, gpiocdev_uapi::Error::Os(errno)) | E::Os(errno) => Some(errno.0),
+        _ => None,
+    };
+    match errno {
+        Some(libc::EBUSY) => HwError::Busy,
+        Some(libc::ENOENT | libc::ENODEV) => HwError::NotFound(format!("{id}: {e}")),
         _ => HwError::Fault(format!("{id}: {e}")),
     }
 }
@@ -205,5 +208,59 @@ fn errno_error(errno: i32) -> I2cError {
         libc::EPROTO | libc::EIO => I2cError::Bus,
         libc::EOVERFLOW => I2cError::Overrun,
         _ => I2cError::Other(std::io::Error::from_raw_os_error(errno).to_string()),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_missing_chip_or_bus_is_not_found_not_a_fault() {
+        let line = LineId {
+            chip: "/dev/gpiochip-none".into(),
+            line: 3,
+        };
+        let request = LineRequest {
+            output: Some(false),
+            edges: false,
+            bias: None,
+            consumer: "test".into(),
+        };
+        match LinuxGpio.request(&line, &request) {
+            Err(HwError::NotFound(what)) => assert!(what.contains("/dev/gpiochip-none"), "{what}"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a chip that does not exist was opened"),
+        }
+        match LinuxI2c.open(Path::new("/dev/i2c-none")) {
+            Err(HwError::NotFound(what)) => assert_eq!(what, "/dev/i2c-none"),
+            Err(e) => panic!("{e}"),
+            Ok(_) => panic!("a bus that does not exist was opened"),
+        }
+    }
+
+    #[test]
+    fn a_file_that_is_not_a_gpio_chip_is_refused() {
+        let file = tempfile::NamedTempFile::new().unwrap();
+        let line = LineId {
+            chip: file.path().to_owned(),
+            line: 0,
+        };
+        let request = LineRequest {
+            output: None,
+            edges: true,
+            bias: None,
+            consumer: "test".into(),
+        };
+        assert!(LinuxGpio.request(&line, &request).is_err());
+    }
+
+    #[test]
+    fn i2c_dev_errors_mean_what_the_kernel_documents() {
+        assert_eq!(errno_error(libc::ENXIO), I2cError::NoAck);
+        assert_eq!(errno_error(libc::EREMOTEIO), I2cError::NoAck);
+        assert_eq!(errno_error(libc::EAGAIN), I2cError::ArbitrationLoss);
+        assert_eq!(errno_error(libc::EIO), I2cError::Bus);
+        assert!(matches!(errno_error(libc::EINVAL), I2cError::Other(m) if m.contains("nvalid")));
     }
 }

@@ -295,3 +295,210 @@ async fn two_services_cannot_hold_one_line() {
     let status = within("the second to run", again.wait_final()).await;
     assert_eq!(status.last_exit, Some(ExitReason::Exited { code: 0 }));
 }
+
+/// `kelp run` as the README shows it.
+fn kelp_run(args: &[&str], stdin: &str) -> std::process::Output {
+    use std::io::Write;
+    use std::process::{Command, Stdio};
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new(kelp_tests::binary("kelp"))
+        .arg("run")
+        .args(args)
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut input = child.stdin.take().unwrap();
+    input.write_all(stdin.as_bytes()).unwrap();
+    drop(input);
+    child.wait_with_output().unwrap()
+}
+
+#[test]
+fn kelp_run_simulates_the_led_and_the_sensor() {
+    let out = kelp_run(
+        &[
+            BLINKY,
+            "--manifest",
+            "sample-modules/blinky/kelp.toml",
+            "--hardware-map",
+            "sample-modules/hardware-sim.toml",
+            "--env",
+            "BLINK_MS=20",
+            "--env",
+            "BLINK_COUNT=4",
+        ],
+        "",
+    );
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(stdout, "led on\nled off\nled on\nled off\n");
+    // The simulated line, as the user watches it.
+    assert_eq!(
+        stderr
+            .lines()
+            .filter(|l| l.starts_with("kelp: sim led = "))
+            .collect::<Vec<_>>(),
+        [
+            "kelp: sim led = 1",
+            "kelp: sim led = 0",
+            "kelp: sim led = 1",
+            "kelp: sim led = 0"
+        ]
+    );
+
+    let out = kelp_run(
+        &[
+            THERMOMETER,
+            "--manifest",
+            "sample-modules/thermometer/kelp.toml",
+            "--hardware-map",
+            "sample-modules/hardware-sim.toml",
+            "--sim-set",
+            "sensors/0x48/temperature=23.5",
+            "--env",
+            "READINGS=1",
+        ],
+        "",
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert_eq!(
+        String::from_utf8_lossy(&out.stdout),
+        "temperature: 23.5 °C\n"
+    );
+}
+
+#[test]
+fn kelp_run_takes_button_presses_from_standard_input() {
+    use std::io::{BufRead, BufReader, Read, Write};
+    use std::process::{Command, Stdio};
+    // No map: `sim` makes a line for each label the manifest grants.
+    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
+    let mut child = Command::new(kelp_tests::binary("kelp"))
+        .args([
+            "run",
+            BUTTON,
+            "--manifest",
+            "sample-modules/button/kelp.toml",
+        ])
+        .args(["--env", "PRESSES=2"])
+        .current_dir(&root)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stdout = BufReader::new(child.stdout.take().unwrap());
+    let mut line = String::new();
+    stdout.read_line(&mut line).unwrap();
+    assert_eq!(line, "waiting for presses\n");
+    // What a person types once the service is listening.
+    let mut input = child.stdin.take().unwrap();
+    input
+        .write_all(b"button=1\nbutton=0\nbutton=2\nbutton=1\n")
+        .unwrap();
+    drop(input);
+    let mut rest = String::new();
+    stdout.read_to_string(&mut rest).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert_eq!(rest, "button pressed (1)\nbutton pressed (2)\n");
+    assert!(
+        stderr.contains("kelp: sim: `button=2`: a line is 1, 0 or - (floating)"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kelp_run_refuses_a_bad_map_or_setting_before_starting() {
+    let bad_map = tempfile::NamedTempFile::new().unwrap();
+    std::fs::write(
+        bad_map.path(),
+        "[gpio.led]\nchip = \"/etc/passwd\"\nline = 1\n",
+    )
+    .unwrap();
+    let out = kelp_run(
+        &[
+            BLINKY,
+            "--manifest",
+            "sample-modules/blinky/kelp.toml",
+            "--hardware-map",
+            bad_map.path().to_str().unwrap(),
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("`/etc/passwd` is not a GPIO chip"),
+        "{stderr}"
+    );
+    assert!(out.stdout.is_empty());
+
+    let out = kelp_run(
+        &[
+            THERMOMETER,
+            "--manifest",
+            "sample-modules/thermometer/kelp.toml",
+            "--sim-set",
+            "sensors/0x48/temperature=20",
+        ],
+        "",
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        stderr.contains("no device at 0x48 on `sensors`"),
+        "{stderr}"
+    );
+}
+
+#[test]
+fn kelpd_grants_hardware_from_the_signed_manifest_and_its_map() {
+    use std::io::{BufRead, BufReader};
+    use std::process::{Command, Stdio};
+    let dir = tempfile::tempdir().unwrap();
+    // The manifest travels inside the file, as `kelp push` leaves it.
+    let manifest = kelp_core::read_manifest_file(
+        &Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/thermometer/kelp.toml"),
+    )
+    .unwrap();
+    let module = kelp_core::embed(&std::fs::read(THERMOMETER).unwrap(), &manifest).unwrap();
+    std::fs::write(dir.path().join("thermometer.wasm"), module).unwrap();
+    std::fs::write(dir.path().join("hardware.toml"), MAP).unwrap();
+    std::fs::write(
+        dir.path().join("local.toml"),
+        "[services.thermometer]\nmodule = \"thermometer.wasm\"\nenv = { INTERVAL_MS = \"50\" }\n",
+    )
+    .unwrap();
+    let mut child = Command::new(kelp_tests::binary("kelpd"))
+        .arg("--local")
+        .arg(dir.path().join("local.toml"))
+        .arg("--data-dir")
+        .arg(dir.path().join("var"))
+        .args(["--hardware", "sim", "--hardware-map"])
+        .arg(dir.path().join("hardware.toml"))
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut lines = BufReader::new(child.stdout.take().unwrap()).lines();
+    let first = lines.next().unwrap().unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // The map's starting temperature, read by the unchanged driver.
+    assert!(
+        first.ends_with(" thermometer | temperature: 21.0 °C"),
+        "{first}"
+    );
+}
