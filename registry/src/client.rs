@@ -326,10 +326,10 @@ impl Client {
                 what: what.clone(),
                 source,
             })?;
-            if bytes.len() + chunk.len() > crate::MAX_MANIFEST_SIZE {
+            if bytes.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
                 return Err(ClientError::TooLong {
                     what,
-                    size: crate::MAX_MANIFEST_SIZE as u64,
+                    size: oci::MAX_MANIFEST_SIZE as u64,
                 });
             }
             bytes.extend_from_slice(&chunk);
@@ -361,30 +361,13 @@ impl Client {
         dest: &Path,
     ) -> Result<Pulled> {
         let (manifest, manifest_digest) = self.pull_manifest(repo, reference).await?;
-        let is_wasm = manifest.artifact_type.as_deref() == Some(oci::WASM_CONFIG)
-            || manifest.config.media_type == oci::WASM_CONFIG;
-        let layers: Vec<&Descriptor> = manifest
-            .layers
-            .iter()
-            .filter(|l| l.media_type == oci::WASM_LAYER)
-            .collect();
-        let [layer] = layers.as_slice() else {
-            return Err(ClientError::Manifest(format!(
-                "{repo}:{reference} has {} `{}` layers; a Wasm artifact has exactly one",
-                layers.len(),
-                oci::WASM_LAYER
-            )));
-        };
-        if !is_wasm {
-            return Err(ClientError::Manifest(format!(
-                "{repo}:{reference} is not a Wasm artifact (config type `{}`)",
-                manifest.config.media_type
-            )));
-        }
+        let layer = manifest
+            .wasm_layer()
+            .map_err(|e| ClientError::Manifest(format!("{repo}@{manifest_digest}: {e}")))?;
         self.pull_blob(repo, layer, dest).await?;
         Ok(Pulled {
             manifest_digest,
-            layer: (*layer).clone(),
+            layer: layer.clone(),
         })
     }
 
@@ -510,10 +493,7 @@ fn range_starts_at(headers: &HeaderMap, start: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::{Auth, PullPolicy, Registry, Store, TokenHash, router};
 
     #[test]
     fn references_name_a_registry_a_repository_and_a_tag_or_digest() {
@@ -536,6 +516,16 @@ mod tests {
             assert!(bad.parse::<Reference>().is_err(), "{bad}");
         }
     }
+}
+
+/// The client against Kelp's own server on a real socket.
+#[cfg(test)]
+#[cfg(feature = "server")]
+mod against_the_server {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::{Auth, PullPolicy, Registry, Store, TokenHash, router};
 
     /// A registry on a real socket, recording the Range headers it receives.
     async fn serve() -> (String, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {

@@ -21,17 +21,8 @@ use uuid::Uuid;
 use crate::auth::{Access, Auth};
 use crate::error::{ApiError, ErrorCode};
 use crate::names::{ManifestRef, RepoName, Tag};
-use crate::oci::{self, ImageIndex, ImageManifest};
+use crate::oci::{self, ImageIndex, ImageManifest, MAX_BLOB_SIZE, MAX_MANIFEST_SIZE};
 use crate::store::{Store, blocking};
-
-/// Largest blob accepted. A Wasm component is a few hundred KiB to a few tens
-/// of MiB; this leaves room for large ones while bounding the disk one push
-/// can fill.
-pub const MAX_BLOB_SIZE: u64 = 512 << 20;
-
-/// Largest manifest accepted, and held in memory while it is checked. The spec
-/// asks registries to take at least 4 MB; a Wasm manifest is under 1 KiB.
-pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
 
 /// Most upload sessions open at once. Each holds a file and a hasher; without
 /// a bound, a token holder could open sessions until the disk's inodes or
