@@ -171,6 +171,9 @@ fn log_report(report: &kelp_runtime::ApplyReport) {
     for (name, why) in &report.rejected {
         tracing::error!(service = %name, %why, "service not started");
     }
+    for (name, why) in &report.kept {
+        tracing::error!(service = %name, %why, "new version refused; the running one stays");
+    }
 }
 
 /// Prints a service's output on kelpd's stdout, one line per line, as
