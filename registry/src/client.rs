@@ -307,6 +307,22 @@ impl Client {
         repo: &RepoName,
         reference: &ManifestRef,
     ) -> Result<(ImageManifest, Digest)> {
+        let (bytes, digest) = self.pull_manifest_bytes(repo, reference).await?;
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Manifest(format!(
+                "manifest {repo}@{digest} is not an image manifest: {e}"
+            ))
+        })?;
+        Ok((manifest, digest))
+    }
+
+    /// Fetches a manifest's bytes, as [`Client::pull_manifest`] checks them,
+    /// for a caller that keeps them (a device's content-addressed store).
+    pub async fn pull_manifest_bytes(
+        &self,
+        repo: &RepoName,
+        reference: &ManifestRef,
+    ) -> Result<(Vec<u8>, Digest)> {
         let what = format!("pulling manifest {repo}:{reference}");
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let req = self
@@ -348,9 +364,7 @@ impl Client {
                 actual,
             });
         }
-        let manifest: ImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Manifest(format!("{what}: not an image manifest: {e}")))?;
-        Ok((manifest, actual))
+        Ok((bytes, actual))
     }
 
     /// Pulls the Wasm artifact at `reference` into `dest`.
