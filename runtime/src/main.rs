@@ -1,15 +1,17 @@
 //! `kelpd`, the Kelp device supervisor.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use kelp_runtime::images::ImageStore;
 use kelp_runtime::{
-    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, Stream,
-    Supervisor, local,
+    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, ServiceSpec,
+    Stream, Supervisor, local,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
@@ -38,9 +40,16 @@ struct Args {
 
     /// A publisher public key (wasmsign2's raw format, as `kelp key generate`
     /// writes it) this device trusts; repeat for several. When any are given,
-    /// only modules one of them signed run.
+    /// only modules one of them signed run. Services from a registry
+    /// (`image =`) need at least one.
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
+
+    /// Token for the registries `image =` services are pulled from, when
+    /// they need one to pull (prefer the environment variable: arguments
+    /// are visible to every user of the device).
+    #[arg(long, env = "KELP_REGISTRY_TOKEN", hide_env_values = true)]
+    registry_token: Option<String>,
 
     /// Services the pooling allocator makes room for.
     #[arg(long, env = "KELP_POOL_SLOTS", default_value_t = kelp_runtime::DEFAULT_POOL_SLOTS)]
@@ -92,14 +101,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cache_dir = args.data_dir.join("cache");
     std::fs::create_dir_all(&services_dir)
         .with_context(|| format!("cannot create data directory `{}`", services_dir.display()))?;
-    let specs = local::load(&args.local, &services_dir)?;
+    let target = local::load(&args.local, &services_dir)?;
     let trusted_keys = args
         .trusted_keys
         .iter()
         .map(|path| read_public_key(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if trusted_keys.is_empty() {
-        tracing::warn!("no --trusted-key given: module signatures are not checked");
+    let device = Device {
+        images: ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone()),
+        checks_signatures: !trusted_keys.is_empty(),
+        refused: Arc::default(),
+    };
+    if !device.checks_signatures {
+        tracing::warn!(
+            "no --trusted-key given: module signatures are not checked, and services from a registry do not run"
+        );
     }
 
     let runtime = Runtime::new(RuntimeConfig {
@@ -119,18 +135,22 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
     let status_path = args.data_dir.join("status.json");
-    let status_writer = tokio::spawn(write_status(supervisor.clone(), status_path.clone()));
+    let status_writer = tokio::spawn(write_status(
+        supervisor.clone(),
+        device.refused.clone(),
+        status_path.clone(),
+    ));
 
-    let report = supervisor.apply(specs).await;
-    log_report(&report);
+    device.apply(&supervisor, target).await;
+    save_status(&supervisor, &device.refused, &status_path);
 
     loop {
         tokio::select! {
             _ = hangup.recv() => {
                 match local::load(&args.local, &services_dir) {
-                    Ok(specs) => {
-                        let report = supervisor.apply(specs).await;
-                        log_report(&report);
+                    Ok(target) => {
+                        device.apply(&supervisor, target).await;
+                        save_status(&supervisor, &device.refused, &status_path);
                     }
                     // A broken edit must not take down what runs: keep the
                     // current set and say why.
@@ -144,8 +164,68 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("stopping services");
     supervisor.shutdown().await;
     status_writer.abort();
-    save_status(&supervisor, &status_path);
+    save_status(&supervisor, &device.refused, &status_path);
     Ok(())
+}
+
+/// Services of the target that do not run as it says, with why: for
+/// status.json, beside the services that run.
+type Refused = Arc<Mutex<BTreeMap<String, String>>>;
+
+struct Device {
+    images: ImageStore,
+    checks_signatures: bool,
+    refused: Refused,
+}
+
+impl Device {
+    /// Fetches the images the target names, then moves the supervisor to
+    /// it. A service whose image cannot be fetched, or whose new version
+    /// does not load, keeps running the version it runs (if any), and is
+    /// listed as refused with the reason.
+    async fn apply(&self, supervisor: &Supervisor, target: Vec<local::TargetService>) {
+        let mut refused = BTreeMap::new();
+        let mut specs = Vec::new();
+        let mut images = BTreeMap::new();
+        for service in target {
+            let Some(image) = service.image else {
+                specs.push(service.spec);
+                continue;
+            };
+            images.insert(service.spec.name.clone(), image.clone());
+            let name = service.spec.name.clone();
+            let fetched = if self.checks_signatures {
+                self.images.fetch(&image).await.map_err(|e| e.to_string())
+            } else {
+                Err(format!(
+                    "not fetching image {image}: kelpd has no --trusted-key, and runs code from a registry only if a publisher key it trusts signed it"
+                ))
+            };
+            match fetched {
+                Ok(module) => specs.push(ServiceSpec {
+                    module,
+                    ..service.spec
+                }),
+                Err(why) => {
+                    tracing::error!(service = %name, %why, "image refused");
+                    if let Some(running) = supervisor.service(&name) {
+                        specs.push(running.spec().clone());
+                    }
+                    refused.insert(name, why);
+                }
+            }
+        }
+        let report = supervisor.apply(specs).await;
+        log_report(&report);
+        for (name, why) in report.rejected.into_iter().chain(report.kept) {
+            let why = match images.get(&name) {
+                Some(image) => format!("image {image}: {why}"),
+                None => why,
+            };
+            refused.insert(name, why);
+        }
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+    }
 }
 
 fn read_public_key(path: &Path) -> anyhow::Result<kelp_core::PublicKey> {
@@ -210,19 +290,26 @@ fn forward_logs(service: &ServiceHandle) {
     });
 }
 
-async fn write_status(supervisor: Arc<Supervisor>, path: PathBuf) {
+async fn write_status(supervisor: Arc<Supervisor>, refused: Refused, path: PathBuf) {
     let changes = supervisor.changes();
     loop {
         changes.notified().await;
         tokio::time::sleep(STATUS_DEBOUNCE).await;
-        save_status(&supervisor, &path);
+        save_status(&supervisor, &refused, &path);
     }
 }
 
-fn save_status(supervisor: &Supervisor, path: &Path) {
+fn save_status(supervisor: &Supervisor, refused: &Refused, path: &Path) {
+    let refused: Vec<serde_json::Value> = refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(name, reason)| serde_json::json!({ "name": name, "reason": reason }))
+        .collect();
     let status = serde_json::json!({
         "allocator": supervisor.runtime().allocator(),
         "services": supervisor.status(),
+        "refused": refused,
     });
     let result = serde_json::to_vec_pretty(&status)
         .map_err(std::io::Error::other)

@@ -5,6 +5,7 @@
 mod support;
 
 mod engine;
+mod images;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;

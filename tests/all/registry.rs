@@ -13,15 +13,15 @@ use kelp_tests::binary;
 use sha2::{Digest as _, Sha256};
 
 /// `kelp-cloud serve` on a free port, killed when dropped.
-struct TestCloud {
+pub(crate) struct TestCloud {
     child: Child,
-    addr: String,
-    token: String,
-    data: PathBuf,
+    pub(crate) addr: String,
+    pub(crate) token: String,
+    pub(crate) data: PathBuf,
 }
 
 impl TestCloud {
-    fn start(data: &Path, args: &[&str]) -> TestCloud {
+    pub(crate) fn start(data: &Path, args: &[&str]) -> TestCloud {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -79,7 +79,7 @@ impl Drop for TestCloud {
     }
 }
 
-fn kelp(args: &[&str], token: Option<&str>) -> Output {
+pub(crate) fn kelp(args: &[&str], token: Option<&str>) -> Output {
     let mut cmd = Command::new(binary("kelp"));
     cmd.args(args)
         .env_remove("KELP_LOG")
@@ -90,11 +90,11 @@ fn kelp(args: &[&str], token: Option<&str>) -> Output {
     cmd.output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
