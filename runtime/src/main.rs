@@ -141,17 +141,24 @@ async fn run(args: Args) -> anyhow::Result<()> {
         status_path.clone(),
     ));
 
-    device.apply(&supervisor, target).await;
-    save_status(&supervisor, &device.refused, &status_path);
-
+    let mut next = Some(target);
     loop {
+        if let Some(target) = next.take() {
+            // Fetching an image can take minutes on a slow link: a stop
+            // request does not wait for it (a partial download resumes on
+            // the next start).
+            tokio::select! {
+                () = device.apply(&supervisor, target) => {
+                    save_status(&supervisor, &device.refused, &status_path);
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
         tokio::select! {
             _ = hangup.recv() => {
                 match local::load(&args.local, &services_dir) {
-                    Ok(target) => {
-                        device.apply(&supervisor, target).await;
-                        save_status(&supervisor, &device.refused, &status_path);
-                    }
+                    Ok(target) => next = Some(target),
                     // A broken edit must not take down what runs: keep the
                     // current set and say why.
                     Err(e) => tracing::error!(error = %e, "not applying target file"),

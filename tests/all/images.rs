@@ -391,3 +391,28 @@ fn without_a_trusted_key_kelpd_fetches_no_image() {
     assert!(device.stderr().contains("no --trusted-key given"));
     assert!(!device.var().join("blobs/sha256").exists());
 }
+
+#[test]
+fn sigterm_does_not_wait_for_a_stalled_fetch() {
+    // A registry that accepts connections and never answers.
+    let silent = TcpListener::bind("127.0.0.1:0").unwrap();
+    let publisher = Publisher::new();
+    let image = format!(
+        "{}/kelp/stalled@{}",
+        silent.local_addr().unwrap(),
+        sha256(b"never served")
+    );
+    let target = [
+        service("stalled", &image),
+        format!("[services.local]\nmodule = {IDLE:?}\nstop-grace = \"100ms\"\n"),
+    ]
+    .concat();
+    let mut device = Device::start_with(&target, device_args(&[&publisher], "t"));
+    device.wait_until("kelpd to start fetching", |d| {
+        d.stderr().contains("kelpd starting")
+    });
+    std::thread::sleep(Duration::from_millis(300));
+    let (status, took) = device.terminate();
+    assert!(status.success(), "{status:?}\n{}", device.stderr());
+    assert!(took < Duration::from_secs(10), "took {took:?}");
+}

@@ -49,6 +49,24 @@ impl Device {
         (self.child, self.out, self.err) = spawn(self.data.path(), &self.target, &self.args);
     }
 
+    /// Sends SIGTERM and waits for kelpd to exit; returns how it exited and
+    /// how long that took.
+    pub(crate) fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        self.signal(libc::SIGTERM);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kelpd ignored SIGTERM\nstderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// kelpd's data directory.
     pub(crate) fn var(&self) -> PathBuf {
         self.data.path().join("var")
