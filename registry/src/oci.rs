@@ -124,10 +124,16 @@ pub struct WasmArtifact {
 
 impl WasmArtifact {
     pub fn new(wasm: &[u8]) -> Result<Self, serde_json::Error> {
+        WasmArtifact::of_layer(digest_of(wasm), wasm.len() as u64)
+    }
+
+    /// The artifact of a `.wasm` known by its digest and size, for a file
+    /// pushed from disk without being held in memory.
+    pub fn of_layer(digest: Digest, size: u64) -> Result<Self, serde_json::Error> {
         let layer = Descriptor {
             media_type: WASM_LAYER.to_owned(),
-            digest: digest_of(wasm),
-            size: wasm.len() as u64,
+            digest,
+            size,
             annotations: BTreeMap::new(),
         };
         let config = serde_json::to_vec(&WasmConfig {
