@@ -182,6 +182,10 @@ impl Drop for Reporting<'_> {
 /// Size of the pieces a blob is streamed in.
 const CHUNK: usize = 64 << 10;
 
+/// Bytes read or written per step on a local file: few, large steps, since
+/// each tokio file operation is a trip to the blocking pool.
+const FILE_BUFFER: usize = 256 << 10;
+
 /// What a pull produced.
 #[derive(Clone, Debug)]
 pub struct Pulled {
@@ -338,19 +342,16 @@ impl Client {
             path: path.to_owned(),
             source,
         };
-        let mut file = tokio::fs::File::open(path).await.map_err(io)?;
-        let mut hasher = Sha256::new();
-        let mut size = 0u64;
-        let mut buf = vec![0u8; CHUNK];
-        loop {
-            let n = file.read(&mut buf).await.map_err(io)?;
-            if n == 0 {
-                break;
-            }
-            hasher.update(&buf[..n]);
-            size += n as u64;
-        }
-        let digest = Digest::from_bytes(hasher.finalize().into());
+        let owned = path.to_owned();
+        // One trip to the blocking pool for the whole hash, not one a read.
+        let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&owned))
+            .await
+            .map_err(|e| {
+                io(std::io::Error::other(format!(
+                    "hashing did not finish: {e}"
+                )))
+            })?
+            .map_err(io)?;
         let file = tokio::fs::File::open(path).await.map_err(io)?;
         // The announced length bounds what is sent, should the file grow;
         // a file that changed is caught by the registry's digest check.
@@ -583,27 +584,37 @@ impl Client {
             }
             let progress =
                 Reporting::start(self.progress.as_deref(), &desc.digest, desc.size, have);
+            // Written in large pieces: each write to a tokio file is a trip
+            // to the blocking pool, and the network hands over a few KiB at
+            // a time. Whatever is buffered is a prefix of the blob, so
+            // losing it on an error only means resuming from earlier.
+            let mut out = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
             let mut stream = res.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| ClientError::Http {
-                    what: what.clone(),
-                    source,
-                })?;
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(source) => {
+                        // Keep what arrived, for the resume.
+                        let _ = out.flush().await;
+                        return Err(ClientError::Http { what, source });
+                    }
+                };
                 progress.advance(chunk.len() as u64);
                 if have + chunk.len() as u64 > desc.size {
-                    // Keep what fits; the rest is not what the manifest
-                    // promised.
-                    let _ = file.flush().await;
+                    // Keep what came before; the rest is not what the
+                    // manifest promised.
+                    let _ = out.flush().await;
                     return Err(ClientError::TooLong {
                         what,
                         size: desc.size,
                     });
                 }
-                file.write_all(&chunk).await.map_err(io(&partial))?;
+                out.write_all(&chunk).await.map_err(io(&partial))?;
                 hasher.update(&chunk);
                 have += chunk.len() as u64;
             }
-            file.flush().await.map_err(io(&partial))?;
+            out.flush().await.map_err(io(&partial))?;
+            drop(out);
             if have < desc.size {
                 return Err(ClientError::TooShort {
                     what,
@@ -626,6 +637,23 @@ impl Client {
         drop(file);
         tokio::fs::rename(&partial, dest).await.map_err(io(dest))?;
         Ok(())
+    }
+}
+
+/// The sha256 and size of a file.
+fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; FILE_BUFFER];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((Digest::from_bytes(hasher.finalize().into()), size));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
     }
 }
 
