@@ -20,8 +20,9 @@ use std::time::Duration;
 use kelp_core::{ByteSize, RestartPolicy};
 use serde::Deserialize;
 
-use crate::images::ImageRef;
+use crate::images::{ImageRef, ImageStore};
 use crate::service::{DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceSpec};
+use crate::supervisor::{ApplyReport, Supervisor};
 
 /// Largest target file read. A file for hundreds of services is a few tens of
 /// KiB.
@@ -149,6 +150,60 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetServ
             Ok(TargetService { spec, image })
         })
         .collect()
+}
+
+/// Moves `supervisor` to `target`, fetching the images it names into
+/// `images` first. Returns what the supervisor did, and each service that
+/// does not run as the target says, with why: its image could not be
+/// fetched, its new version did not load, or it was rejected. A service
+/// whose image cannot be fetched, or whose new version does not load, keeps
+/// running the version it runs, if any.
+///
+/// `images` is `None` on a device that trusts no publisher key: code from
+/// a registry runs only if a key the device trusts signed it, so such a
+/// device fetches nothing.
+pub async fn apply(
+    supervisor: &Supervisor,
+    images: Option<&ImageStore>,
+    target: Vec<TargetService>,
+) -> (ApplyReport, BTreeMap<String, String>) {
+    let mut refused = BTreeMap::new();
+    let mut specs = Vec::new();
+    let mut by_image = BTreeMap::new();
+    for TargetService { spec, image } in target {
+        let Some(image) = image else {
+            specs.push(spec);
+            continue;
+        };
+        let name = spec.name.clone();
+        let fetched = match images {
+            Some(store) => store.fetch(&image).await.map_err(|e| e.to_string()),
+            None => Err(format!(
+                "not fetching image {image}: this device trusts no publisher key (--trusted-key), and runs code from a registry only if one signed it"
+            )),
+        };
+        match fetched {
+            Ok(module) => specs.push(ServiceSpec { module, ..spec }),
+            Err(why) => {
+                // Keep what runs: the same spec is an unchanged service.
+                if let Some(running) = supervisor.service(&name) {
+                    specs.push(running.spec().clone());
+                }
+                refused.insert(name.clone(), why);
+            }
+        }
+        // The loader's reasons name the module's file; the image says more.
+        by_image.insert(name, image);
+    }
+    let report = supervisor.apply(specs).await;
+    for (name, why) in report.rejected.iter().chain(&report.kept) {
+        let why = match by_image.get(name) {
+            Some(image) => format!("image {image}: {why}"),
+            None => why.clone(),
+        };
+        refused.insert(name.clone(), why);
+    }
+    (report, refused)
 }
 
 #[cfg(test)]

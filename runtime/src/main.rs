@@ -10,8 +10,8 @@ use anyhow::Context as _;
 use clap::Parser;
 use kelp_runtime::images::ImageStore;
 use kelp_runtime::{
-    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, ServiceSpec,
-    Stream, Supervisor, local,
+    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, Stream,
+    Supervisor, local,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
@@ -108,11 +108,11 @@ async fn run(args: Args) -> anyhow::Result<()> {
         .map(|path| read_public_key(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
     let device = Device {
-        images: ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone()),
-        checks_signatures: !trusted_keys.is_empty(),
+        images: (!trusted_keys.is_empty())
+            .then(|| ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone())),
         refused: Arc::default(),
     };
-    if !device.checks_signatures {
+    if device.images.is_none() {
         tracing::warn!(
             "no --trusted-key given: module signatures are not checked, and services from a registry do not run"
         );
@@ -180,56 +180,18 @@ async fn run(args: Args) -> anyhow::Result<()> {
 type Refused = Arc<Mutex<BTreeMap<String, String>>>;
 
 struct Device {
-    images: ImageStore,
-    checks_signatures: bool,
+    /// `None` without a trusted key: such a device runs no images.
+    images: Option<ImageStore>,
     refused: Refused,
 }
 
 impl Device {
-    /// Fetches the images the target names, then moves the supervisor to
-    /// it. A service whose image cannot be fetched, or whose new version
-    /// does not load, keeps running the version it runs (if any), and is
-    /// listed as refused with the reason.
     async fn apply(&self, supervisor: &Supervisor, target: Vec<local::TargetService>) {
-        let mut refused = BTreeMap::new();
-        let mut specs = Vec::new();
-        let mut images = BTreeMap::new();
-        for service in target {
-            let Some(image) = service.image else {
-                specs.push(service.spec);
-                continue;
-            };
-            images.insert(service.spec.name.clone(), image.clone());
-            let name = service.spec.name.clone();
-            let fetched = if self.checks_signatures {
-                self.images.fetch(&image).await.map_err(|e| e.to_string())
-            } else {
-                Err(format!(
-                    "not fetching image {image}: kelpd has no --trusted-key, and runs code from a registry only if a publisher key it trusts signed it"
-                ))
-            };
-            match fetched {
-                Ok(module) => specs.push(ServiceSpec {
-                    module,
-                    ..service.spec
-                }),
-                Err(why) => {
-                    tracing::error!(service = %name, %why, "image refused");
-                    if let Some(running) = supervisor.service(&name) {
-                        specs.push(running.spec().clone());
-                    }
-                    refused.insert(name, why);
-                }
-            }
-        }
-        let report = supervisor.apply(specs).await;
+        let (report, refused) = local::apply(supervisor, self.images.as_ref(), target).await;
         log_report(&report);
-        for (name, why) in report.rejected.into_iter().chain(report.kept) {
-            let why = match images.get(&name) {
-                Some(image) => format!("image {image}: {why}"),
-                None => why,
-            };
-            refused.insert(name, why);
+        // Rejected, kept on its old version, or its image refused.
+        for (name, why) in &refused {
+            tracing::error!(service = %name, %why, "refused");
         }
         *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
     }
@@ -255,12 +217,6 @@ fn log_report(report: &kelp_runtime::ApplyReport) {
         unchanged = ?report.unchanged,
         "applied target"
     );
-    for (name, why) in &report.rejected {
-        tracing::error!(service = %name, %why, "service not started");
-    }
-    for (name, why) in &report.kept {
-        tracing::error!(service = %name, %why, "new version refused; the running one stays");
-    }
 }
 
 /// Prints a service's output on kelpd's stdout, one line per line, as

@@ -341,8 +341,9 @@ fn a_bad_image_is_refused_with_its_reason_and_the_running_version_stays() {
         assert_eq!(service_field(&device, "svc", "restarts"), 0, "{what}");
         assert_eq!(device.lines_of("svc", "idle: ready"), 1, "{what}");
         assert!(
-            device.stderr().contains("image refused")
-                || device.stderr().contains("new version refused"),
+            device
+                .stderr()
+                .contains(&format!("refused service=svc why=image {image}")),
             "{what}: {}",
             device.stderr()
         );
@@ -387,7 +388,10 @@ fn without_a_trusted_key_kelpd_fetches_no_image() {
         refusal(d, "remote").is_some() && d.service_state("local").as_deref() == Some("running")
     });
     let reason = refusal(&device, "remote").unwrap();
-    assert!(reason.contains("no --trusted-key"), "{reason}");
+    assert!(
+        reason.contains("trusts no publisher key (--trusted-key)") && reason.contains(&image),
+        "{reason}"
+    );
     assert!(device.stderr().contains("no --trusted-key given"));
     assert!(!device.var().join("blobs/sha256").exists());
 }
