@@ -233,6 +233,7 @@ fn a_bad_image_is_refused_with_its_reason_and_the_running_version_stays() {
     let device = Device::start_with(&target, device_args(&[&publisher], &cloud.token));
     device.wait_until("svc to run and fresh to fail", |d| {
         d.service_state("svc").as_deref() == Some("running")
+            && d.lines_of("svc", "idle: ready") == 1
             && d.service_state("fresh").as_deref() == Some("failed")
     });
     let reason = service_field(&device, "fresh", "last_exit")["message"].clone();
