@@ -7,6 +7,7 @@ use clap::{Parser, Subcommand};
 
 mod build;
 mod commands;
+mod progress;
 
 /// Build, sign, ship and run WebAssembly services on fleets of devices.
 #[derive(Parser, Debug)]

@@ -4,10 +4,15 @@
 //! interrupted pull resumes from what that file holds with a `Range`
 //! request, never reads past the size the manifest declares, and the file is
 //! renamed to `<dest>` only once the digest matches.
+//!
+//! A push streams its blob, from memory or straight from a file, so pushing
+//! a large file does not need its size in memory. A [`Progress`] given to
+//! [`Client::with_progress`] hears how each blob transfer goes.
 
 use std::fmt;
 use std::path::{Path, PathBuf};
 use std::str::FromStr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
@@ -137,6 +142,50 @@ impl fmt::Display for Reference {
     }
 }
 
+/// Told how each blob transfer goes, to draw a progress bar.
+pub trait Progress: Send + Sync {
+    /// A transfer of blob `digest`, `total` bytes, starts with `done` of
+    /// them already in place (a resumed pull).
+    fn start(&self, digest: &Digest, total: u64, done: u64);
+    /// `bytes` more moved.
+    fn advance(&self, bytes: u64);
+    /// The transfer ended, complete or not.
+    fn finish(&self);
+}
+
+/// Ends a transfer's progress however the transfer ends.
+struct Reporting<'a>(Option<&'a dyn Progress>);
+
+impl<'a> Reporting<'a> {
+    fn start(progress: Option<&'a dyn Progress>, digest: &Digest, total: u64, done: u64) -> Self {
+        if let Some(p) = progress {
+            p.start(digest, total, done);
+        }
+        Reporting(progress)
+    }
+
+    fn advance(&self, bytes: u64) {
+        if let Some(p) = self.0 {
+            p.advance(bytes);
+        }
+    }
+}
+
+impl Drop for Reporting<'_> {
+    fn drop(&mut self) {
+        if let Some(p) = self.0 {
+            p.finish();
+        }
+    }
+}
+
+/// Size of the pieces a blob is streamed in.
+const CHUNK: usize = 64 << 10;
+
+/// Bytes read or written per step on a local file: few, large steps, since
+/// each tokio file operation is a trip to the blocking pool.
+const FILE_BUFFER: usize = 256 << 10;
+
 /// What a pull produced.
 #[derive(Clone, Debug)]
 pub struct Pulled {
@@ -145,11 +194,21 @@ pub struct Pulled {
 }
 
 /// A client for one registry.
-#[derive(Clone, Debug)]
+#[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
     base: String,
     token: Option<String>,
+    progress: Option<Arc<dyn Progress>>,
+}
+
+impl fmt::Debug for Client {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Client")
+            .field("base", &self.base)
+            .field("token", &self.token.as_ref().map(|_| "…"))
+            .finish_non_exhaustive()
+    }
 }
 
 impl Client {
@@ -169,7 +228,14 @@ impl Client {
             http,
             base: base.trim_end_matches('/').to_owned(),
             token: token.filter(|t| !t.is_empty()),
+            progress: None,
         })
+    }
+
+    /// Reports every blob transfer to `progress`.
+    pub fn with_progress(mut self, progress: Arc<dyn Progress>) -> Self {
+        self.progress = Some(progress);
+        self
     }
 
     fn request(&self, method: reqwest::Method, url: &str) -> reqwest::RequestBuilder {
@@ -227,6 +293,24 @@ impl Client {
         let artifact = WasmArtifact::new(&wasm)
             .map_err(|e| ClientError::Manifest(format!("cannot encode the manifest: {e}")))?;
         self.push_blob(repo, wasm).await?;
+        self.push_artifact(repo, tag, artifact).await
+    }
+
+    /// Like [`Client::push_wasm`], streaming the `.wasm` from a file.
+    pub async fn push_wasm_file(&self, repo: &RepoName, tag: &Tag, path: &Path) -> Result<Digest> {
+        let (digest, size) = self.push_blob_file(repo, path).await?;
+        let artifact = WasmArtifact::of_layer(digest, size)
+            .map_err(|e| ClientError::Manifest(format!("cannot encode the manifest: {e}")))?;
+        self.push_artifact(repo, tag, artifact).await
+    }
+
+    /// The config and manifest of an artifact whose layer is pushed.
+    async fn push_artifact(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        artifact: WasmArtifact,
+    ) -> Result<Digest> {
         self.push_blob(repo, Bytes::from(artifact.config)).await?;
         self.push_manifest(
             repo,
@@ -237,18 +321,57 @@ impl Client {
         .await
     }
 
-    /// Uploads a blob unless the registry has it already (POST, then PUT
-    /// with the digest, which every registry supports). `Bytes`, so the
+    /// Uploads a blob unless the registry has it already. `Bytes`, so the
     /// request body shares the caller's buffer instead of copying it.
     pub async fn push_blob(&self, repo: &RepoName, bytes: Bytes) -> Result<Digest> {
         let digest = digest_of(&bytes);
+        let size = bytes.len() as u64;
+        let pieces = (0..bytes.len())
+            .step_by(CHUNK)
+            .map(move |at| Ok::<_, std::io::Error>(bytes.slice(at..bytes.len().min(at + CHUNK))));
+        self.upload(repo, digest, size, futures_util::stream::iter(pieces))
+            .await?;
+        Ok(digest)
+    }
+
+    /// Uploads a file as a blob unless the registry has it already, reading
+    /// it twice (once for its digest, once to send it) rather than holding
+    /// it in memory. Returns its digest and size.
+    pub async fn push_blob_file(&self, repo: &RepoName, path: &Path) -> Result<(Digest, u64)> {
+        let io = |source| ClientError::Io {
+            path: path.to_owned(),
+            source,
+        };
+        let owned = path.to_owned();
+        // One trip to the blocking pool for the whole hash, not one a read.
+        let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&owned))
+            .await
+            .map_err(|e| {
+                io(std::io::Error::other(format!(
+                    "hashing did not finish: {e}"
+                )))
+            })?
+            .map_err(io)?;
+        let file = tokio::fs::File::open(path).await.map_err(io)?;
+        // The announced length bounds what is sent, should the file grow;
+        // a file that changed is caught by the registry's digest check.
+        let stream = tokio_util::io::ReaderStream::with_capacity(file.take(size), CHUNK);
+        self.upload(repo, digest, size, stream).await?;
+        Ok((digest, size))
+    }
+
+    /// POST, then PUT with the digest: the upload every registry supports.
+    async fn upload<S>(&self, repo: &RepoName, digest: Digest, size: u64, body: S) -> Result<()>
+    where
+        S: futures_util::Stream<Item = std::io::Result<Bytes>> + Send + 'static,
+    {
         let what = format!("pushing blob {digest} to {repo}");
         let url = format!("{}/v2/{repo}/blobs/{digest}", self.base);
         let res = self
             .send(&what, self.request(reqwest::Method::HEAD, &url))
             .await?;
         if res.status() == StatusCode::OK {
-            return Ok(digest);
+            return Ok(());
         }
         let url = format!("{}/v2/{repo}/blobs/uploads/", self.base);
         let res = self
@@ -271,13 +394,27 @@ impl Client {
         };
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
+        let progress = self.progress.clone();
+        if let Some(p) = &progress {
+            p.start(&digest, size, 0);
+        }
+        let counted = body.map(move |piece| {
+            if let (Ok(bytes), Some(p)) = (&piece, &progress) {
+                p.advance(bytes.len() as u64);
+            }
+            piece
+        });
         let req = self
             .request(reqwest::Method::PUT, &url)
             .header(header::CONTENT_TYPE, "application/octet-stream")
-            .body(bytes);
-        let res = self.send(&what, req).await?;
-        self.expect(&what, res, &[StatusCode::CREATED]).await?;
-        Ok(digest)
+            .header(header::CONTENT_LENGTH, size)
+            .body(reqwest::Body::wrap_stream(counted));
+        let sent = self.send(&what, req).await;
+        if let Some(p) = &self.progress {
+            p.finish();
+        }
+        self.expect(&what, sent?, &[StatusCode::CREATED]).await?;
+        Ok(())
     }
 
     /// Pushes a manifest; returns its digest.
@@ -307,6 +444,22 @@ impl Client {
         repo: &RepoName,
         reference: &ManifestRef,
     ) -> Result<(ImageManifest, Digest)> {
+        let (bytes, digest) = self.pull_manifest_bytes(repo, reference).await?;
+        let manifest: ImageManifest = serde_json::from_slice(&bytes).map_err(|e| {
+            ClientError::Manifest(format!(
+                "manifest {repo}@{digest} is not an image manifest: {e}"
+            ))
+        })?;
+        Ok((manifest, digest))
+    }
+
+    /// Fetches a manifest's bytes, as [`Client::pull_manifest`] checks them,
+    /// for a caller that keeps them (a device's content-addressed store).
+    pub async fn pull_manifest_bytes(
+        &self,
+        repo: &RepoName,
+        reference: &ManifestRef,
+    ) -> Result<(Vec<u8>, Digest)> {
         let what = format!("pulling manifest {repo}:{reference}");
         let url = format!("{}/v2/{repo}/manifests/{reference}", self.base);
         let req = self
@@ -326,10 +479,10 @@ impl Client {
                 what: what.clone(),
                 source,
             })?;
-            if bytes.len() + chunk.len() > crate::MAX_MANIFEST_SIZE {
+            if bytes.len() + chunk.len() > oci::MAX_MANIFEST_SIZE {
                 return Err(ClientError::TooLong {
                     what,
-                    size: crate::MAX_MANIFEST_SIZE as u64,
+                    size: oci::MAX_MANIFEST_SIZE as u64,
                 });
             }
             bytes.extend_from_slice(&chunk);
@@ -348,9 +501,7 @@ impl Client {
                 actual,
             });
         }
-        let manifest: ImageManifest = serde_json::from_slice(&bytes)
-            .map_err(|e| ClientError::Manifest(format!("{what}: not an image manifest: {e}")))?;
-        Ok((manifest, actual))
+        Ok((bytes, actual))
     }
 
     /// Pulls the Wasm artifact at `reference` into `dest`.
@@ -361,30 +512,13 @@ impl Client {
         dest: &Path,
     ) -> Result<Pulled> {
         let (manifest, manifest_digest) = self.pull_manifest(repo, reference).await?;
-        let is_wasm = manifest.artifact_type.as_deref() == Some(oci::WASM_CONFIG)
-            || manifest.config.media_type == oci::WASM_CONFIG;
-        let layers: Vec<&Descriptor> = manifest
-            .layers
-            .iter()
-            .filter(|l| l.media_type == oci::WASM_LAYER)
-            .collect();
-        let [layer] = layers.as_slice() else {
-            return Err(ClientError::Manifest(format!(
-                "{repo}:{reference} has {} `{}` layers; a Wasm artifact has exactly one",
-                layers.len(),
-                oci::WASM_LAYER
-            )));
-        };
-        if !is_wasm {
-            return Err(ClientError::Manifest(format!(
-                "{repo}:{reference} is not a Wasm artifact (config type `{}`)",
-                manifest.config.media_type
-            )));
-        }
+        let layer = manifest
+            .wasm_layer()
+            .map_err(|e| ClientError::Manifest(format!("{repo}@{manifest_digest}: {e}")))?;
         self.pull_blob(repo, layer, dest).await?;
         Ok(Pulled {
             manifest_digest,
-            layer: (*layer).clone(),
+            layer: layer.clone(),
         })
     }
 
@@ -448,26 +582,39 @@ impl Client {
                     message: format!(": the reply does not start at byte {have}"),
                 });
             }
+            let progress =
+                Reporting::start(self.progress.as_deref(), &desc.digest, desc.size, have);
+            // Written in large pieces: each write to a tokio file is a trip
+            // to the blocking pool, and the network hands over a few KiB at
+            // a time. Whatever is buffered is a prefix of the blob, so
+            // losing it on an error only means resuming from earlier.
+            let mut out = tokio::io::BufWriter::with_capacity(FILE_BUFFER, &mut file);
             let mut stream = res.bytes_stream();
             while let Some(chunk) = stream.next().await {
-                let chunk = chunk.map_err(|source| ClientError::Http {
-                    what: what.clone(),
-                    source,
-                })?;
+                let chunk = match chunk {
+                    Ok(chunk) => chunk,
+                    Err(source) => {
+                        // Keep what arrived, for the resume.
+                        let _ = out.flush().await;
+                        return Err(ClientError::Http { what, source });
+                    }
+                };
+                progress.advance(chunk.len() as u64);
                 if have + chunk.len() as u64 > desc.size {
-                    // Keep what fits; the rest is not what the manifest
-                    // promised.
-                    let _ = file.flush().await;
+                    // Keep what came before; the rest is not what the
+                    // manifest promised.
+                    let _ = out.flush().await;
                     return Err(ClientError::TooLong {
                         what,
                         size: desc.size,
                     });
                 }
-                file.write_all(&chunk).await.map_err(io(&partial))?;
+                out.write_all(&chunk).await.map_err(io(&partial))?;
                 hasher.update(&chunk);
                 have += chunk.len() as u64;
             }
-            file.flush().await.map_err(io(&partial))?;
+            out.flush().await.map_err(io(&partial))?;
+            drop(out);
             if have < desc.size {
                 return Err(ClientError::TooShort {
                     what,
@@ -493,6 +640,23 @@ impl Client {
     }
 }
 
+/// The sha256 and size of a file.
+fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
+    use std::io::Read as _;
+    let mut file = std::fs::File::open(path)?;
+    let mut hasher = Sha256::new();
+    let mut size = 0u64;
+    let mut buf = vec![0u8; FILE_BUFFER];
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            return Ok((Digest::from_bytes(hasher.finalize().into()), size));
+        }
+        hasher.update(&buf[..n]);
+        size += n as u64;
+    }
+}
+
 fn partial_path(dest: &Path) -> PathBuf {
     let mut name = dest.file_name().unwrap_or_default().to_os_string();
     name.push(".partial");
@@ -510,10 +674,7 @@ fn range_starts_at(headers: &HeaderMap, start: u64) -> bool {
 
 #[cfg(test)]
 mod tests {
-    use std::sync::{Arc, Mutex};
-
     use super::*;
-    use crate::{Auth, PullPolicy, Registry, Store, TokenHash, router};
 
     #[test]
     fn references_name_a_registry_a_repository_and_a_tag_or_digest() {
@@ -536,6 +697,16 @@ mod tests {
             assert!(bad.parse::<Reference>().is_err(), "{bad}");
         }
     }
+}
+
+/// The client against Kelp's own server on a real socket.
+#[cfg(test)]
+#[cfg(feature = "server")]
+mod against_the_server {
+    use std::sync::{Arc, Mutex};
+
+    use super::*;
+    use crate::{Auth, PullPolicy, Registry, Store, TokenHash, router};
 
     /// A registry on a real socket, recording the Range headers it receives.
     async fn serve() -> (String, Arc<Mutex<Vec<String>>>, tempfile::TempDir) {
@@ -652,5 +823,86 @@ mod tests {
         );
         assert!(!dest.exists());
         assert!(std::fs::metadata(partial_path(&dest)).unwrap().len() <= 1000);
+    }
+
+    /// Records what a client reports.
+    #[derive(Default)]
+    struct Recorder(Mutex<Vec<String>>);
+
+    impl Progress for Recorder {
+        fn start(&self, digest: &Digest, total: u64, done: u64) {
+            let short = &digest.hex()[..8];
+            self.0
+                .lock()
+                .unwrap()
+                .push(format!("start {short} {total} {done}"));
+        }
+        fn advance(&self, bytes: u64) {
+            let mut events = self.0.lock().unwrap();
+            match events.last_mut() {
+                Some(last) if last.starts_with("moved ") => {
+                    let n: u64 = last["moved ".len()..].parse().unwrap();
+                    *last = format!("moved {}", n + bytes);
+                }
+                _ => events.push(format!("moved {bytes}")),
+            }
+        }
+        fn finish(&self) {
+            self.0.lock().unwrap().push("finish".to_owned());
+        }
+    }
+
+    #[tokio::test]
+    async fn a_file_is_pushed_from_disk_and_every_transfer_reports_progress() {
+        let (base, ranges, dir) = serve().await;
+        let recorder = Arc::new(Recorder::default());
+        let client = Client::new(&base, Some("t".into()))
+            .unwrap()
+            .with_progress(recorder.clone());
+        let repo = RepoName::parse("kelp/big").unwrap();
+        let wasm: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
+        let file = dir.path().join("big.wasm");
+        std::fs::write(&file, &wasm).unwrap();
+        let manifest_digest = client
+            .push_wasm_file(&repo, &Tag::parse("v1").unwrap(), &file)
+            .await
+            .unwrap();
+        // The same manifest as pushing the bytes from memory.
+        assert_eq!(
+            manifest_digest,
+            WasmArtifact::new(&wasm).unwrap().manifest_digest
+        );
+        let layer = &digest_of(&wasm).hex()[..8];
+        let events = std::mem::take(&mut *recorder.0.lock().unwrap());
+        assert_eq!(
+            events[..3],
+            [
+                format!("start {layer} 1000000 0"),
+                "moved 1000000".to_owned(),
+                "finish".to_owned(),
+            ]
+        );
+
+        // A resumed pull starts from what the partial file holds.
+        let desc = Descriptor {
+            media_type: oci::WASM_LAYER.into(),
+            digest: digest_of(&wasm),
+            size: wasm.len() as u64,
+            annotations: Default::default(),
+        };
+        let dest = dir.path().join("pulled.wasm");
+        std::fs::write(partial_path(&dest), &wasm[..400_000]).unwrap();
+        client.pull_blob(&repo, &desc, &dest).await.unwrap();
+        assert_eq!(std::fs::read(&dest).unwrap(), wasm);
+        assert_eq!(*ranges.lock().unwrap(), ["bytes=400000-"]);
+        let events = std::mem::take(&mut *recorder.0.lock().unwrap());
+        assert_eq!(
+            events,
+            [
+                format!("start {layer} 1000000 400000"),
+                "moved 600000".to_owned(),
+                "finish".to_owned(),
+            ]
+        );
     }
 }

@@ -1,6 +1,9 @@
-//! The registry's one error type and its OCI JSON form.
+//! The OCI error body, which the client reads, and the server's one error
+//! type, which writes it.
 
+#[cfg(feature = "server")]
 use axum::http::{HeaderMap, HeaderName, HeaderValue, StatusCode, header};
+#[cfg(feature = "server")]
 use axum::response::{IntoResponse, Response};
 use serde::{Deserialize, Serialize};
 
@@ -27,6 +30,7 @@ pub enum ErrorCode {
 /// What went wrong serving a request. Client errors carry a status, an OCI
 /// code and a message that names what was wrong; internal errors are logged in
 /// full and answered with a bare 500.
+#[cfg(feature = "server")]
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
     #[error("{message}")]
@@ -44,6 +48,7 @@ pub enum ApiError {
     },
 }
 
+#[cfg(feature = "server")]
 impl ApiError {
     pub(crate) fn new(status: StatusCode, code: ErrorCode, message: impl Into<String>) -> Self {
         ApiError::Client {
@@ -98,6 +103,7 @@ pub struct ErrorEntry {
     pub message: String,
 }
 
+#[cfg(feature = "server")]
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         let (status, code, message, extra) = match self {

@@ -2,6 +2,10 @@
 //! distribution API over it, and the client that pushes and pulls Wasm OCI
 //! artifacts (from this registry or any other OCI registry).
 //!
+//! The server half (the store and the API, on axum) is the `server` feature,
+//! on by default. A device needs only the client: it depends on this crate
+//! with `default-features = false` and links no HTTP server.
+//!
 //! ```no_run
 //! # async fn demo() -> Result<(), Box<dyn std::error::Error>> {
 //! use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash, router};
@@ -14,21 +18,28 @@
 //! # Ok(()) }
 //! ```
 
+#[cfg(feature = "server")]
 mod auth;
 pub mod client;
 
 mod error;
 mod names;
 pub mod oci;
+#[cfg(feature = "server")]
 mod server;
+#[cfg(feature = "server")]
 mod store;
 
+#[cfg(feature = "server")]
 pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash};
 pub use client::{Client, ClientError, Pulled, Reference};
-pub use error::{ApiError, ErrorBody, ErrorCode, ErrorEntry};
+#[cfg(feature = "server")]
+pub use error::ApiError;
+pub use error::{ErrorBody, ErrorCode, ErrorEntry};
+pub use kelp_core::fsutil::write_atomic;
 pub use names::{MAX_NAME_LEN, MAX_TAG_LEN, ManifestRef, NameError, RepoName, Tag};
-pub use server::{
-    MAX_BLOB_SIZE, MAX_MANIFEST_SIZE, MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS, Registry,
-    UPLOAD_IDLE_TIMEOUT, router,
-};
-pub use store::{Store, write_atomic};
+pub use oci::{MAX_BLOB_SIZE, MAX_MANIFEST_SIZE};
+#[cfg(feature = "server")]
+pub use server::{MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS, Registry, UPLOAD_IDLE_TIMEOUT, router};
+#[cfg(feature = "server")]
+pub use store::Store;

@@ -17,6 +17,16 @@ pub const WASM_CONFIG: &str = "application/vnd.wasm.config.v0+json";
 /// Media type of the one layer of a Wasm OCI artifact: the `.wasm` itself.
 pub const WASM_LAYER: &str = "application/wasm";
 
+/// Largest blob the registry accepts. A Wasm component is a few hundred KiB
+/// to a few tens of MiB; this leaves room for large ones while bounding the
+/// disk one push can fill.
+pub const MAX_BLOB_SIZE: u64 = 512 << 20;
+
+/// Largest manifest the registry accepts and the client reads, held in
+/// memory while it is checked. The spec asks registries to take at least
+/// 4 MB; a Wasm manifest is under 1 KiB.
+pub const MAX_MANIFEST_SIZE: usize = 4 << 20;
+
 /// The manifest types the registry stores, in the order it prefers them.
 pub const MANIFEST_TYPES: &[&str] = &[
     OCI_MANIFEST,
@@ -58,6 +68,31 @@ pub struct ImageManifest {
     pub annotations: BTreeMap<String, String>,
 }
 
+/// Why a manifest is not a Wasm artifact.
+#[derive(Debug, thiserror::Error, PartialEq, Eq)]
+pub enum NotWasm {
+    #[error("it is not a Wasm artifact (config type `{0}`)")]
+    Config(String),
+    #[error("it has {0} `{WASM_LAYER}` layers; a Wasm artifact has exactly one")]
+    Layers(usize),
+}
+
+impl ImageManifest {
+    /// The one `.wasm` layer of a Wasm artifact.
+    pub fn wasm_layer(&self) -> Result<&Descriptor, NotWasm> {
+        let is_wasm = self.artifact_type.as_deref() == Some(WASM_CONFIG)
+            || self.config.media_type == WASM_CONFIG;
+        if !is_wasm {
+            return Err(NotWasm::Config(self.config.media_type.clone()));
+        }
+        let mut layers = self.layers.iter().filter(|l| l.media_type == WASM_LAYER);
+        match (layers.next(), layers.count()) {
+            (Some(layer), 0) => Ok(layer),
+            (first, rest) => Err(NotWasm::Layers(usize::from(first.is_some()) + rest)),
+        }
+    }
+}
+
 /// An OCI image index (also the shape of Docker's manifest list).
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -89,10 +124,16 @@ pub struct WasmArtifact {
 
 impl WasmArtifact {
     pub fn new(wasm: &[u8]) -> Result<Self, serde_json::Error> {
+        WasmArtifact::of_layer(digest_of(wasm), wasm.len() as u64)
+    }
+
+    /// The artifact of a `.wasm` known by its digest and size, for a file
+    /// pushed from disk without being held in memory.
+    pub fn of_layer(digest: Digest, size: u64) -> Result<Self, serde_json::Error> {
         let layer = Descriptor {
             media_type: WASM_LAYER.to_owned(),
-            digest: digest_of(wasm),
-            size: wasm.len() as u64,
+            digest,
+            size,
             annotations: BTreeMap::new(),
         };
         let config = serde_json::to_vec(&WasmConfig {
@@ -139,5 +180,26 @@ mod tests {
         assert_eq!(m["layers"][0]["mediaType"], WASM_LAYER);
         assert_eq!(m["layers"][0]["size"], 8);
         assert_eq!(a.manifest_digest, digest_of(&a.manifest));
+    }
+
+    #[test]
+    fn only_a_manifest_with_the_wasm_config_and_one_wasm_layer_is_a_wasm_artifact() {
+        let a = WasmArtifact::new(b"\0asm\x01\0\0\0").unwrap();
+        let mut m: ImageManifest = serde_json::from_slice(&a.manifest).unwrap();
+        assert_eq!(m.wasm_layer().unwrap(), &a.layer);
+
+        m.layers.push(a.layer.clone());
+        assert_eq!(m.wasm_layer().unwrap_err(), NotWasm::Layers(2));
+        m.layers.clear();
+        assert_eq!(m.wasm_layer().unwrap_err(), NotWasm::Layers(0));
+
+        m.layers.push(a.layer.clone());
+        m.artifact_type = None;
+        m.config.media_type = "application/vnd.oci.image.config.v1+json".into();
+        let err = m.wasm_layer().unwrap_err().to_string();
+        assert!(
+            err.contains("application/vnd.oci.image.config.v1+json"),
+            "{err}"
+        );
     }
 }

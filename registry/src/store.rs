@@ -20,6 +20,7 @@ use std::io::{self, Read, Seek, SeekFrom, Write};
 use std::path::{Path, PathBuf};
 
 use kelp_core::Digest;
+use kelp_core::fsutil::write_atomic;
 use sha2::{Digest as _, Sha256};
 
 use crate::names::{RepoName, Tag};
@@ -247,8 +248,6 @@ impl Write for HashWriter<'_> {
 pub(crate) fn sync_dir(dir: &Path) -> io::Result<()> {
     File::open(dir)?.sync_all()
 }
-
-pub use kelp_core::fsutil::write_atomic;
 
 #[cfg(test)]
 mod tests {

@@ -20,6 +20,7 @@
 
 mod cache;
 mod engine;
+pub mod images;
 mod instance;
 mod limits;
 pub mod local;

@@ -4,7 +4,8 @@
 //!
 //! ```toml
 //! [services.hello]
-//! module = "hello.wasm"          # relative to this file
+//! module = "hello.wasm"          # relative to this file; or, from a registry:
+//! # image = "registry.example.com/kelp/hello@sha256:…"
 //! args = ["Kelp"]
 //! env = { NAME = "Kelp" }
 //! memory = "32MiB"               # default 64MiB
@@ -19,7 +20,9 @@ use std::time::Duration;
 use kelp_core::{ByteSize, RestartPolicy};
 use serde::Deserialize;
 
+use crate::images::{ImageRef, ImageStore};
 use crate::service::{DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceSpec};
+use crate::supervisor::{ApplyReport, Supervisor};
 
 /// Largest target file read. A file for hundreds of services is a few tens of
 /// KiB.
@@ -48,7 +51,8 @@ struct TargetFile {
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields, rename_all = "kebab-case")]
 struct LocalService {
-    module: PathBuf,
+    module: Option<PathBuf>,
+    image: Option<String>,
     version: Option<String>,
     #[serde(default)]
     args: Vec<String>,
@@ -74,9 +78,18 @@ mod humantime_serde_opt {
     }
 }
 
+/// A service of the target file.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TargetService {
+    pub spec: ServiceSpec,
+    /// The image the service runs, for `image =`. Its `spec.module` is empty
+    /// until the image is fetched ([`crate::images::ImageStore::fetch`]).
+    pub image: Option<ImageRef>,
+}
+
 /// Reads a target file into service specs. Each service's `/data` is
 /// `data_root/<name>`.
-pub fn load(path: &Path, data_root: &Path) -> Result<Vec<ServiceSpec>, LocalError> {
+pub fn load(path: &Path, data_root: &Path) -> Result<Vec<TargetService>, LocalError> {
     let meta = std::fs::metadata(path).map_err(|error| LocalError::Read {
         path: path.to_owned(),
         error,
@@ -93,28 +106,105 @@ pub fn load(path: &Path, data_root: &Path) -> Result<Vec<ServiceSpec>, LocalErro
     parse(&text, path, data_root)
 }
 
-pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<ServiceSpec>, LocalError> {
-    let file: TargetFile = toml::from_str(text).map_err(|e| LocalError::Parse {
+pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetService>, LocalError> {
+    let invalid = |message: String| LocalError::Parse {
         path: path.to_owned(),
-        message: e.to_string().trim_end().to_owned(),
-    })?;
+        message,
+    };
+    let file: TargetFile =
+        toml::from_str(text).map_err(|e| invalid(e.to_string().trim_end().to_owned()))?;
     let base = path.parent().unwrap_or(Path::new("."));
-    Ok(file
-        .services
+    file.services
         .into_iter()
-        .map(|(name, s)| ServiceSpec {
-            module: base.join(&s.module),
-            version: s.version,
-            args: s.args,
-            env: s.env,
-            restart: s.restart.unwrap_or_default(),
-            memory_limit: s.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
-            data_dir: Some(data_root.join(&name)),
-            stop_grace: s.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
-            grants: None,
-            name,
+        .map(|(name, s)| {
+            let (module, image) = match (s.module, s.image) {
+                (Some(module), None) => (base.join(module), None),
+                (None, Some(image)) => {
+                    let image = image
+                        .parse()
+                        .map_err(|e| invalid(format!("service `{name}`: {e}")))?;
+                    (PathBuf::new(), Some(image))
+                }
+                (Some(_), Some(_)) => {
+                    return Err(invalid(format!(
+                        "service `{name}` has both `module` and `image`; give one"
+                    )));
+                }
+                (None, None) => {
+                    return Err(invalid(format!(
+                        "service `{name}` needs `module = \"FILE.wasm\"` or `image = \"REGISTRY/REPOSITORY@sha256:…\"`"
+                    )));
+                }
+            };
+            let spec = ServiceSpec {
+                module,
+                version: s.version,
+                args: s.args,
+                env: s.env,
+                restart: s.restart.unwrap_or_default(),
+                memory_limit: s.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
+                data_dir: Some(data_root.join(&name)),
+                stop_grace: s.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
+                grants: None,
+                name,
+            };
+            Ok(TargetService { spec, image })
         })
-        .collect())
+        .collect()
+}
+
+/// Moves `supervisor` to `target`, fetching the images it names into
+/// `images` first. Returns what the supervisor did, and each service that
+/// does not run as the target says, with why: its image could not be
+/// fetched, its new version did not load, or it was rejected. A service
+/// whose image cannot be fetched, or whose new version does not load, keeps
+/// running the version it runs, if any.
+///
+/// `images` is `None` on a device that trusts no publisher key: code from
+/// a registry runs only if a key the device trusts signed it, so such a
+/// device fetches nothing.
+pub async fn apply(
+    supervisor: &Supervisor,
+    images: Option<&ImageStore>,
+    target: Vec<TargetService>,
+) -> (ApplyReport, BTreeMap<String, String>) {
+    let mut refused = BTreeMap::new();
+    let mut specs = Vec::new();
+    let mut by_image = BTreeMap::new();
+    for TargetService { spec, image } in target {
+        let Some(image) = image else {
+            specs.push(spec);
+            continue;
+        };
+        let name = spec.name.clone();
+        let fetched = match images {
+            Some(store) => store.fetch(&image).await.map_err(|e| e.to_string()),
+            None => Err(format!(
+                "not fetching image {image}: this device trusts no publisher key (--trusted-key), and runs code from a registry only if one signed it"
+            )),
+        };
+        match fetched {
+            Ok(module) => specs.push(ServiceSpec { module, ..spec }),
+            Err(why) => {
+                // Keep what runs: the same spec is an unchanged service.
+                if let Some(running) = supervisor.service(&name) {
+                    specs.push(running.spec().clone());
+                }
+                refused.insert(name.clone(), why);
+            }
+        }
+        // The loader's reasons name the module's file; the image says more.
+        by_image.insert(name, image);
+    }
+    let report = supervisor.apply(specs).await;
+    for (name, why) in report.rejected.iter().chain(&report.kept) {
+        let why = match by_image.get(name) {
+            Some(image) => format!("image {image}: {why}"),
+            None => why.clone(),
+        };
+        refused.insert(name.clone(), why);
+    }
+    (report, refused)
 }
 
 #[cfg(test)]
@@ -140,7 +230,8 @@ mod tests {
         )
         .unwrap();
         assert_eq!(specs.len(), 2);
-        let hello = &specs[0];
+        assert!(specs.iter().all(|s| s.image.is_none()));
+        let hello = &specs[0].spec;
         assert_eq!(hello.module, Path::new("/etc/kelp/hello.wasm"));
         assert_eq!(hello.memory_limit, ByteSize::mib(32));
         assert_eq!(hello.restart, RestartPolicy::OnFailure { max_restarts: 3 });
@@ -150,7 +241,7 @@ mod tests {
             hello.data_dir.as_deref(),
             Some(Path::new("/var/lib/kelp/services/hello"))
         );
-        let idle = &specs[1];
+        let idle = &specs[1].spec;
         assert_eq!(idle.module, Path::new("/opt/idle.wasm"));
         assert_eq!(idle.restart, RestartPolicy::Always);
         assert_eq!(idle.memory_limit, DEFAULT_MEMORY_LIMIT);
@@ -174,5 +265,39 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(err.contains("modul"), "{err}");
+    }
+
+    #[test]
+    fn an_image_is_pinned_by_digest() {
+        let digest = kelp_registry::oci::digest_of(b"manifest");
+        let image = format!("127.0.0.1:8080/kelp/hello@{digest}");
+        let specs = parse(
+            &format!("[services.hello]\nimage = {image:?}\nmemory = \"8MiB\"\n"),
+            Path::new("/etc/kelp/local.toml"),
+            Path::new("/d"),
+        )
+        .unwrap();
+        let found = specs[0].image.as_ref().unwrap();
+        assert_eq!((found.digest(), found.to_string()), (digest, image));
+        assert_eq!(specs[0].spec.memory_limit, ByteSize::mib(8));
+
+        let parse_err = |text: &str| {
+            parse(text, Path::new("t.toml"), Path::new("/d"))
+                .unwrap_err()
+                .to_string()
+        };
+        let err = parse_err("[services.x]\nimage = \"127.0.0.1:8080/kelp/hello:v1\"\n");
+        assert!(
+            err.contains("t.toml")
+                && err.contains("service `x`")
+                && err.contains("pin it by digest"),
+            "{err}"
+        );
+        let err = parse_err(&format!(
+            "[services.x]\nmodule = \"x.wasm\"\nimage = \"h/x@{digest}\"\n"
+        ));
+        assert!(err.contains("both `module` and `image`"), "{err}");
+        let err = parse_err("[services.x]\nargs = []\n");
+        assert!(err.contains("needs `module"), "{err}");
     }
 }

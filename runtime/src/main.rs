@@ -1,12 +1,14 @@
 //! `kelpd`, the Kelp device supervisor.
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use clap::Parser;
+use kelp_runtime::images::ImageStore;
 use kelp_runtime::{
     AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, Stream,
     Supervisor, local,
@@ -38,7 +40,8 @@ struct Args {
 
     /// A publisher public key (wasmsign2's raw format, as `kelp key generate`
     /// writes it) this device trusts; repeat for several. When any are given,
-    /// only modules one of them signed run.
+    /// only modules one of them signed run. Services from a registry
+    /// (`image =`) need at least one.
     #[arg(long = "trusted-key", value_name = "FILE")]
     trusted_keys: Vec<PathBuf>,
 
@@ -53,6 +56,12 @@ struct Args {
     /// without a board).
     #[arg(long, env = "KELP_HARDWARE", default_value = "linux")]
     hardware: kelp_hostcalls::BackendKind,
+
+    /// Token for the registries `image =` services are pulled from, when
+    /// they need one to pull (prefer the environment variable: arguments
+    /// are visible to every user of the device).
+    #[arg(long, env = "KELP_REGISTRY_TOKEN", hide_env_values = true)]
+    registry_token: Option<String>,
 
     /// Services the pooling allocator makes room for.
     #[arg(long, env = "KELP_POOL_SLOTS", default_value_t = kelp_runtime::DEFAULT_POOL_SLOTS)]
@@ -104,14 +113,21 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let cache_dir = args.data_dir.join("cache");
     std::fs::create_dir_all(&services_dir)
         .with_context(|| format!("cannot create data directory `{}`", services_dir.display()))?;
-    let specs = local::load(&args.local, &services_dir)?;
+    let target = local::load(&args.local, &services_dir)?;
     let trusted_keys = args
         .trusted_keys
         .iter()
         .map(|path| read_public_key(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    if trusted_keys.is_empty() {
-        tracing::warn!("no --trusted-key given: module signatures are not checked");
+    let device = Device {
+        images: (!trusted_keys.is_empty())
+            .then(|| ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone())),
+        refused: Arc::default(),
+    };
+    if device.images.is_none() {
+        tracing::warn!(
+            "no --trusted-key given: module signatures are not checked, and services from a registry do not run"
+        );
     }
 
     let hardware = match &args.hardware_map {
@@ -147,19 +163,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
     let status_path = args.data_dir.join("status.json");
-    let status_writer = tokio::spawn(write_status(supervisor.clone(), status_path.clone()));
+    let status_writer = tokio::spawn(write_status(
+        supervisor.clone(),
+        device.refused.clone(),
+        status_path.clone(),
+    ));
 
-    let report = supervisor.apply(specs).await;
-    log_report(&report);
-
+    let mut next = Some(target);
     loop {
+        if let Some(target) = next.take() {
+            // Fetching an image can take minutes on a slow link: a stop
+            // request does not wait for it (a partial download resumes on
+            // the next start).
+            tokio::select! {
+                () = device.apply(&supervisor, target) => {
+                    save_status(&supervisor, &device.refused, &status_path);
+                }
+                _ = terminate.recv() => break,
+                _ = interrupt.recv() => break,
+            }
+        }
         tokio::select! {
             _ = hangup.recv() => {
                 match local::load(&args.local, &services_dir) {
-                    Ok(specs) => {
-                        let report = supervisor.apply(specs).await;
-                        log_report(&report);
-                    }
+                    Ok(target) => next = Some(target),
                     // A broken edit must not take down what runs: keep the
                     // current set and say why.
                     Err(e) => tracing::error!(error = %e, "not applying target file"),
@@ -172,8 +199,30 @@ async fn run(args: Args) -> anyhow::Result<()> {
     tracing::info!("stopping services");
     supervisor.shutdown().await;
     status_writer.abort();
-    save_status(&supervisor, &status_path);
+    save_status(&supervisor, &device.refused, &status_path);
     Ok(())
+}
+
+/// Services of the target that do not run as it says, with why: for
+/// status.json, beside the services that run.
+type Refused = Arc<Mutex<BTreeMap<String, String>>>;
+
+struct Device {
+    /// `None` without a trusted key: such a device runs no images.
+    images: Option<ImageStore>,
+    refused: Refused,
+}
+
+impl Device {
+    async fn apply(&self, supervisor: &Supervisor, target: Vec<local::TargetService>) {
+        let (report, refused) = local::apply(supervisor, self.images.as_ref(), target).await;
+        log_report(&report);
+        // Rejected, kept on its old version, or its image refused.
+        for (name, why) in &refused {
+            tracing::error!(service = %name, %why, "refused");
+        }
+        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
+    }
 }
 
 fn read_public_key(path: &Path) -> anyhow::Result<kelp_core::PublicKey> {
@@ -196,9 +245,6 @@ fn log_report(report: &kelp_runtime::ApplyReport) {
         unchanged = ?report.unchanged,
         "applied target"
     );
-    for (name, why) in &report.rejected {
-        tracing::error!(service = %name, %why, "service not started");
-    }
 }
 
 /// Prints a service's output on kelpd's stdout, one line per line, as
@@ -235,19 +281,26 @@ fn forward_logs(service: &ServiceHandle) {
     });
 }
 
-async fn write_status(supervisor: Arc<Supervisor>, path: PathBuf) {
+async fn write_status(supervisor: Arc<Supervisor>, refused: Refused, path: PathBuf) {
     let changes = supervisor.changes();
     loop {
         changes.notified().await;
         tokio::time::sleep(STATUS_DEBOUNCE).await;
-        save_status(&supervisor, &path);
+        save_status(&supervisor, &refused, &path);
     }
 }
 
-fn save_status(supervisor: &Supervisor, path: &Path) {
+fn save_status(supervisor: &Supervisor, refused: &Refused, path: &Path) {
+    let refused: Vec<serde_json::Value> = refused
+        .lock()
+        .unwrap_or_else(|p| p.into_inner())
+        .iter()
+        .map(|(name, reason)| serde_json::json!({ "name": name, "reason": reason }))
+        .collect();
     let status = serde_json::json!({
         "allocator": supervisor.runtime().allocator(),
         "services": supervisor.status(),
+        "refused": refused,
     });
     let result = serde_json::to_vec_pretty(&status)
         .map_err(std::io::Error::other)

@@ -9,6 +9,7 @@ use tokio::sync::{Notify, watch};
 use tokio::task::JoinHandle;
 
 use crate::Runtime;
+use crate::program::Program;
 use crate::service::{Backoff, ServiceHandle, ServiceSpec, Shared, supervise};
 
 #[derive(Debug, thiserror::Error)]
@@ -40,6 +41,10 @@ pub struct ApplyReport {
     pub unchanged: Vec<String>,
     /// Services left out of the new set, with the reason.
     pub rejected: Vec<(String, String)>,
+    /// Changed services whose new module did not load (unreadable, invalid,
+    /// not signed by a trusted key), with the reason. Their running version
+    /// was not touched.
+    pub kept: Vec<(String, String)>,
 }
 
 struct Entry {
@@ -49,6 +54,9 @@ struct Entry {
     module_digest: Option<Digest>,
     stop: watch::Sender<bool>,
     task: JoinHandle<()>,
+    /// The program loaded before the service started, held so the
+    /// service's own load finds it in memory instead of loading it again.
+    _program: Option<Arc<Program>>,
 }
 
 /// Runs services side by side on one [`Runtime`].
@@ -115,6 +123,14 @@ impl Supervisor {
     /// Starts a service. It runs in the background; the handle tells how it
     /// goes.
     pub fn start(&self, spec: ServiceSpec) -> Result<ServiceHandle, SupervisorError> {
+        self.start_loaded(spec, None)
+    }
+
+    fn start_loaded(
+        &self,
+        spec: ServiceSpec,
+        program: Option<Arc<Program>>,
+    ) -> Result<ServiceHandle, SupervisorError> {
         self.check(&spec)?;
         let mut services = self.lock();
         if services
@@ -123,7 +139,7 @@ impl Supervisor {
         {
             return Err(SupervisorError::Duplicate(spec.name));
         }
-        let entry = self.spawn(spec);
+        let entry = self.spawn(spec, program);
         let handle = entry.handle.clone();
         if let Some(f) = &self.on_start {
             f(&handle);
@@ -132,7 +148,7 @@ impl Supervisor {
         Ok(handle)
     }
 
-    fn spawn(&self, spec: ServiceSpec) -> Entry {
+    fn spawn(&self, spec: ServiceSpec, program: Option<Arc<Program>>) -> Entry {
         let module_digest = file_digest(&spec);
         if let Some(dir) = &spec.data_dir
             && let Err(error) = create_private_dir(dir)
@@ -155,6 +171,7 @@ impl Supervisor {
             module_digest,
             stop,
             task,
+            _program: program,
         }
     }
 
@@ -189,7 +206,9 @@ impl Supervisor {
 
     /// Moves the running set to `specs`: new names start, missing names stop,
     /// changed specs (or module files whose contents changed) restart, and the
-    /// rest are left alone.
+    /// rest are left alone. A changed service restarts only once its new
+    /// module has loaded; if it does not load, the running version is left
+    /// alone and the reason is in [`ApplyReport::kept`].
     pub async fn apply(&self, specs: Vec<ServiceSpec>) -> ApplyReport {
         let mut report = ApplyReport::default();
         let mut wanted = BTreeMap::new();
@@ -201,41 +220,64 @@ impl Supervisor {
                 Err(e) => report.rejected.push((spec.name.clone(), e.to_string())),
             }
         }
+        // First decide, touching nothing.
+        let mut gone = Vec::new();
+        let mut changed = Vec::new();
+        let mut new = Vec::new();
+        {
+            let services = self.lock();
+            gone.extend(
+                services
+                    .keys()
+                    .filter(|name| !wanted.contains_key(*name))
+                    .cloned(),
+            );
+            for (name, spec) in wanted {
+                match services.get(&name) {
+                    None => new.push(spec),
+                    Some(e) if *e.handle.spec == spec && e.module_digest == file_digest(&spec) => {
+                        report.unchanged.push(name);
+                    }
+                    Some(_) => changed.push(spec),
+                }
+            }
+        }
+        // Then load what replaces a running service, while it still runs.
+        let mut replacing = Vec::new();
+        for spec in changed {
+            match self.runtime.load_file(&spec.module).await {
+                Ok(program) => replacing.push((spec, program)),
+                Err(e) => {
+                    tracing::warn!(service = %spec.name, error = %e, "new version refused; the running one stays");
+                    report.kept.push((spec.name, e.to_string()));
+                }
+            }
+        }
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();
         {
             let mut services = self.lock();
-            let names: Vec<String> = services.keys().cloned().collect();
-            for name in names {
-                match wanted.remove(&name) {
-                    None => {
-                        if let Some(entry) = services.remove(&name) {
-                            to_stop.push(entry);
-                            report.stopped.push(name);
-                        }
-                    }
-                    Some(spec) => {
-                        let same = services.get(&name).is_some_and(|e| {
-                            *e.handle.spec == spec && e.module_digest == file_digest(&spec)
-                        });
-                        if same {
-                            report.unchanged.push(name);
-                        } else if let Some(entry) = services.remove(&name) {
-                            to_stop.push(entry);
-                            to_start.push(spec);
-                            report.restarted.push(name);
-                        }
-                    }
+            for name in gone {
+                if let Some(entry) = services.remove(&name) {
+                    to_stop.push(entry);
+                    report.stopped.push(name);
                 }
             }
-            for (name, spec) in wanted {
-                to_start.push(spec);
-                report.started.push(name);
+            for (spec, program) in replacing {
+                if let Some(entry) = services.remove(&spec.name) {
+                    to_stop.push(entry);
+                }
+                report.restarted.push(spec.name.clone());
+                to_start.push((spec, Some(program)));
             }
         }
+        for spec in new {
+            report.started.push(spec.name.clone());
+            to_start.push((spec, None));
+        }
         futures_join(to_stop.into_iter().map(stop_entry)).await;
-        for spec in to_start {
-            if let Err(e) = self.start(spec.clone()) {
+        for (spec, program) in to_start {
+            if let Err(e) = self.start_loaded(spec.clone(), program) {
                 report.rejected.push((spec.name, e.to_string()));
             }
         }

@@ -1,5 +1,6 @@
 //! `kelpd --local`: a device without a cloud, driven by a file and signals.
 
+use std::ffi::OsString;
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -10,49 +11,76 @@ use kelp_tests::artifacts::{CRASHY, IDLE};
 use kelp_tests::binary;
 
 /// A running `kelpd`, killed when dropped, with its stdout collected.
-struct Device {
+pub(crate) struct Device {
     child: Child,
     out: Arc<Mutex<String>>,
     err: Arc<Mutex<String>>,
     data: tempfile::TempDir,
     target: PathBuf,
+    args: Vec<OsString>,
 }
 
 impl Device {
-    fn start(target: &str) -> Device {
+    pub(crate) fn start(target: &str) -> Device {
+        Device::start_with(target, Vec::new())
+    }
+
+    /// Starts kelpd with more arguments.
+    pub(crate) fn start_with(target: &str, args: Vec<OsString>) -> Device {
         let data = tempfile::tempdir().unwrap();
         let target_path = data.path().join("local.toml");
         std::fs::write(&target_path, target).unwrap();
-        let mut child = Command::new(binary("kelpd"))
-            .arg("--local")
-            .arg(&target_path)
-            .arg("--data-dir")
-            .arg(data.path().join("var"))
-            .env("KELP_LOG", "info")
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .unwrap();
-        let out = collect(child.stdout.take().unwrap());
-        let err = collect(child.stderr.take().unwrap());
+        let (child, out, err) = spawn(data.path(), &target_path, &args);
         Device {
             child,
             out,
             err,
             data,
             target: target_path,
+            args,
         }
     }
 
-    fn stdout(&self) -> String {
+    /// Kills kelpd, as a power cut would, and starts it again on the same
+    /// data directory and target file.
+    pub(crate) fn power_cycle(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        (self.child, self.out, self.err) = spawn(self.data.path(), &self.target, &self.args);
+    }
+
+    /// Sends SIGTERM and waits for kelpd to exit; returns how it exited and
+    /// how long that took.
+    pub(crate) fn terminate(&mut self) -> (std::process::ExitStatus, Duration) {
+        let start = Instant::now();
+        self.signal(libc::SIGTERM);
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return (status, start.elapsed());
+            }
+            assert!(
+                start.elapsed() < Duration::from_secs(60),
+                "kelpd ignored SIGTERM\nstderr:\n{}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// kelpd's data directory.
+    pub(crate) fn var(&self) -> PathBuf {
+        self.data.path().join("var")
+    }
+
+    pub(crate) fn stdout(&self) -> String {
         self.out.lock().unwrap().clone()
     }
 
-    fn stderr(&self) -> String {
+    pub(crate) fn stderr(&self) -> String {
         self.err.lock().unwrap().clone()
     }
 
-    fn lines_of(&self, service: &str, text: &str) -> usize {
+    pub(crate) fn lines_of(&self, service: &str, text: &str) -> usize {
         let needle = format!(" {service} | {text}");
         self.stdout()
             .lines()
@@ -60,7 +88,7 @@ impl Device {
             .count()
     }
 
-    fn wait_until(&self, what: &str, mut ok: impl FnMut(&Device) -> bool) {
+    pub(crate) fn wait_until(&self, what: &str, mut ok: impl FnMut(&Device) -> bool) {
         let start = Instant::now();
         while !ok(self) {
             assert!(
@@ -73,7 +101,7 @@ impl Device {
         }
     }
 
-    fn status(&self) -> serde_json::Value {
+    pub(crate) fn status(&self) -> serde_json::Value {
         let path = self.data.path().join("var/status.json");
         std::fs::read(&path)
             .ok()
@@ -81,7 +109,7 @@ impl Device {
             .unwrap_or(serde_json::Value::Null)
     }
 
-    fn service_state(&self, name: &str) -> Option<String> {
+    pub(crate) fn service_state(&self, name: &str) -> Option<String> {
         let status = self.status();
         status["services"]
             .as_array()?
@@ -96,10 +124,32 @@ impl Device {
         assert_eq!(rc, 0);
     }
 
-    fn edit(&self, target: &str) {
+    pub(crate) fn edit(&self, target: &str) {
         std::fs::write(&self.target, target).unwrap();
         self.signal(libc::SIGHUP);
     }
+}
+
+fn spawn(
+    data: &Path,
+    target: &Path,
+    args: &[OsString],
+) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
+    let mut child = Command::new(binary("kelpd"))
+        .arg("--local")
+        .arg(target)
+        .arg("--data-dir")
+        .arg(data.join("var"))
+        .args(args)
+        .env("KELP_LOG", "info")
+        .env_remove("KELP_REGISTRY_TOKEN")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let out = collect(child.stdout.take().unwrap());
+    let err = collect(child.stderr.take().unwrap());
+    (child, out, err)
 }
 
 impl Drop for Device {

@@ -271,3 +271,62 @@ async fn apply_touches_only_what_changed() {
     assert!(report.rejected[0].1.contains("Bad/Name"));
     sup.shutdown().await;
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_changed_service_whose_new_module_does_not_load_keeps_running() {
+    let sup = supervisor();
+    let report = sup.apply(vec![spec("svc", IDLE)]).await;
+    assert_eq!(report.started, ["svc"]);
+    let old = sup.service("svc").unwrap();
+    let running = within(
+        "svc to run",
+        old.wait_for(|s| s.state == ServiceState::Running),
+    )
+    .await;
+    within("svc to say it is ready", async {
+        let mut seen = Vec::new();
+        while !seen.iter().any(|l| l == "idle: ready") {
+            seen.extend(texts(old.logs().next().await.unwrap_or_default()));
+        }
+    })
+    .await;
+
+    let dir = tempfile::tempdir().unwrap();
+    let bogus = dir.path().join("bogus.wasm");
+    std::fs::write(&bogus, b"MZ\x90\x00 not wasm").unwrap();
+    let report = sup.apply(vec![spec("svc", bogus.to_str().unwrap())]).await;
+    assert_eq!(report.restarted, Vec::<String>::new());
+    assert_eq!(report.kept.len(), 1, "{report:?}");
+    assert_eq!(report.kept[0].0, "svc");
+    assert!(
+        report.kept[0].1.contains("bogus.wasm")
+            && report.kept[0].1.contains("not a WebAssembly file"),
+        "{report:?}"
+    );
+    // The very same run goes on.
+    let now = sup.service("svc").unwrap();
+    assert_eq!(now.spec().module, std::path::Path::new(IDLE));
+    let status = now.status();
+    assert_eq!(status.state, ServiceState::Running, "{status:?}");
+    assert_eq!((status.restarts, status.digest), (0, running.digest));
+    // Said once, before; not again.
+    assert_eq!(texts(now.logs().drain()), Vec::<String>::new());
+
+    // A change that loads replaces it.
+    let mut changed = spec("svc", IDLE);
+    changed.env.insert("MODE".into(), "new".into());
+    let report = sup.apply(vec![changed]).await;
+    assert_eq!(
+        (report.restarted, report.kept),
+        (vec!["svc".to_owned()], vec![])
+    );
+    let new = sup.service("svc").unwrap();
+    within(
+        "the new svc to run",
+        new.wait_for(|s| s.state == ServiceState::Running),
+    )
+    .await;
+    assert_eq!(new.spec().env["MODE"], "new");
+    assert_eq!(old.status().state, ServiceState::Stopped);
+    sup.shutdown().await;
+}

@@ -6,6 +6,7 @@ mod support;
 
 mod engine;
 mod hardware;
+mod images;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;

@@ -13,15 +13,15 @@ use kelp_tests::binary;
 use sha2::{Digest as _, Sha256};
 
 /// `kelp-cloud serve` on a free port, killed when dropped.
-struct TestCloud {
+pub(crate) struct TestCloud {
     child: Child,
-    addr: String,
-    token: String,
-    data: PathBuf,
+    pub(crate) addr: String,
+    pub(crate) token: String,
+    pub(crate) data: PathBuf,
 }
 
 impl TestCloud {
-    fn start(data: &Path, args: &[&str]) -> TestCloud {
+    pub(crate) fn start(data: &Path, args: &[&str]) -> TestCloud {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -79,7 +79,7 @@ impl Drop for TestCloud {
     }
 }
 
-fn kelp(args: &[&str], token: Option<&str>) -> Output {
+pub(crate) fn kelp(args: &[&str], token: Option<&str>) -> Output {
     let mut cmd = Command::new(binary("kelp"));
     cmd.args(args)
         .env_remove("KELP_LOG")
@@ -90,11 +90,11 @@ fn kelp(args: &[&str], token: Option<&str>) -> Output {
     cmd.output().unwrap()
 }
 
-fn text(bytes: &[u8]) -> String {
+pub(crate) fn text(bytes: &[u8]) -> String {
     String::from_utf8_lossy(bytes).into_owned()
 }
 
-fn sha256(bytes: &[u8]) -> String {
+pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
@@ -144,6 +144,11 @@ fn kelp_push_then_kelp_pull_gives_back_the_same_bytes() {
     let to = format!("{}/kelp/hello:v1", cloud.addr);
     let out = kelp(&["push", HELLO, "--to", &to], Some(&cloud.token));
     assert!(out.status.success(), "{}", text(&out.stderr));
+    // Into a pipe: the warning and the result, no progress bar.
+    assert_eq!(
+        text(&out.stderr),
+        "warning: pushing unsigned (no --key); devices that pin keys will refuse it\n"
+    );
     let pushed = text(&out.stdout);
     let digest = pushed.trim().rsplit_once('@').unwrap().1.to_owned();
     assert!(digest.starts_with("sha256:"), "{pushed}");
@@ -156,6 +161,7 @@ fn kelp_push_then_kelp_pull_gives_back_the_same_bytes() {
             Some(&cloud.token),
         );
         assert!(out.status.success(), "{}", text(&out.stderr));
+        assert_eq!(text(&out.stderr), "");
         assert!(
             text(&out.stdout).contains(&sha256(&wasm)),
             "{}",
@@ -186,6 +192,141 @@ fn kelp_push_then_kelp_pull_gives_back_the_same_bytes() {
     let out = kelp(&["pull", &to, "-o", dest.to_str().unwrap()], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
     assert_eq!(std::fs::read(&dest).unwrap(), wasm);
+}
+
+/// Runs `kelp` with stderr on a pseudo-terminal, as in a shell; returns its
+/// exit status, stdout, and everything it drew on the terminal.
+fn kelp_on_a_terminal(args: &[&str], token: &str) -> (std::process::ExitStatus, String, String) {
+    use std::os::fd::FromRawFd as _;
+    let (mut master, mut slave) = (0, 0);
+    let size = libc::winsize {
+        ws_row: 24,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    // SAFETY: openpty writes two new descriptors into the two integers; the
+    // name and termios pointers may be null.
+    let rc = unsafe {
+        libc::openpty(
+            &mut master,
+            &mut slave,
+            std::ptr::null_mut(),
+            std::ptr::null(),
+            &size,
+        )
+    };
+    assert_eq!(rc, 0, "openpty: {}", std::io::Error::last_os_error());
+    // SAFETY: both descriptors were just opened and are owned by nothing else.
+    let (master, slave) = unsafe {
+        (
+            std::fs::File::from_raw_fd(master),
+            std::fs::File::from_raw_fd(slave),
+        )
+    };
+    let reader = std::thread::spawn(move || {
+        let mut drawn = Vec::new();
+        // Ends with EIO once every copy of the other side is closed.
+        let _ = std::io::Read::read_to_end(&mut &master, &mut drawn);
+        String::from_utf8_lossy(&drawn).into_owned()
+    });
+    let child = Command::new(binary("kelp"))
+        .args(args)
+        .env_remove("KELP_LOG")
+        .env("KELP_TOKEN", token)
+        .env("TERM", "xterm")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::from(slave))
+        .spawn()
+        .unwrap();
+    let out = child.wait_with_output().unwrap();
+    (out.status, text(&out.stdout), reader.join().unwrap())
+}
+
+#[test]
+fn on_a_terminal_push_and_pull_show_progress_bars() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let file = dir.path().join("big.wasm");
+    let bytes: Vec<u8> = (0..16u32 << 20).map(|i| (i % 251) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    let layer = sha256(&bytes);
+    let short = &layer["sha256:".len().."sha256:".len() + 12];
+
+    let to = format!("{}/kelp/big:v1", cloud.addr);
+    let (status, stdout, drawn) =
+        kelp_on_a_terminal(&["push", file.to_str().unwrap(), "--to", &to], &cloud.token);
+    assert!(status.success(), "{drawn}");
+    assert!(stdout.starts_with("pushed "), "{stdout}");
+    assert!(
+        drawn.contains(&format!("pushing sha256:{short}")),
+        "{drawn:?}"
+    );
+    assert!(drawn.contains("MiB"), "{drawn:?}");
+
+    let dest = dir.path().join("pulled.wasm");
+    let (status, stdout, drawn) =
+        kelp_on_a_terminal(&["pull", &to, "-o", dest.to_str().unwrap()], &cloud.token);
+    assert!(status.success(), "{drawn}");
+    assert!(stdout.starts_with("pulled "), "{stdout}");
+    assert!(
+        drawn.contains(&format!("pulling sha256:{short}")),
+        "{drawn:?}"
+    );
+    assert_eq!(std::fs::read(&dest).unwrap(), bytes);
+}
+
+#[test]
+fn kelp_push_streams_a_file_instead_of_reading_it_whole() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let file = dir.path().join("huge.wasm");
+    let size: usize = 96 << 20;
+    let bytes: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    std::fs::write(&file, &bytes).unwrap();
+    drop(bytes);
+
+    let mut child = Command::new(binary("kelp"))
+        .args(["push", file.to_str().unwrap(), "--to"])
+        .arg(format!("{}/kelp/huge:v1", cloud.addr))
+        .env_remove("KELP_LOG")
+        .env("KELP_TOKEN", &cloud.token)
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    // The kernel's high-water mark of the child's own memory, read until it
+    // exits. (wait4's ru_maxrss would count this test process's memory,
+    // which a forked child starts with.)
+    let status_file = format!("/proc/{}/status", child.id());
+    let mut peak_kib = 0u64;
+    let status = loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            break status;
+        }
+        let hwm = std::fs::read_to_string(&status_file)
+            .unwrap_or_default()
+            .lines()
+            .find_map(|l| l.strip_prefix("VmHWM:"))
+            .and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            .unwrap_or(0);
+        peak_kib = peak_kib.max(hwm);
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    assert!(status.success(), "{status}");
+    let peak = peak_kib as usize * 1024;
+    assert!(
+        peak > 0 && peak < size / 2,
+        "kelp push of a {} MiB file peaked at {} MiB",
+        size >> 20,
+        peak >> 20
+    );
+    let stored = cloud.data.join("registry/blobs/sha256");
+    let blobs: Vec<u64> = std::fs::read_dir(stored)
+        .unwrap()
+        .map(|e| e.unwrap().metadata().unwrap().len())
+        .collect();
+    assert!(blobs.contains(&(size as u64)), "{blobs:?}");
 }
 
 #[tokio::test]

@@ -24,7 +24,10 @@ pub struct PullArgs {
 
 impl PullArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let client = Client::new(&self.reference.registry, self.token)?;
+        let client = crate::progress::attach(
+            Client::new(&self.reference.registry, self.token)?,
+            "pulling",
+        );
         let pulled = client
             .pull_wasm(
                 &self.reference.repo,

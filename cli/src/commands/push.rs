@@ -48,27 +48,42 @@ impl PushArgs {
             };
             (self.file.clone(), manifest)
         };
-        let mut wasm = tokio::fs::read(&path)
-            .await
-            .with_context(|| format!("cannot read {}", path.display()))?;
-        if let Some(manifest) = &manifest {
-            wasm = kelp_core::embed(&wasm, manifest)
-                .with_context(|| format!("cannot embed the manifest in `{}`", path.display()))?;
-        }
-        match &self.key {
-            Some(key) => {
-                let key = super::key::read_secret_key(key)?;
-                wasm = kelp_core::sign(&wasm, &key)
-                    .with_context(|| format!("cannot sign `{}`", path.display()))?;
-                eprintln!("signed with key id {}", key.public_key().key_id());
+        let client = crate::progress::attach(
+            Client::new(&self.to.registry, self.token.clone())?,
+            "pushing",
+        );
+        let (digest, size) = if manifest.is_none() && self.key.is_none() {
+            // Pushed as it is: streamed from the file, never held whole.
+            warn_unsigned();
+            let size = tokio::fs::metadata(&path)
+                .await
+                .with_context(|| format!("cannot read {}", path.display()))?
+                .len();
+            let digest = client.push_wasm_file(&self.to.repo, tag, &path).await?;
+            (digest, size)
+        } else {
+            // Embedding and signing rewrite the file: it is held in memory.
+            let mut wasm = tokio::fs::read(&path)
+                .await
+                .with_context(|| format!("cannot read {}", path.display()))?;
+            if let Some(manifest) = &manifest {
+                wasm = kelp_core::embed(&wasm, manifest).with_context(|| {
+                    format!("cannot embed the manifest in `{}`", path.display())
+                })?;
             }
-            None => eprintln!(
-                "warning: pushing unsigned (no --key); devices that pin keys will refuse it"
-            ),
-        }
-        let client = Client::new(&self.to.registry, self.token)?;
-        let size = wasm.len();
-        let digest = client.push_wasm(&self.to.repo, tag, wasm.into()).await?;
+            match &self.key {
+                Some(key) => {
+                    let key = super::key::read_secret_key(key)?;
+                    wasm = kelp_core::sign(&wasm, &key)
+                        .with_context(|| format!("cannot sign `{}`", path.display()))?;
+                    eprintln!("signed with key id {}", key.public_key().key_id());
+                }
+                None => warn_unsigned(),
+            }
+            let size = wasm.len() as u64;
+            let digest = client.push_wasm(&self.to.repo, tag, wasm.into()).await?;
+            (digest, size)
+        };
         println!(
             "pushed {} ({size} bytes) as {}@{digest}",
             path.display(),
@@ -76,4 +91,8 @@ impl PushArgs {
         );
         Ok(ExitCode::SUCCESS)
     }
+}
+
+fn warn_unsigned() {
+    eprintln!("warning: pushing unsigned (no --key); devices that pin keys will refuse it");
 }

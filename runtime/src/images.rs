@@ -1,0 +1,317 @@
+//! Services a device runs from a registry, pinned by digest.
+//!
+//! An image is named `REGISTRY/REPOSITORY@sha256:…`, the digest of its OCI
+//! manifest, which `kelp push` prints. Fetching it pulls that manifest and
+//! its one Wasm layer into a content-addressed store:
+//!
+//! ```text
+//! <root>/sha256/<hex>            manifests and modules, named by their digest
+//! <root>/sha256/<hex>.partial    a download in progress, resumed where it stopped
+//! ```
+//!
+//! Every file is checked against its digest as it arrives, and again each
+//! time it is used, so a file damaged on the device's own disk is fetched
+//! anew, never run. What the store hands out is only a file whose bytes are
+//! the ones the digest names; whether a trusted key signed them is the
+//! loader's check, which comes next.
+
+use std::fmt;
+use std::io::{self, Read as _};
+use std::path::{Path, PathBuf};
+use std::str::FromStr;
+
+use kelp_core::Digest;
+use kelp_registry::oci::{ImageManifest, NotWasm};
+use kelp_registry::{Client, ClientError, MAX_MANIFEST_SIZE, ManifestRef, Reference};
+use sha2::{Digest as _, Sha256};
+
+use crate::program::MAX_MODULE_SIZE;
+
+/// An image pinned by the digest of its manifest.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ImageRef {
+    reference: Reference,
+    digest: Digest,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageRefError {
+    #[error(
+        "image `{image}` names tag `{tag}`; pin it by digest, as REGISTRY/REPOSITORY@sha256:… (`kelp push` prints it), so the device runs exactly the file chosen"
+    )]
+    Tag { image: String, tag: String },
+    #[error(transparent)]
+    Reference(#[from] ClientError),
+}
+
+impl FromStr for ImageRef {
+    type Err = ImageRefError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let reference: Reference = s.parse()?;
+        match &reference.reference {
+            ManifestRef::Digest(digest) => Ok(ImageRef {
+                digest: *digest,
+                reference,
+            }),
+            ManifestRef::Tag(tag) => Err(ImageRefError::Tag {
+                image: s.to_owned(),
+                tag: tag.to_string(),
+            }),
+        }
+    }
+}
+
+impl fmt::Display for ImageRef {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        self.reference.fmt(f)
+    }
+}
+
+impl ImageRef {
+    /// The digest of the image's manifest.
+    pub fn digest(&self) -> Digest {
+        self.digest
+    }
+}
+
+/// Why an image could not be fetched. Each names the image.
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("image {image}: {source}")]
+    Registry {
+        image: String,
+        #[source]
+        source: Box<ClientError>,
+    },
+    #[error("image {image}: manifest is not an OCI image manifest: {message}")]
+    BadManifest { image: String, message: String },
+    #[error("image {image}: {source}")]
+    NotWasm {
+        image: String,
+        #[source]
+        source: NotWasm,
+    },
+    #[error(
+        "image {image}: its module is {size} bytes, more than the {MAX_MODULE_SIZE} bytes a module may have"
+    )]
+    TooLarge { image: String, size: u64 },
+    #[error("image {image}: `{path}`: {source}")]
+    Io {
+        image: String,
+        path: PathBuf,
+        #[source]
+        source: io::Error,
+    },
+}
+
+/// The content-addressed store images are fetched into.
+pub struct ImageStore {
+    dir: PathBuf,
+    token: Option<String>,
+    /// One fetch at a time: two fetches of the same blob would append to
+    /// the same partial file.
+    fetching: tokio::sync::Mutex<()>,
+}
+
+impl ImageStore {
+    /// A store under `root`, fetching with `token` (sent to every registry
+    /// an image names) if given.
+    pub fn new(root: impl Into<PathBuf>, token: Option<String>) -> Self {
+        ImageStore {
+            dir: root.into().join("sha256"),
+            token: token.filter(|t| !t.is_empty()),
+            fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The file that holds, or will hold, the blob `digest`.
+    pub fn blob_path(&self, digest: &Digest) -> PathBuf {
+        self.dir.join(digest.hex())
+    }
+
+    /// Makes sure the image's module is in the store, fetching whatever is
+    /// missing or damaged, and returns the module's file.
+    pub async fn fetch(&self, image: &ImageRef) -> Result<PathBuf, ImageError> {
+        let _one_at_a_time = self.fetching.lock().await;
+        let io = |path: &Path| {
+            let (image, path) = (image.to_string(), path.to_owned());
+            move |source| ImageError::Io {
+                image,
+                path,
+                source,
+            }
+        };
+        tokio::fs::create_dir_all(&self.dir)
+            .await
+            .map_err(io(&self.dir))?;
+        let registry = |source| ImageError::Registry {
+            image: image.to_string(),
+            source: Box::new(source),
+        };
+        // Made only when something is missing: a device whose store holds
+        // the image starts without the network.
+        let client =
+            || Client::new(&image.reference.registry, self.token.clone()).map_err(registry);
+        let repo = &image.reference.repo;
+
+        let manifest_path = self.blob_path(&image.digest);
+        let manifest = match verified(&manifest_path, &image.digest, MAX_MANIFEST_SIZE as u64)
+            .await
+            .map_err(io(&manifest_path))?
+        {
+            Some(bytes) => bytes,
+            None => {
+                let (bytes, _) = client()?
+                    .pull_manifest_bytes(repo, &ManifestRef::Digest(image.digest))
+                    .await
+                    .map_err(registry)?;
+                kelp_core::fsutil::write_atomic(&manifest_path, &bytes)
+                    .map_err(io(&manifest_path))?;
+                bytes
+            }
+        };
+        let manifest: ImageManifest =
+            serde_json::from_slice(&manifest).map_err(|e| ImageError::BadManifest {
+                image: image.to_string(),
+                message: e.to_string(),
+            })?;
+        let layer = manifest
+            .wasm_layer()
+            .map_err(|source| ImageError::NotWasm {
+                image: image.to_string(),
+                source,
+            })?;
+        if layer.size > MAX_MODULE_SIZE {
+            return Err(ImageError::TooLarge {
+                image: image.to_string(),
+                size: layer.size,
+            });
+        }
+
+        let module_path = self.blob_path(&layer.digest);
+        let present = verified_file(&module_path, &layer.digest)
+            .await
+            .map_err(io(&module_path))?;
+        if !present {
+            tracing::info!(%image, layer = %layer.digest, size = layer.size, "fetching");
+            client()?
+                .pull_blob(repo, layer, &module_path)
+                .await
+                .map_err(registry)?;
+        }
+        Ok(module_path)
+    }
+}
+
+/// The bytes of a small file in the store if they match `digest`; `None`
+/// when it is missing, and when it is damaged (it is then removed).
+async fn verified(path: &Path, digest: &Digest, max: u64) -> io::Result<Option<Vec<u8>>> {
+    let (path, digest) = (path.to_owned(), *digest);
+    blocking(move || {
+        let file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        let mut bytes = Vec::new();
+        file.take(max + 1).read_to_end(&mut bytes)?;
+        let actual = Digest::from_bytes(Sha256::digest(&bytes).into());
+        if actual == digest {
+            return Ok(Some(bytes));
+        }
+        discard(&path, &digest, &actual)?;
+        Ok(None)
+    })
+    .await
+}
+
+/// Whether a (large) file in the store is there and matches `digest`; a
+/// damaged one is removed.
+async fn verified_file(path: &Path, digest: &Digest) -> io::Result<bool> {
+    let (path, digest) = (path.to_owned(), *digest);
+    blocking(move || {
+        let mut file = match std::fs::File::open(&path) {
+            Ok(f) => f,
+            Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(e),
+        };
+        let mut hasher = Sha256::new();
+        let mut buf = vec![0u8; 64 << 10];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            hasher.update(&buf[..n]);
+        }
+        let actual = Digest::from_bytes(hasher.finalize().into());
+        if actual == digest {
+            return Ok(true);
+        }
+        discard(&path, &digest, &actual)?;
+        Ok(false)
+    })
+    .await
+}
+
+fn discard(path: &Path, expected: &Digest, actual: &Digest) -> io::Result<()> {
+    tracing::warn!(path = %path.display(), %expected, %actual, "stored blob does not match its digest; removed, fetching it again");
+    std::fs::remove_file(path)
+}
+
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> io::Result<T> + Send + 'static,
+) -> io::Result<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| io::Error::other(format!("blocking file task failed: {e}")))?
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn an_image_is_pinned_by_digest_and_a_tag_is_refused() {
+        let digest = kelp_registry::oci::digest_of(b"manifest");
+        let image: ImageRef = format!("127.0.0.1:5000/kelp/hello@{digest}")
+            .parse()
+            .unwrap();
+        assert_eq!(image.digest(), digest);
+        assert_eq!(
+            image.to_string(),
+            format!("127.0.0.1:5000/kelp/hello@{digest}")
+        );
+
+        for tagged in ["127.0.0.1:5000/kelp/hello:v1", "registry.example.com/hello"] {
+            let err = tagged.parse::<ImageRef>().unwrap_err().to_string();
+            assert!(
+                err.contains(tagged) && err.contains("pin it by digest"),
+                "{err}"
+            );
+        }
+        let err = "hello.wasm".parse::<ImageRef>().unwrap_err().to_string();
+        assert!(err.contains("REGISTRY/REPOSITORY"), "{err}");
+    }
+
+    #[tokio::test]
+    async fn a_damaged_file_in_the_store_is_removed_not_used() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("blob");
+        let digest = kelp_registry::oci::digest_of(b"the bytes");
+        assert!(!verified_file(&path, &digest).await.unwrap());
+        std::fs::write(&path, b"the bytes").unwrap();
+        assert!(verified_file(&path, &digest).await.unwrap());
+        assert_eq!(
+            verified(&path, &digest, 100).await.unwrap().unwrap(),
+            b"the bytes"
+        );
+        std::fs::write(&path, b"the bytez").unwrap();
+        assert!(!verified_file(&path, &digest).await.unwrap());
+        assert!(!path.exists());
+        std::fs::write(&path, b"the bytez").unwrap();
+        assert_eq!(verified(&path, &digest, 100).await.unwrap(), None);
+        assert!(!path.exists());
+    }
+}
