@@ -229,9 +229,17 @@ impl Loader {
             })?;
             tracing::debug!(module = name, signers = ?verified.key_ids, "signature verified");
         }
-        let manifest = kelp_core::extract(&bytes).map_err(|error| LoadError::Manifest {
-            path: name.to_owned(),
-            error,
+        let manifest = kelp_core::extract(&bytes).map_err(|error| match error {
+            // Not a manifest problem: the file itself is broken.
+            kelp_core::ManifestError::Wasm(e) => LoadError::Invalid {
+                path: name.to_owned(),
+                kind,
+                message: e.to_string(),
+            },
+            error => LoadError::Manifest {
+                path: name.to_owned(),
+                error,
+            },
         })?;
         // Compiling is CPU work measured in milliseconds to seconds: keep it
         // off the threads that run services and the supervisor.

@@ -104,7 +104,7 @@ impl RunArgs {
         };
         let manifest_grants = match &grants {
             Some(g) => g.clone(),
-            None => embedded_grants(&self.file)?,
+            None => embedded_grants(&self.file),
         };
         let hardware = match &self.hardware_map {
             Some(path) => HardwareMap::load(path)?,
@@ -195,15 +195,14 @@ impl RunArgs {
     }
 }
 
-/// The grants in the file's embedded manifest, if it has one.
-fn embedded_grants(file: &Path) -> anyhow::Result<Grants> {
-    let bytes = std::fs::read(file).with_context(|| format!("cannot read `{}`", file.display()))?;
-    // A file that is not Wasm at all gets its clearer error from the loader.
-    Ok(kelp_core::extract(&bytes)
+/// The grants in the file's embedded manifest, if it has one. A file that
+/// cannot be read or parsed gets its clear error from the loader, next.
+fn embedded_grants(file: &Path) -> Grants {
+    std::fs::read(file)
         .ok()
-        .flatten()
+        .and_then(|bytes| kelp_core::extract(&bytes).ok().flatten())
         .map(|m| m.grants)
-        .unwrap_or_default())
+        .unwrap_or_default()
 }
 
 /// A simulated line for each granted GPIO label and an empty bus for each
