@@ -48,16 +48,20 @@ impl InspectArgs {
                 for (key, value) in &m.env {
                     println!("  env:     {key}={value}");
                 }
-                let grants = m
-                    .grants
-                    .gpio
-                    .keys()
-                    .map(|l| format!("gpio:{l}"))
-                    .chain(m.grants.i2c.keys().map(|l| format!("i2c:{l}")))
-                    .chain(m.grants.network.keys().map(|l| format!("network:{l}")))
-                    .collect::<Vec<_>>();
-                if !grants.is_empty() {
-                    println!("  grants:  {}", grants.join(", "));
+                for (label, grant) in &m.grants.gpio {
+                    let modes: Vec<String> = grant.modes.iter().map(|m| m.to_string()).collect();
+                    println!("  grant:   gpio {label} ({})", modes.join(", "));
+                }
+                for (label, grant) in &m.grants.i2c {
+                    let addresses: Vec<String> = grant
+                        .addresses
+                        .iter()
+                        .map(|a| format!("{a:#04x}"))
+                        .collect();
+                    println!("  grant:   i2c {label} ({})", addresses.join(", "));
+                }
+                for label in m.grants.network.keys() {
+                    println!("  grant:   network {label}");
                 }
             }
         }
