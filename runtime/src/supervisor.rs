@@ -133,9 +133,12 @@ impl Supervisor {
     ) -> Result<ServiceHandle, SupervisorError> {
         self.check(&spec)?;
         let mut services = self.lock();
+        // A service whose run is over (its final state published, its
+        // store and hardware already released) may be started again even
+        // while its task is still returning.
         if services
             .get(&spec.name)
-            .is_some_and(|e| !e.task.is_finished())
+            .is_some_and(|e| !e.task.is_finished() && !e.handle.status().state.is_final())
         {
             return Err(SupervisorError::Duplicate(spec.name));
         }
