@@ -1,14 +1,21 @@
-//! Kelp's control plane. For now it serves the registry under `/v2/`; the
-//! fleet API joins it under `/api/v1/`.
+//! Kelp's control plane. It serves the registry under `/v2/`; the fleet
+//! API joins it under `/api/v1/`, over one database: SQLite in the data
+//! directory by default, or PostgreSQL shared by several processes.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! let data = kelp_cloud::DataDir::open("/var/lib/kelp-cloud".as_ref())?;
+//! let dir = std::path::Path::new("/var/lib/kelp-cloud");
+//! let data = kelp_cloud::DataDir::open(dir)?;
+//! let cp = kelp_cloud::ControlPlane::open(&data, &kelp_cloud::sqlite_url(dir)).await?;
 //! let app = kelp_cloud::app(&data, kelp_registry::PullPolicy::Token)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+
+mod db;
+
+pub use db::{Db, DbError, MAX_CONNECTIONS, sqlite_url};
 
 use std::fs;
 use std::io::Write as _;
@@ -31,9 +38,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// oversized `Content-Length` before a byte is read.
 pub const MAX_REQUEST_BODY: usize = kelp_registry::MAX_BLOB_SIZE as usize + (1 << 20);
 
-/// The cloud's data directory: `registry/` (the blob store), `tokens` (the
-/// sha256 of each API token, one a line) and `admin.token` (the admin token
-/// itself, mode 0600, written once for the operator to read).
+/// The cloud's data directory: `registry/` (the blob store), `kelp.db` (the
+/// fleet database, unless `--database` names another), `tokens` (the sha256
+/// of the admin token) and `admin.token` (the admin token itself, mode 0600,
+/// written once for the operator to read).
 pub struct DataDir {
     pub root: PathBuf,
     pub tokens: Vec<TokenHash>,
@@ -110,9 +118,44 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// The whole HTTP service: the registry under `/v2/`, with body limits and
-/// timeouts on every route.
+/// The fleet API's shared state: the database. Cheap to clone; holds
+/// nothing another process would need.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub(crate) db: Db,
+}
+
+impl ControlPlane {
+    /// Connects to the database at `url`, migrates it, and makes the data
+    /// directory's admin token an API token (unless it is one already, or
+    /// was revoked).
+    pub async fn open(data: &DataDir, url: &str) -> anyhow::Result<Self> {
+        let db = Db::connect(url).await?;
+        for hash in &data.tokens {
+            db.adopt_token(
+                &uuid::Uuid::new_v4().to_string(),
+                "admin",
+                &hash.to_string(),
+            )
+            .await
+            .context("cannot record the admin token")?;
+        }
+        Ok(ControlPlane { db })
+    }
+
+    /// The database, for callers that close it on shutdown.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// The registry alone under `/v2/`, with body limits and timeouts on every
+/// route.
 pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
+    Ok(with_limits(registry_router(data, pull)?))
+}
+
+fn registry_router(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
     let store_dir = data.root.join("registry");
     let store = Store::open(&store_dir)
         .with_context(|| format!("cannot open the registry store in {}", store_dir.display()))?;
@@ -120,7 +163,11 @@ pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
         pull,
         tokens: data.tokens.clone(),
     };
-    Ok(kelp_registry::router(Registry::new(store, auth))
+    Ok(kelp_registry::router(Registry::new(store, auth)))
+}
+
+fn with_limits(router: Router) -> Router {
+    router
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_REQUEST_BODY,
         ))
@@ -128,7 +175,7 @@ pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http()))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 #[cfg(test)]

@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kelp_registry::PullPolicy;
 
-/// Kelp's control plane: the registry (and, later, the fleet API).
+/// Kelp's control plane: the registry and the fleet API.
 #[derive(Parser, Debug)]
 #[command(name = "kelp-cloud", version)]
 struct Cli {
@@ -21,10 +21,12 @@ enum Command {
     Serve(ServeArgs),
 }
 
-/// Serve the registry under /v2/.
+/// Serve the registry under /v2/ and the fleet API under /api/v1/ and
+/// /device/v1/.
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Data directory: blobs, tokens, the admin token.
+    /// Data directory: blobs, the admin token, and the SQLite database unless
+    /// --database names another.
     #[arg(long, env = "KELP_CLOUD_DATA", value_name = "DIR")]
     data: PathBuf,
 
@@ -37,6 +39,12 @@ struct ServeArgs {
     /// token.
     #[arg(long, default_value = "token")]
     pull: PullPolicy,
+
+    /// Fleet database: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`
+    /// (several kelp-cloud processes may share one PostgreSQL database).
+    /// Default: DIR/kelp.db.
+    #[arg(long, env = "KELP_CLOUD_DATABASE", value_name = "URL")]
+    database: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -77,6 +85,12 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.data.join("admin.token").display()
         );
     }
+    let url = args
+        .database
+        .clone()
+        .unwrap_or_else(|| kelp_cloud::sqlite_url(&args.data));
+    let cp = kelp_cloud::ControlPlane::open(&data, &url).await?;
+    let db = cp.db().clone();
     let app = kelp_cloud::app(&data, args.pull)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -90,6 +104,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .with_graceful_shutdown(shutdown)
         .await
         .context("server failed")?;
+    db.close().await;
     tracing::info!("stopped");
     Ok(())
 }
