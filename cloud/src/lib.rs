@@ -1,20 +1,30 @@
-//! Kelp's control plane. It serves the registry under `/v2/`; the fleet
-//! API joins it under `/api/v1/`, over one database: SQLite in the data
-//! directory by default, or PostgreSQL shared by several processes.
+//! Kelp's control plane: the registry under `/v2/`, and the fleet API —
+//! fleets, devices, releases, variables, target state — under `/api/v1/`
+//! (for people and tools) and `/device/v1/` (for devices). Fleet state lives
+//! in one database, SQLite in the data directory by default or PostgreSQL
+//! shared by several processes; `cloud/API.md` lists the endpoints.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
 //! let dir = std::path::Path::new("/var/lib/kelp-cloud");
 //! let data = kelp_cloud::DataDir::open(dir)?;
 //! let cp = kelp_cloud::ControlPlane::open(&data, &kelp_cloud::sqlite_url(dir)).await?;
-//! let app = kelp_cloud::app(&data, kelp_registry::PullPolicy::Token)?;
+//! let app = kelp_cloud::app_with_fleet(&data, kelp_registry::PullPolicy::Token, cp)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
 
+mod api;
+mod changes;
 mod db;
+mod secret;
 
+pub use api::{
+    ApiError, FleetCreated, MAX_JSON_BODY, MAX_WAIT, ONLINE_WINDOW, RegisteredDevice, TargetState,
+    TokenCreated, UpdateStrategy, router as fleet_router,
+};
+pub use changes::Changes;
 pub use db::{Db, DbError, MAX_CONNECTIONS, sqlite_url};
 
 use std::fs;
@@ -118,11 +128,12 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// The fleet API's shared state: the database. Cheap to clone; holds
-/// nothing another process would need.
+/// The fleet API's shared state: the database and the word that a target
+/// changed. Cheap to clone; holds nothing another process would need.
 #[derive(Clone)]
 pub struct ControlPlane {
     pub(crate) db: Db,
+    pub(crate) changes: Changes,
 }
 
 impl ControlPlane {
@@ -132,21 +143,32 @@ impl ControlPlane {
     pub async fn open(data: &DataDir, url: &str) -> anyhow::Result<Self> {
         let db = Db::connect(url).await?;
         for hash in &data.tokens {
-            db.adopt_token(
-                &uuid::Uuid::new_v4().to_string(),
-                "admin",
-                &hash.to_string(),
-            )
-            .await
-            .context("cannot record the admin token")?;
+            db.adopt_token(&secret::new_id(), "admin", &hash.to_string())
+                .await
+                .context("cannot record the admin token")?;
         }
-        Ok(ControlPlane { db })
+        Ok(ControlPlane {
+            db,
+            changes: Changes::default(),
+        })
     }
 
     /// The database, for callers that close it on shutdown.
     pub fn db(&self) -> &Db {
         &self.db
     }
+}
+
+/// The whole HTTP service: the registry under `/v2/` and the fleet API, with
+/// body limits and timeouts on every route.
+pub fn app_with_fleet(
+    data: &DataDir,
+    pull: PullPolicy,
+    cp: ControlPlane,
+) -> anyhow::Result<Router> {
+    Ok(with_limits(
+        registry_router(data, pull)?.merge(api::router(cp)),
+    ))
 }
 
 /// The registry alone under `/v2/`, with body limits and timeouts on every

@@ -91,7 +91,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| kelp_cloud::sqlite_url(&args.data));
     let cp = kelp_cloud::ControlPlane::open(&data, &url).await?;
     let db = cp.db().clone();
-    let app = kelp_cloud::app(&data, args.pull)?;
+    let app = kelp_cloud::app_with_fleet(&data, args.pull, cp)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;

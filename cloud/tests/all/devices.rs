@@ -1,0 +1,195 @@
+//! Registering devices, and what a device key may read.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::TestCloud;
+
+#[tokio::test]
+async fn a_device_registers_once_per_uuid_and_a_new_registration_replaces_its_key() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("garden").await;
+        let first = cloud
+            .post(
+                "/device/v1/register",
+                &pk,
+                json!({ "uuid": "dev-1", "name": "shed", "arch": "aarch64", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+        assert_eq!(first.body["fleet"], "garden");
+        let old_key = first.body["device_key"].as_str().unwrap().to_owned();
+
+        let again = cloud
+            .post(
+                "/device/v1/register",
+                &pk,
+                json!({ "uuid": "dev-1", "arch": "aarch64", "agent_version": "0.2.0" }),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+        let new_key = again.body["device_key"].as_str().unwrap().to_owned();
+        assert_ne!(old_key, new_key);
+
+        assert_eq!(
+            cloud.get("/device/v1/state", &old_key).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            cloud.get("/device/v1/state", &new_key).await.status,
+            StatusCode::OK
+        );
+
+        let list = cloud.get("/api/v1/devices", &cloud.admin).await;
+        let devices = list.body.as_array().unwrap();
+        assert_eq!(devices.len(), 1, "{}", list.body);
+        let shown = cloud.get("/api/v1/devices/dev-1", &cloud.admin).await;
+        assert_eq!(
+            shown.body["name"], "shed",
+            "a name is kept when not sent again"
+        );
+        assert_eq!(shown.body["agent_version"], "0.2.0");
+        assert_eq!(shown.body["online"], true);
+        assert!(!shown.body.to_string().contains(&new_key));
+    }
+}
+
+#[tokio::test]
+async fn a_provisioning_key_registers_only_into_its_own_fleet() {
+    for cloud in TestCloud::all().await {
+        let key_a = cloud.fleet("fleet-a").await;
+        let key_b = cloud.fleet("fleet-b").await;
+        cloud.device(&key_b, "b-1").await;
+
+        // Fleet A's key cannot take over fleet B's device…
+        let r = cloud
+            .post(
+                "/device/v1/register",
+                &key_a,
+                json!({ "uuid": "b-1", "arch": "x86_64", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        let b1 = cloud.get("/api/v1/devices/b-1", &cloud.admin).await;
+        assert_eq!(b1.body["fleet"], "fleet-b");
+        assert_eq!(
+            b1.body["arch"], "aarch64",
+            "the refused request changed nothing"
+        );
+
+        // …and a device it registers lands in fleet A.
+        cloud.device(&key_a, "a-1").await;
+        let list = cloud
+            .get("/api/v1/devices?fleet=fleet-a", &cloud.admin)
+            .await;
+        let uuids: Vec<&str> = list
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["uuid"].as_str().unwrap())
+            .collect();
+        assert_eq!(uuids, ["a-1"]);
+
+        // A provisioning key is not an API token, and a rotated one is dead.
+        assert_eq!(
+            cloud.get("/api/v1/fleets", &key_a).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let rotated = cloud
+            .send(
+                Method::POST,
+                "/api/v1/fleets/fleet-a/provisioning-key",
+                Some(&cloud.admin),
+                None,
+            )
+            .await;
+        assert_eq!(rotated.status, StatusCode::CREATED);
+        let new_key = rotated.body["provisioning_key"].as_str().unwrap();
+        let r = cloud
+            .post(
+                "/device/v1/register",
+                &key_a,
+                json!({ "uuid": "a-2", "arch": "x86_64", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        cloud.device(new_key, "a-2").await;
+    }
+}
+
+#[tokio::test]
+async fn a_device_key_reads_only_its_own_target_and_nothing_of_the_user_api() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("shop").await;
+        let one = cloud.device(&pk, "one").await;
+        let two = cloud.device(&pk, "two").await;
+        cloud.release("shop", "1.0", json!({})).await;
+        cloud.release("shop", "2.0", json!({})).await;
+        let pin = cloud
+            .put(
+                "/api/v1/devices/two/pin",
+                &cloud.admin,
+                json!({ "release": "1.0" }),
+            )
+            .await;
+        assert_eq!(pin.status, StatusCode::OK, "{}", pin.body);
+
+        let s1 = cloud.get("/device/v1/state", &one).await;
+        let s2 = cloud.get("/device/v1/state", &two).await;
+        assert_eq!(s1.body["release"]["version"], "2.0");
+        assert_eq!(s2.body["release"]["version"], "1.0");
+
+        for uri in [
+            "/api/v1/devices/two",
+            "/api/v1/devices",
+            "/api/v1/fleets/shop",
+        ] {
+            assert_eq!(
+                cloud.get(uri, &one).await.status,
+                StatusCode::UNAUTHORIZED,
+                "{uri}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn registration_names_the_field_at_fault() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("lab").await;
+        let cases = [
+            (json!({ "arch": "x86_64", "agent_version": "1" }), "uuid"),
+            (
+                json!({ "uuid": "../etc", "arch": "x86_64", "agent_version": "1" }),
+                "uuid",
+            ),
+            (
+                json!({ "uuid": "d", "arch": 64, "agent_version": "1" }),
+                "arch",
+            ),
+            (
+                json!({ "uuid": "d", "arch": "x86_64", "agent_version": "1", "name": "a\nb" }),
+                "name",
+            ),
+            (
+                json!({ "uuid": "d", "arch": "x86_64", "agent_version": "1", "fleet": "other" }),
+                "fleet",
+            ),
+        ];
+        for (body, field) in cases {
+            let r = cloud.post("/device/v1/register", &pk, body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+            assert_eq!(r.field(), field, "{body}: {}", r.body);
+        }
+        let r = crate::send_raw(&cloud.app, "/device/v1/register", &pk, "{\"uuid\": ").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.body["error"].is_string());
+        let none = cloud.get("/api/v1/devices", &cloud.admin).await;
+        assert_eq!(
+            none.body,
+            json!([]),
+            "no refused request registered a device"
+        );
+    }
+}

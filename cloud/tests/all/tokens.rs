@@ -1,0 +1,129 @@
+//! API tokens: who may use the user API, and how that is taken away.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::{TestCloud, send};
+
+#[tokio::test]
+async fn the_user_api_refuses_missing_wrong_and_revoked_tokens() {
+    for cloud in TestCloud::all().await {
+        let none = cloud.send(Method::GET, "/api/v1/fleets", None, None).await;
+        assert_eq!(none.status, StatusCode::UNAUTHORIZED);
+        assert!(
+            none.body["error"].as_str().unwrap().contains("Bearer"),
+            "{}",
+            none.body
+        );
+
+        let wrong = cloud.get("/api/v1/fleets", "not-a-token").await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+        assert!(wrong.body["error"].is_string());
+
+        // The admin token from admin.token is an API token.
+        let saved = std::fs::read_to_string(cloud.dir.path().join("admin.token")).unwrap();
+        assert_eq!(
+            cloud.get("/api/v1/fleets", saved.trim()).await.status,
+            StatusCode::OK
+        );
+
+        let created = cloud
+            .post("/api/v1/tokens", &cloud.admin, json!({ "name": "ci" }))
+            .await;
+        assert_eq!(created.status, StatusCode::CREATED, "{}", created.body);
+        let token = created.body["token"].as_str().unwrap().to_owned();
+        let id = created.body["id"].as_str().unwrap().to_owned();
+        assert_eq!(
+            cloud.get("/api/v1/fleets", &token).await.status,
+            StatusCode::OK
+        );
+
+        // The list names tokens but never shows one.
+        let list = cloud.get("/api/v1/tokens", &token).await;
+        let text = list.body.to_string();
+        assert!(text.contains("\"ci\"") && !text.contains(&token) && !text.contains(&cloud.admin));
+
+        let revoked = cloud
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{id}"),
+                Some(&cloud.admin),
+                None,
+            )
+            .await;
+        assert_eq!(revoked.status, StatusCode::NO_CONTENT);
+        let after = cloud.get("/api/v1/fleets", &token).await;
+        assert_eq!(after.status, StatusCode::UNAUTHORIZED);
+        assert!(after.body["error"].as_str().unwrap().contains("revoked"));
+    }
+}
+
+#[tokio::test]
+async fn the_last_token_cannot_be_revoked_and_a_revoked_admin_token_stays_revoked() {
+    for cloud in TestCloud::all().await {
+        let list = cloud.get("/api/v1/tokens", &cloud.admin).await;
+        let admin_id = list.body[0]["id"].as_str().unwrap().to_owned();
+        let last = cloud
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{admin_id}"),
+                Some(&cloud.admin),
+                None,
+            )
+            .await;
+        assert_eq!(last.status, StatusCode::CONFLICT, "{}", last.body);
+        assert_eq!(
+            cloud.get("/api/v1/fleets", &cloud.admin).await.status,
+            StatusCode::OK
+        );
+
+        let other = cloud
+            .post("/api/v1/tokens", &cloud.admin, json!({ "name": "ops" }))
+            .await;
+        let other = other.body["token"].as_str().unwrap().to_owned();
+        let gone = cloud
+            .send(
+                Method::DELETE,
+                &format!("/api/v1/tokens/{admin_id}"),
+                Some(&other),
+                None,
+            )
+            .await;
+        assert_eq!(gone.status, StatusCode::NO_CONTENT);
+
+        // A restart reads admin.token again and must not bring it back.
+        let app = cloud.restart().await;
+        let r = send(
+            &app,
+            Method::GET,
+            "/api/v1/fleets",
+            Some(&cloud.admin),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        let r = send(&app, Method::GET, "/api/v1/fleets", Some(&other), None, &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
+    }
+}
+
+#[tokio::test]
+async fn unknown_api_paths_and_bad_token_names_get_json_errors() {
+    for cloud in TestCloud::all().await {
+        let r = cloud.get("/api/v1/nothing-here", &cloud.admin).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        assert!(r.body["error"].is_string());
+
+        let r = cloud
+            .post("/api/v1/tokens", &cloud.admin, json!({ "name": "" }))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.field(), "name");
+        let r = cloud
+            .post("/api/v1/tokens", &cloud.admin, json!({ "nmae": "x" }))
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.field(), "nmae", "{}", r.body);
+    }
+}
