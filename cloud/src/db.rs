@@ -56,6 +56,17 @@ pub fn now() -> i64 {
         .map_or(0, |d| i64::try_from(d.as_secs()).unwrap_or(i64::MAX))
 }
 
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Most log lines kept per device; older ones are dropped as new ones
+/// arrive, so a chatty device cannot fill the database.
+pub const KEPT_LOG_LINES: i64 = 10_000;
+
 /// The URL of the SQLite database in a data directory.
 pub fn sqlite_url(data_dir: &Path) -> String {
     format!("sqlite://{}?mode=rwc", data_dir.join("kelp.db").display())
@@ -113,8 +124,35 @@ pub struct DeviceRow {
     pub arch: String,
     pub agent_version: String,
     pub pinned_release: Option<String>,
+    pub current_release: Option<String>,
     pub created_at: i64,
     pub last_seen: i64,
+}
+
+/// One service as a device last reported it.
+#[derive(Clone, Debug)]
+pub struct ServiceRow {
+    pub service: String,
+    pub state: String,
+    pub memory: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// One service in a device's report: its state and memory, or `None` when
+/// the device no longer runs it.
+#[derive(Clone, Debug)]
+pub struct ReportedService {
+    pub service: String,
+    pub status: Option<(String, Option<i64>)>,
+}
+
+/// One log line as stored.
+#[derive(Clone, Debug)]
+pub struct LogRow {
+    pub time_ms: i64,
+    pub service: String,
+    pub stream: String,
+    pub line: String,
 }
 
 pub struct NewDevice<'a> {
@@ -148,8 +186,8 @@ pub struct EnvRow {
 }
 
 const RELEASE_COLUMNS: &str = "id, fleet, seq, version, services, created_at";
-const DEVICE_COLUMNS: &str =
-    "uuid, fleet, name, arch, agent_version, pinned_release, created_at, last_seen";
+const DEVICE_COLUMNS: &str = "uuid, fleet, name, arch, agent_version, pinned_release, \
+     current_release, created_at, last_seen";
 
 fn release_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRow, sqlx::Error> {
     Ok(ReleaseRow {
@@ -170,6 +208,7 @@ fn device_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow, sqlx::Error> {
         arch: row.try_get("arch")?,
         agent_version: row.try_get("agent_version")?,
         pinned_release: row.try_get("pinned_release")?,
+        current_release: row.try_get("current_release")?,
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
     })
@@ -769,5 +808,138 @@ impl Db {
         .execute(&self.pool)
         .await?;
         Ok(done.rows_affected() > 0)
+    }
+
+    // --- what devices report ---
+
+    /// Records what a device reports: the release it runs (when given) and
+    /// each named service's state and memory (`None` for a service it no
+    /// longer runs). Services not named keep what they had.
+    pub async fn report_state(
+        &self,
+        uuid: &str,
+        release: Option<&str>,
+        services: &[ReportedService],
+    ) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let at = now();
+        sqlx::query(
+            "UPDATE devices SET last_seen = $1, current_release = COALESCE($2, current_release) \
+             WHERE uuid = $3",
+        )
+        .bind(at)
+        .bind(release)
+        .bind(uuid)
+        .execute(&mut *tx)
+        .await?;
+        for ReportedService { service, status } in services {
+            match status {
+                Some((state, memory)) => {
+                    sqlx::query(
+                        "INSERT INTO device_services (uuid, service, state, memory, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5) \
+                         ON CONFLICT (uuid, service) DO UPDATE SET state = excluded.state, \
+                         memory = excluded.memory, updated_at = excluded.updated_at",
+                    )
+                    .bind(uuid)
+                    .bind(service)
+                    .bind(state)
+                    .bind(*memory)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                }
+                None => {
+                    sqlx::query("DELETE FROM device_services WHERE uuid = $1 AND service = $2")
+                        .bind(uuid)
+                        .bind(service)
+                        .execute(&mut *tx)
+                        .await?;
+                }
+            }
+        }
+        tx.commit().await?;
+        Ok(())
+    }
+
+    pub async fn device_services(&self, uuid: &str) -> Result<Vec<ServiceRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT service, state, memory, updated_at FROM device_services WHERE uuid = $1 \
+             ORDER BY service",
+        )
+        .bind(uuid)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| {
+                Ok(ServiceRow {
+                    service: r.try_get("service")?,
+                    state: r.try_get("state")?,
+                    memory: r.try_get("memory")?,
+                    updated_at: r.try_get("updated_at")?,
+                })
+            })
+            .collect()
+    }
+
+    /// Stores a batch of log lines in order, then drops the device's oldest
+    /// beyond [`KEPT_LOG_LINES`].
+    pub async fn add_logs(&self, uuid: &str, lines: &[LogRow]) -> Result<(), DbError> {
+        let mut tx = self.pool.begin().await?;
+        let received = now_ms();
+        for (idx, l) in (0_i64..).zip(lines) {
+            sqlx::query(
+                "INSERT INTO device_logs (id, uuid, received_ms, idx, time_ms, service, stream, \
+                 line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+            )
+            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(uuid)
+            .bind(received)
+            .bind(idx)
+            .bind(l.time_ms)
+            .bind(&l.service)
+            .bind(&l.stream)
+            .bind(&l.line)
+            .execute(&mut *tx)
+            .await?;
+        }
+        // LIMIT with the largest BIGINT is "no limit" in both dialects
+        // (SQLite wants a LIMIT before an OFFSET).
+        sqlx::query(
+            "DELETE FROM device_logs WHERE id IN (SELECT id FROM device_logs WHERE uuid = $1 \
+             ORDER BY received_ms DESC, idx DESC LIMIT $2 OFFSET $3)",
+        )
+        .bind(uuid)
+        .bind(i64::MAX)
+        .bind(KEPT_LOG_LINES)
+        .execute(&mut *tx)
+        .await?;
+        tx.commit().await?;
+        Ok(())
+    }
+
+    /// A device's newest `limit` log lines, oldest first.
+    pub async fn logs(&self, uuid: &str, limit: i64) -> Result<Vec<LogRow>, DbError> {
+        let rows = sqlx::query(
+            "SELECT time_ms, service, stream, line, received_ms, idx FROM device_logs \
+             WHERE uuid = $1 ORDER BY received_ms DESC, idx DESC LIMIT $2",
+        )
+        .bind(uuid)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut lines = rows
+            .iter()
+            .map(|r| {
+                Ok(LogRow {
+                    time_ms: r.try_get("time_ms")?,
+                    service: r.try_get("service")?,
+                    stream: r.try_get("stream")?,
+                    line: r.try_get("line")?,
+                })
+            })
+            .collect::<Result<Vec<_>, DbError>>()?;
+        lines.reverse();
+        Ok(lines)
     }
 }

@@ -21,11 +21,11 @@ mod db;
 mod secret;
 
 pub use api::{
-    ApiError, FleetCreated, MAX_JSON_BODY, MAX_WAIT, ONLINE_WINDOW, RegisteredDevice, TargetState,
-    TokenCreated, UpdateStrategy, router as fleet_router,
+    ApiError, FleetCreated, MAX_JSON_BODY, MAX_LOG_BATCH, MAX_LOG_LINE, MAX_WAIT, ONLINE_WINDOW,
+    RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy, router as fleet_router,
 };
 pub use changes::Changes;
-pub use db::{Db, DbError, MAX_CONNECTIONS, sqlite_url};
+pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
 
 use std::fs;
 use std::io::Write as _;

@@ -33,6 +33,11 @@ use extract::{DeviceKey, JsonBody, ProvisioningKey, User};
 /// one request per device per minute.
 pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
+/// How often a held `?wait=` request looks at the database again even
+/// without word of a change: another process serving the same database may
+/// have changed the target, and this bounds how late its devices hear.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
 /// A device counts as online if it asked for its target this recently: two
 /// of its longest polls, so one slow round trip does not flap it offline.
 pub const ONLINE_WINDOW: i64 = 2 * 60;
@@ -72,7 +77,9 @@ pub fn router(cp: ControlPlane) -> Router {
             put(set_device_env).delete(delete_device_env),
         )
         .route("/device/v1/register", post(register))
-        .route("/device/v1/state", get(device_state))
+        .route("/api/v1/devices/{uuid}/logs", get(device_logs))
+        .route("/device/v1/state", get(device_state).patch(report_state))
+        .route("/device/v1/logs", post(upload_logs))
         .route("/api/{*rest}", axum::routing::any(no_route))
         .route("/device/{*rest}", axum::routing::any(no_route))
         .with_state(cp)
@@ -335,6 +342,24 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
         None => None,
     };
     let target = cp.db.target_release(&d).await?.map(|r| r.version);
+    let current = match &d.current_release {
+        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
+        None => None,
+    };
+    let services = cp
+        .db
+        .device_services(&d.uuid)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let view = ServiceStatusView {
+                state: s.state,
+                memory: s.memory,
+                updated_at: s.updated_at,
+            };
+            (s.service, view)
+        })
+        .collect();
     Ok(DeviceView {
         online: db::now().saturating_sub(d.last_seen) <= ONLINE_WINDOW,
         uuid: d.uuid,
@@ -346,6 +371,8 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
         created_at: d.created_at,
         pinned_release: pinned,
         target_release: target,
+        current_release: current,
+        services,
     })
 }
 
@@ -567,13 +594,153 @@ async fn device_state(
             );
             return Ok(response);
         }
-        let woke = tokio::time::timeout_at(deadline, changes.changed()).await;
-        if !matches!(woke, Ok(Ok(()))) {
+        let now = tokio::time::Instant::now();
+        if now >= deadline {
             let mut response = StatusCode::NOT_MODIFIED.into_response();
             response.headers_mut().insert(header::ETAG, etag_value);
             return Ok(response);
         }
+        // Whether word came, the wait ran out or it is time to recheck, the
+        // loop reads the target again and answers if it differs.
+        let until = deadline.min(now + RECHECK);
+        if let Ok(Err(_)) = tokio::time::timeout_at(until, changes.changed()).await {
+            // No sender left: no more word will come; wait out the time.
+            tokio::time::sleep_until(until).await;
+        }
     }
+}
+
+// --- what devices report ---
+
+/// `PATCH /device/v1/state`: the calling device says what changed.
+async fn report_state(
+    State(cp): State<ControlPlane>,
+    device: DeviceKey,
+    JsonBody(body): JsonBody<CurrentState>,
+) -> Result<Response, ApiError> {
+    let row = find_device(&cp, &device.uuid).await?;
+    if let Some(id) = &body.release {
+        let known = match cp.db.release_by_id(id).await? {
+            Some(r) => r.fleet == row.fleet,
+            None => false,
+        };
+        if !known {
+            return Err(ApiError::field(
+                "release",
+                "not the id of a release of this device's fleet",
+            ));
+        }
+    }
+    if body.services.len() > MAX_SERVICES {
+        return Err(ApiError::field(
+            "services",
+            format!("a device reports at most {MAX_SERVICES} services at once"),
+        ));
+    }
+    let mut services = Vec::with_capacity(body.services.len());
+    for (name, report) in body.services {
+        let at = format!("services.{name}");
+        check_service_name(&at, &name)?;
+        let report = match report {
+            Some(r) => {
+                let memory =
+                    r.memory.map(i64::try_from).transpose().map_err(|_| {
+                        ApiError::field(format!("{at}.memory"), "memory is too large")
+                    })?;
+                let state = serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .ok_or_else(|| ApiError::Internal("a service state has no name".into()))?;
+                Some((state, memory))
+            }
+            None => None,
+        };
+        services.push(db::ReportedService {
+            service: name,
+            status: report,
+        });
+    }
+    cp.db
+        .report_state(&row.uuid, body.release.as_deref(), &services)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /device/v1/logs`: a batch of the calling device's log lines.
+async fn upload_logs(
+    State(cp): State<ControlPlane>,
+    device: DeviceKey,
+    JsonBody(body): JsonBody<LogBatch>,
+) -> Result<Response, ApiError> {
+    if body.lines.len() > MAX_LOG_BATCH {
+        return Err(ApiError::field(
+            "lines",
+            format!("a batch holds at most {MAX_LOG_BATCH} lines"),
+        ));
+    }
+    let mut rows = Vec::with_capacity(body.lines.len());
+    for (i, l) in body.lines.into_iter().enumerate() {
+        check_service_name(&format!("lines[{i}].service"), &l.service)?;
+        if l.line.len() > MAX_LOG_LINE {
+            return Err(ApiError::field(
+                format!("lines[{i}].line"),
+                format!("a log line is at most {MAX_LOG_LINE} bytes"),
+            ));
+        }
+        let stream = match l.stream {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        };
+        rows.push(db::LogRow {
+            time_ms: l.time,
+            service: l.service,
+            stream: stream.to_owned(),
+            line: l.line,
+        });
+    }
+    cp.db.add_logs(&device.uuid, &rows).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/devices/{uuid}/logs[?limit=N]`: the newest lines, oldest
+/// first.
+async fn device_logs(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    let limit = query(q)?.limit.unwrap_or(DEFAULT_LOG_READ);
+    if !(1..=MAX_LOG_READ).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("limit must be 1 to {MAX_LOG_READ}"),
+        ));
+    }
+    let lines: Vec<LogLine> = cp
+        .db
+        .logs(&device.uuid, limit)
+        .await?
+        .into_iter()
+        .map(|l| LogLine {
+            time: l.time_ms,
+            service: l.service,
+            stream: if l.stream == "stderr" {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            },
+            line: l.line,
+        })
+        .collect();
+    Ok(axum::Json(lines).into_response())
 }
 
 // --- environment variables ---

@@ -3,7 +3,9 @@
 
 use std::collections::BTreeMap;
 
-use kelp_core::{ByteSize, DEFAULT_MEMORY, Grants, MAX_I2C_ADDRESS, RestartPolicy, valid_label};
+use kelp_core::{
+    ByteSize, DEFAULT_MEMORY, Grants, MAX_I2C_ADDRESS, RestartPolicy, ServiceState, valid_label,
+};
 use kelp_registry::{ManifestRef, Reference};
 use serde::{Deserialize, Serialize};
 
@@ -20,6 +22,14 @@ pub const MAX_ENV_NAME: usize = 128;
 pub const MAX_ENV_VALUE: usize = 16 << 10;
 /// Longest free-form name (device, token) and version string.
 pub const MAX_TEXT: usize = 64;
+/// Most log lines in one upload. With the body limit this bounds the work
+/// one request makes the database do.
+pub const MAX_LOG_BATCH: usize = 1000;
+/// Longest log line, in bytes; a device splits or cuts longer ones.
+pub const MAX_LOG_LINE: usize = 4096;
+/// Most log lines one read returns, and how many it returns by default.
+pub const MAX_LOG_READ: i64 = 1000;
+pub const DEFAULT_LOG_READ: i64 = 100;
 /// Largest memory limit: a 32-bit linear memory cannot grow past 4 GiB.
 pub const MAX_MEMORY: ByteSize = ByteSize::mib(4096);
 
@@ -102,6 +112,66 @@ pub struct DeviceView {
     pub pinned_release: Option<String>,
     /// The release it should be running.
     pub target_release: Option<String>,
+    /// The release it last said it runs.
+    pub current_release: Option<String>,
+    /// Each service as the device last reported it.
+    pub services: BTreeMap<String, ServiceStatusView>,
+}
+
+#[derive(Serialize)]
+pub struct ServiceStatusView {
+    pub state: String,
+    /// Bytes of memory in use, when the device said.
+    pub memory: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// `PATCH /device/v1/state`: what changed on the device since it last
+/// said. Absent fields keep their value.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrentState {
+    /// Id of the release the device now runs.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Services whose state changed; null for one it no longer runs.
+    #[serde(default)]
+    pub services: BTreeMap<String, Option<ServiceReport>>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceReport {
+    pub state: ServiceState,
+    /// Bytes of memory in use.
+    #[serde(default)]
+    pub memory: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+/// `POST /device/v1/logs`.
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    /// When the device wrote it, in milliseconds since the Unix epoch.
+    pub time: i64,
+    pub service: String,
+    #[serde(default)]
+    pub stream: LogStream,
+    pub line: String,
 }
 
 /// How a device replaces a running service with its new version.

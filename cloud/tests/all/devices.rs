@@ -193,3 +193,155 @@ async fn registration_names_the_field_at_fault() {
         );
     }
 }
+
+#[tokio::test]
+async fn a_device_reports_only_what_changed_and_the_user_sees_it() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("dock").await;
+        let other_pk = cloud.fleet("yard").await;
+        let key = cloud.device(&pk, "crane").await;
+        let release = cloud.release("dock", "1.0", json!({})).await;
+        let foreign = cloud.release("yard", "9.0", json!({})).await;
+        drop(other_pk);
+
+        let patch = |body: serde_json::Value| {
+            let (cloud, key) = (&cloud, &key);
+            async move {
+                cloud
+                    .send(Method::PATCH, "/device/v1/state", Some(key), Some(body))
+                    .await
+            }
+        };
+        let r = patch(json!({
+            "release": release["id"],
+            "services": { "web": { "state": "running", "memory": 1234 } }
+        }))
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let r = patch(json!({ "services": { "cron": { "state": "crash-looping" } } })).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+
+        let d = cloud.get("/api/v1/devices/crane", &cloud.admin).await.body;
+        assert_eq!(d["current_release"], "1.0");
+        assert_eq!(d["services"]["web"]["state"], "running");
+        assert_eq!(d["services"]["web"]["memory"], 1234);
+        assert_eq!(d["services"]["cron"]["state"], "crash-looping");
+
+        let r = patch(json!({ "services": { "web": null } })).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let d = cloud.get("/api/v1/devices/crane", &cloud.admin).await.body;
+        assert!(d["services"].get("web").is_none(), "{d}");
+        assert_eq!(
+            d["current_release"], "1.0",
+            "an absent release keeps its value"
+        );
+
+        for (body, field) in [
+            (json!({ "release": foreign["id"] }), "release"),
+            (
+                json!({ "services": { "web": { "state": "dancing" } } }),
+                "services.web.state",
+            ),
+            (
+                json!({ "services": { "Web": { "state": "running" } } }),
+                "services.Web",
+            ),
+            (json!({ "uptime": 5 }), "uptime"),
+        ] {
+            let r = patch(body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+            assert_eq!(r.field(), field, "{body}: {}", r.body);
+        }
+        let d = cloud.get("/api/v1/devices/crane", &cloud.admin).await.body;
+        assert_eq!(d["current_release"], "1.0");
+    }
+}
+
+#[tokio::test]
+async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("noisy").await;
+        let key = cloud.device(&pk, "talker").await;
+        let batch = |from: usize, n: usize| {
+            let lines: Vec<_> = (from..from + n)
+                .map(|i| json!({ "time": i, "service": "web", "line": format!("line {i}") }))
+                .collect();
+            json!({ "lines": lines })
+        };
+        let r = cloud.post("/device/v1/logs", &key, batch(0, 3)).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let logs = cloud
+            .get("/api/v1/devices/talker/logs", &cloud.admin)
+            .await
+            .body;
+        let lines: Vec<&str> = logs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap())
+            .collect();
+        assert_eq!(lines, ["line 0", "line 1", "line 2"]);
+        assert_eq!(logs[0]["stream"], "stdout");
+
+        let long = "x".repeat(kelp_cloud::MAX_LOG_LINE + 1);
+        let r = cloud
+            .post(
+                "/device/v1/logs",
+                &key,
+                json!({ "lines": [
+                    { "time": 1, "service": "web", "line": "fine" },
+                    { "time": 2, "service": "web", "line": long }
+                ] }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.field(), "lines[1].line");
+        let too_many = batch(0, kelp_cloud::MAX_LOG_BATCH + 1);
+        let r = cloud.post("/device/v1/logs", &key, too_many).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+        // Past the bound, the oldest lines go.
+        let kept = usize::try_from(kelp_cloud::KEPT_LOG_LINES).unwrap();
+        let mut sent = 3;
+        while sent <= kept {
+            let r = cloud
+                .post(
+                    "/device/v1/logs",
+                    &key,
+                    batch(sent, kelp_cloud::MAX_LOG_BATCH),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+            sent += kelp_cloud::MAX_LOG_BATCH;
+        }
+        let newest = cloud
+            .get("/api/v1/devices/talker/logs?limit=2", &cloud.admin)
+            .await
+            .body;
+        assert_eq!(newest[1]["line"], format!("line {}", sent - 1));
+        let oldest = cloud
+            .get("/api/v1/devices/talker/logs?limit=1000", &cloud.admin)
+            .await;
+        assert_eq!(oldest.body.as_array().unwrap().len(), 1000);
+        // The API shows at most 1000 lines; the database shows what is kept.
+        use sqlx::Row as _;
+        let pool = sqlx::AnyPool::connect(&cloud.url).await.unwrap();
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(time_ms) AS first FROM device_logs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(row.get::<i64, _>("n"), kelp_cloud::KEPT_LOG_LINES);
+        assert_eq!(
+            row.get::<i64, _>("first"),
+            i64::try_from(sent - kept).unwrap()
+        );
+        pool.close().await;
+        let r = cloud
+            .get("/api/v1/devices/talker/logs?limit=0", &cloud.admin)
+            .await;
+        assert_eq!(r.field(), "limit");
+        // A device key reads no logs.
+        let r = cloud.get("/api/v1/devices/talker/logs", &key).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+}
