@@ -133,6 +133,7 @@ async fn revoke_token(
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = path(id)?;
+    check_id("id", &id)?;
     match cp.db.revoke_token(&id).await? {
         Revoke::Revoked => Ok(StatusCode::NO_CONTENT.into_response()),
         Revoke::NotFound => Err(ApiError::not_found(format!("no live token with id `{id}`"))),
@@ -620,6 +621,7 @@ async fn report_state(
 ) -> Result<Response, ApiError> {
     let row = find_device(&cp, &device.uuid).await?;
     if let Some(id) = &body.release {
+        check_id("release", id)?;
         let known = match cp.db.release_by_id(id).await? {
             Some(r) => r.fleet == row.fleet,
             None => false,
@@ -691,11 +693,18 @@ async fn upload_logs(
             LogStream::Stdout => "stdout",
             LogStream::Stderr => "stderr",
         };
+        // PostgreSQL text cannot hold NUL; a service that prints one
+        // should not get its whole batch refused for ever.
+        let line = if l.line.contains('\0') {
+            l.line.replace('\0', "\u{fffd}")
+        } else {
+            l.line
+        };
         rows.push(db::LogRow {
             time_ms: l.time,
             service: l.service,
             stream: stream.to_owned(),
-            line: l.line,
+            line,
         });
     }
     cp.db.add_logs(&device.uuid, &rows).await?;

@@ -316,6 +316,20 @@ pub fn check_uuid(field: &str, uuid: &str) -> Result<(), ApiError> {
     }
 }
 
+/// An id the server made (a token's, a release's): a UUID, so anything
+/// else names nothing and is refused before it reaches the database.
+pub fn check_id(field: &str, id: &str) -> Result<(), ApiError> {
+    let ok = id.len() == 36 && id.bytes().all(|b| b.is_ascii_hexdigit() || b == b'-');
+    if ok {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            field,
+            format!("`{}` is not an id this server made", shown(id)),
+        ))
+    }
+}
+
 /// Free text shown to people (a device or token name): 1 to [`MAX_TEXT`]
 /// characters, none of them control characters.
 pub fn check_text(field: &str, text: &str) -> Result<(), ApiError> {

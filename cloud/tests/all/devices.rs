@@ -247,6 +247,7 @@ async fn a_device_reports_only_what_changed_and_the_user_sees_it() {
                 "services.Web",
             ),
             (json!({ "uptime": 5 }), "uptime"),
+            (json!({ "release": "x\0" }), "release"),
         ] {
             let r = patch(body.clone()).await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
@@ -283,6 +284,22 @@ async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
         assert_eq!(lines, ["line 0", "line 1", "line 2"]);
         assert_eq!(logs[0]["stream"], "stdout");
 
+        // A NUL, which PostgreSQL text cannot hold, arrives as U+FFFD.
+        let r = cloud
+            .post(
+                "/device/v1/logs",
+                &key,
+                json!({ "lines": [{ "time": 3, "service": "web", "stream": "stderr", "line": "a\0b" }] }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let last = cloud
+            .get("/api/v1/devices/talker/logs?limit=1", &cloud.admin)
+            .await
+            .body;
+        assert_eq!(last[0]["line"], "a\u{fffd}b");
+        assert_eq!(last[0]["stream"], "stderr");
+
         let long = "x".repeat(kelp_cloud::MAX_LOG_LINE + 1);
         let r = cloud
             .post(
@@ -302,7 +319,7 @@ async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
 
         // Past the bound, the oldest lines go.
         let kept = usize::try_from(kelp_cloud::KEPT_LOG_LINES).unwrap();
-        let mut sent = 3;
+        let mut sent = 4;
         while sent <= kept {
             let r = cloud
                 .post(

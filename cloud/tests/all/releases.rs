@@ -306,3 +306,51 @@ async fn variables_apply_from_fleet_to_device_and_service() {
         assert_eq!(listed.body, json!([{ "name": "LEVEL", "value": "fleet" }]));
     }
 }
+
+#[tokio::test]
+async fn a_second_server_on_the_same_database_serves_the_same_fleet() {
+    for cloud in TestCloud::all().await {
+        let other = cloud.restart().await;
+        let pk = cloud.fleet("shared").await;
+        let r = send(
+            &other,
+            Method::POST,
+            "/device/v1/register",
+            Some(&pk),
+            Some(json!({ "uuid": "roamer", "arch": "x86_64", "agent_version": "1" })),
+            &[],
+        )
+        .await;
+        assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        let key = r.body["device_key"].as_str().unwrap().to_owned();
+        let etag = cloud.get("/device/v1/state", &key).await.headers[header::ETAG]
+            .to_str()
+            .unwrap()
+            .to_owned();
+
+        // Held by one server, woken by a release made through the other.
+        let poll = tokio::spawn({
+            let (other, key, etag) = (other.clone(), key.clone(), etag.clone());
+            async move {
+                send(
+                    &other,
+                    Method::GET,
+                    "/device/v1/state?wait=60",
+                    Some(&key),
+                    None,
+                    &[(header::IF_NONE_MATCH, &etag)],
+                )
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished());
+        cloud.release("shared", "1.0", json!({})).await;
+        let woke = tokio::time::timeout(kelp_cloud::RECHECK + Duration::from_secs(5), poll)
+            .await
+            .expect("the other server never saw the release")
+            .unwrap();
+        assert_eq!(woke.status, StatusCode::OK);
+        assert_eq!(woke.body["release"]["version"], "1.0");
+    }
+}

@@ -115,6 +115,19 @@ async fn unknown_api_paths_and_bad_token_names_get_json_errors() {
         assert_eq!(r.status, StatusCode::NOT_FOUND);
         assert!(r.body["error"].is_string());
 
+        for id in ["%00", "not-an-id", "..%2F..%2Fetc"] {
+            let r = cloud
+                .send(
+                    Method::DELETE,
+                    &format!("/api/v1/tokens/{id}"),
+                    Some(&cloud.admin),
+                    None,
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id}: {}", r.body);
+            assert_eq!(r.field(), "id");
+        }
+
         let r = cloud
             .post("/api/v1/tokens", &cloud.admin, json!({ "name": "" }))
             .await;
