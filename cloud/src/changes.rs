@@ -1,15 +1,23 @@
 //! Word that something a device's target state depends on has changed, for
 //! the requests long-polling it.
 //!
-//! For now the word comes from this process: every write that can change a
-//! target calls [`Changes::notify`]. Several processes behind one PostgreSQL
-//! database will also need each other's writes; a task that `LISTEN`s on a
-//! channel and calls `notify` for each message feeds the same waiters, with
-//! no change to them.
+//! Every write that can change a target calls [`Changes::notify`] in its own
+//! process. On PostgreSQL it also sends `NOTIFY` on [`CHANNEL`], and every
+//! process runs [`listen`], which turns each notification into a `notify`,
+//! so a request held by one process wakes when another makes the change.
+//! SQLite has no such channel; there, and whenever a notification is lost,
+//! held requests still look again every [`crate::RECHECK`].
 
 use std::sync::Arc;
 
 use tokio::sync::watch;
+
+/// The PostgreSQL channel changes are announced on.
+pub const CHANNEL: &str = "kelp_changes";
+
+/// How long the listener waits before connecting again after losing its
+/// connection: long enough not to hammer a database that is restarting.
+const RELISTEN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
 /// A counter of changes that waiters watch. Cheap to clone.
 #[derive(Clone)]
@@ -31,4 +39,29 @@ impl Changes {
     pub fn subscribe(&self) -> watch::Receiver<u64> {
         self.0.subscribe()
     }
+}
+
+/// Turns notifications on [`CHANNEL`] of the PostgreSQL database at `url`
+/// into [`Changes::notify`], for as long as the runtime runs.
+pub fn listen(url: String, changes: Changes) {
+    tokio::spawn(async move {
+        loop {
+            match sqlx::postgres::PgListener::connect(&url).await {
+                Ok(mut listener) => {
+                    if let Err(e) = listener.listen(CHANNEL).await {
+                        tracing::warn!(error = %e, "cannot LISTEN for changes");
+                    } else {
+                        // Anything missed while not listening: look again.
+                        changes.notify();
+                        while let Ok(_notification) = listener.recv().await {
+                            changes.notify();
+                        }
+                        tracing::warn!("lost the connection that listens for changes");
+                    }
+                }
+                Err(e) => tracing::warn!(error = %e, "cannot connect to listen for changes"),
+            }
+            tokio::time::sleep(RELISTEN_DELAY).await;
+        }
+    });
 }

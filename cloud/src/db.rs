@@ -47,6 +47,7 @@ pub enum DbError {
 #[derive(Clone)]
 pub struct Db {
     pool: AnyPool,
+    postgres: bool,
 }
 
 /// Seconds since the Unix epoch.
@@ -252,7 +253,10 @@ impl Db {
             .connect_with(options)
             .await
             .map_err(DbError::Connect)?;
-        let db = Db { pool };
+        let db = Db {
+            pool,
+            postgres: !url.starts_with("sqlite:"),
+        };
         if url.starts_with("sqlite:") {
             // WAL lets readers on while one connection writes, and it is a
             // property of the file, so setting it once is enough.
@@ -263,6 +267,19 @@ impl Db {
         }
         MIGRATOR.run(&db.pool).await?;
         Ok(db)
+    }
+
+    /// Tells every process listening on this database that something a
+    /// target depends on changed (PostgreSQL only; SQLite has no channel).
+    pub async fn announce_change(&self) -> Result<(), DbError> {
+        if self.postgres {
+            // The simple protocol: NOTIFY takes no parameters and returns
+            // no rows.
+            sqlx::raw_sql(&format!("NOTIFY {}", crate::changes::CHANNEL))
+                .execute(&self.pool)
+                .await?;
+        }
+        Ok(())
     }
 
     /// Closes every connection, waiting for queries in flight.

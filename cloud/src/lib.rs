@@ -142,15 +142,27 @@ impl ControlPlane {
     /// was revoked).
     pub async fn open(data: &DataDir, url: &str) -> anyhow::Result<Self> {
         let db = Db::connect(url).await?;
+        let changes = Changes::default();
+        if url.starts_with("postgres") {
+            changes::listen(url.to_owned(), changes.clone());
+        }
         for hash in &data.tokens {
             db.adopt_token(&secret::new_id(), "admin", &hash.to_string())
                 .await
                 .context("cannot record the admin token")?;
         }
-        Ok(ControlPlane {
-            db,
-            changes: Changes::default(),
-        })
+        Ok(ControlPlane { db, changes })
+    }
+
+    /// Wakes the requests waiting on a target, in this process and, on
+    /// PostgreSQL, in every other. A failure to tell the others is logged,
+    /// not returned: the change itself is stored, and they look again
+    /// within [`RECHECK`] regardless.
+    pub(crate) async fn changed(&self) {
+        self.changes.notify();
+        if let Err(e) = self.db.announce_change().await {
+            tracing::warn!(error = %e, "cannot announce a change to other processes");
+        }
     }
 
     /// The database, for callers that close it on shutdown.

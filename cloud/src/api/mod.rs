@@ -261,7 +261,7 @@ async fn create_release(
         .await?;
     match created {
         db::NewRelease::Created(row) => {
-            cp.changes.notify();
+            cp.changed().await;
             Ok((StatusCode::CREATED, axum::Json(release_view(row)?)).into_response())
         }
         db::NewRelease::VersionTaken => Err(ApiError::conflict(format!(
@@ -322,7 +322,7 @@ async fn pin_fleet(
         None => None,
     };
     cp.db.pin_fleet(&fleet.name, release.as_deref()).await?;
-    cp.changes.notify();
+    cp.changed().await;
     let fleet = find_fleet(&cp, &fleet.name).await?;
     Ok(axum::Json(fleet_view(&cp, fleet).await?).into_response())
 }
@@ -420,7 +420,7 @@ async fn pin_device(
         None => None,
     };
     cp.db.pin_device(&device.uuid, release.as_deref()).await?;
-    cp.changes.notify();
+    cp.changed().await;
     let device = find_device(&cp, &device.uuid).await?;
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
 }
@@ -463,7 +463,7 @@ async fn register(
             )));
         }
     };
-    cp.changes.notify();
+    cp.changed().await;
     tracing::info!(uuid = %body.uuid, fleet = %key.fleet, "device registered");
     let out = RegisteredDevice {
         uuid: body.uuid,
@@ -807,7 +807,7 @@ async fn set_env(
         value,
     };
     cp.db.set_env(fleet, &row).await?;
-    cp.changes.notify();
+    cp.changed().await;
     Ok(axum::Json(EnvView {
         name: row.name,
         value: row.value,
@@ -828,7 +828,7 @@ async fn delete_env(
             "no variable `{key}` at this scope"
         )));
     }
-    cp.changes.notify();
+    cp.changed().await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 

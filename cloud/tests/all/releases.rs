@@ -345,11 +345,21 @@ async fn a_second_server_on_the_same_database_serves_the_same_fleet() {
         });
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!poll.is_finished());
+        let made = Instant::now();
         cloud.release("shared", "1.0", json!({})).await;
         let woke = tokio::time::timeout(kelp_cloud::RECHECK + Duration::from_secs(5), poll)
             .await
             .expect("the other server never saw the release")
             .unwrap();
+        if cloud.postgres.is_some() {
+            // PostgreSQL tells the other server at once (LISTEN/NOTIFY)
+            // rather than leaving it to look again.
+            assert!(
+                made.elapsed() < kelp_cloud::RECHECK / 2,
+                "woke after {:?}",
+                made.elapsed()
+            );
+        }
         assert_eq!(woke.status, StatusCode::OK);
         assert_eq!(woke.body["release"]["version"], "1.0");
     }
