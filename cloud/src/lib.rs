@@ -18,6 +18,7 @@
 mod api;
 mod changes;
 mod db;
+mod registry_auth;
 mod secret;
 
 pub use api::{
@@ -178,9 +179,11 @@ pub fn app_with_fleet(
     pull: PullPolicy,
     cp: ControlPlane,
 ) -> anyhow::Result<Router> {
-    Ok(with_limits(
-        registry_router(data, pull)?.merge(api::router(cp)),
-    ))
+    let registry = registry_router(data, pull)?.layer(axum::middleware::from_fn_with_state(
+        cp.db.clone(),
+        registry_auth::refuse_revoked,
+    ));
+    Ok(with_limits(registry.merge(api::router(cp))))
 }
 
 /// The registry alone under `/v2/`, with body limits and timeouts on every

@@ -1,6 +1,7 @@
 //! API tokens: who may use the user API, and how that is taken away.
 
 use axum::http::{Method, StatusCode};
+use base64::Engine as _;
 use serde_json::json;
 
 use crate::{TestCloud, send};
@@ -81,6 +82,14 @@ async fn the_last_token_cannot_be_revoked_and_a_revoked_admin_token_stays_revoke
             .post("/api/v1/tokens", &cloud.admin, json!({ "name": "ops" }))
             .await;
         let other = other.body["token"].as_str().unwrap().to_owned();
+        let registry = cloud
+            .send(Method::GET, "/v2/", Some(&cloud.admin), None)
+            .await;
+        assert_eq!(
+            registry.status,
+            StatusCode::OK,
+            "the registry takes the admin token"
+        );
         let gone = cloud
             .send(
                 Method::DELETE,
@@ -90,6 +99,24 @@ async fn the_last_token_cannot_be_revoked_and_a_revoked_admin_token_stays_revoke
             )
             .await;
         assert_eq!(gone.status, StatusCode::NO_CONTENT);
+        // The registry refuses it from the next request on, as bearer or
+        // as a basic-auth password.
+        let registry = cloud
+            .send(Method::GET, "/v2/", Some(&cloud.admin), None)
+            .await;
+        assert_eq!(registry.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(registry.body["errors"][0]["code"], "UNAUTHORIZED");
+        let basic = base64::engine::general_purpose::STANDARD.encode(format!("me:{}", cloud.admin));
+        let registry = send(
+            &cloud.app,
+            Method::GET,
+            "/v2/kelp/web/tags/list",
+            None,
+            None,
+            &[(axum::http::header::AUTHORIZATION, &format!("Basic {basic}"))],
+        )
+        .await;
+        assert_eq!(registry.status, StatusCode::UNAUTHORIZED);
 
         // A restart reads admin.token again and must not bring it back.
         let app = cloud.restart().await;
