@@ -19,25 +19,43 @@ pub const CHANNEL: &str = "kelp_changes";
 /// connection: long enough not to hammer a database that is restarting.
 const RELISTEN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A counter of changes that waiters watch. Cheap to clone.
+/// A counter of changes that waiters watch, and whether the server is
+/// stopping. Cheap to clone.
 #[derive(Clone)]
-pub struct Changes(Arc<watch::Sender<u64>>);
+pub struct Changes {
+    count: Arc<watch::Sender<u64>>,
+    stopping: Arc<watch::Sender<bool>>,
+}
 
 impl Default for Changes {
     fn default() -> Self {
-        Changes(Arc::new(watch::Sender::new(0)))
+        Changes {
+            count: Arc::new(watch::Sender::new(0)),
+            stopping: Arc::new(watch::Sender::new(false)),
+        }
     }
 }
 
 impl Changes {
+    /// Ends every wait now and every later one at once: the server is
+    /// shutting down.
+    pub fn stop(&self) {
+        self.stopping.send_replace(true);
+    }
+
+    /// A receiver that sees [`Changes::stop`].
+    pub fn stopping(&self) -> watch::Receiver<bool> {
+        self.stopping.subscribe()
+    }
+
     /// Wakes every waiter, which then looks again at its own target.
     pub fn notify(&self) {
-        self.0.send_modify(|n| *n = n.wrapping_add(1));
+        self.count.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     /// A receiver that sees every change after this call.
     pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.0.subscribe()
+        self.count.subscribe()
     }
 }
 

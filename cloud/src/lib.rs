@@ -166,6 +166,12 @@ impl ControlPlane {
         }
     }
 
+    /// Answers every held `?wait=` request now, as the server begins to
+    /// shut down, so that it does not wait up to [`MAX_WAIT`] for them.
+    pub fn stop(&self) {
+        self.changes.stop();
+    }
+
     /// The database, for callers that close it on shutdown.
     pub fn db(&self) -> &Db {
         &self.db

@@ -91,6 +91,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         .unwrap_or_else(|| kelp_cloud::sqlite_url(&args.data));
     let cp = kelp_cloud::ControlPlane::open(&data, &url).await?;
     let db = cp.db().clone();
+    let stopper = cp.clone();
     let app = kelp_cloud::app_with_fleet(&data, args.pull, cp)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -101,7 +102,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     tracing::info!(%addr, data = %args.data.display(), pull = %args.pull, "serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopper.stop();
+        })
         .await
         .context("server failed")?;
     db.close().await;

@@ -580,6 +580,7 @@ async fn device_state(
     // Subscribe before the first read, so a change between that read and
     // the wait still wakes this request.
     let mut changes = cp.changes.subscribe();
+    let mut stopping = cp.changes.stopping();
     cp.db.touch_device(&device.uuid).await?;
     loop {
         let (body, etag) = target_of(&cp, &device.uuid).await?;
@@ -596,17 +597,26 @@ async fn device_state(
             return Ok(response);
         }
         let now = tokio::time::Instant::now();
-        if now >= deadline {
+        let stopped = *stopping.borrow();
+        if now >= deadline || stopped {
             let mut response = StatusCode::NOT_MODIFIED.into_response();
             response.headers_mut().insert(header::ETAG, etag_value);
             return Ok(response);
         }
         // Whether word came, the wait ran out or it is time to recheck, the
         // loop reads the target again and answers if it differs.
+        // A server shutting down answers at once rather than keep every
+        // held device (and so its own exit) waiting out the wait.
         let until = deadline.min(now + RECHECK);
-        if let Ok(Err(_)) = tokio::time::timeout_at(until, changes.changed()).await {
-            // No sender left: no more word will come; wait out the time.
-            tokio::time::sleep_until(until).await;
+        tokio::select! {
+            woke = tokio::time::timeout_at(until, changes.changed()) => {
+                if let Ok(Err(_)) = woke {
+                    // No sender left: no more word will come; wait out the time.
+                    tokio::time::sleep_until(until).await;
+                }
+            }
+            // The borrow `wait_for` returns is not `Send`; drop it here.
+            () = async { drop(stopping.wait_for(|s| *s).await) } => {}
         }
     }
 }

@@ -24,6 +24,7 @@ pub struct TestCloud {
     pub dir: tempfile::TempDir,
     pub url: String,
     pub app: Router,
+    pub cp: kelp_cloud::ControlPlane,
     pub admin: String,
     /// The PostgreSQL server and schema to drop afterwards.
     postgres: Option<(String, String)>,
@@ -106,11 +107,13 @@ impl TestCloud {
         let data = kelp_cloud::DataDir::open(dir.path()).unwrap();
         let admin = data.new_admin_token.clone().unwrap();
         let cp = kelp_cloud::ControlPlane::open(&data, &url).await.unwrap();
-        let app = kelp_cloud::app_with_fleet(&data, kelp_registry::PullPolicy::Token, cp).unwrap();
+        let app = kelp_cloud::app_with_fleet(&data, kelp_registry::PullPolicy::Token, cp.clone())
+            .unwrap();
         TestCloud {
             dir,
             url,
             app,
+            cp,
             admin,
             postgres: None,
         }

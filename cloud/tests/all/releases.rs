@@ -364,3 +364,37 @@ async fn a_second_server_on_the_same_database_serves_the_same_fleet() {
         assert_eq!(woke.body["release"]["version"], "1.0");
     }
 }
+
+#[tokio::test]
+async fn a_server_shutting_down_answers_held_requests_at_once() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("night").await;
+        let key = cloud.device(&pk, "owl").await;
+        let etag = cloud.get("/device/v1/state", &key).await.headers[header::ETAG]
+            .to_str()
+            .unwrap()
+            .to_owned();
+        let poll = tokio::spawn({
+            let (app, key, etag) = (cloud.app.clone(), key.clone(), etag.clone());
+            async move {
+                send(
+                    &app,
+                    Method::GET,
+                    "/device/v1/state?wait=60",
+                    Some(&key),
+                    None,
+                    &[(header::IF_NONE_MATCH, &etag)],
+                )
+                .await
+            }
+        });
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        assert!(!poll.is_finished());
+        cloud.cp.stop();
+        let answer = tokio::time::timeout(Duration::from_secs(3), poll)
+            .await
+            .expect("a held request kept the stopping server waiting")
+            .unwrap();
+        assert_eq!(answer.status, StatusCode::NOT_MODIFIED);
+    }
+}
