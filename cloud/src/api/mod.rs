@@ -252,7 +252,7 @@ async fn create_release(
     JsonBody(body): JsonBody<NewRelease>,
 ) -> Result<Response, ApiError> {
     let fleet = find_fleet(&cp, &path(name)?).await?;
-    body.check()?;
+    check_release(&body)?;
     let services = serde_json::to_string(&body.services)
         .map_err(|e| ApiError::Internal(format!("cannot encode services: {e}")))?;
     let created = cp
