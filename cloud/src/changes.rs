@@ -1,14 +1,18 @@
 //! Word that something a device's target state depends on has changed, for
 //! the requests long-polling it.
 //!
-//! Every write that can change a target calls [`Changes::notify`] in its own
-//! process. On PostgreSQL it also sends `NOTIFY` on [`CHANNEL`], and every
-//! process runs [`listen`], which turns each notification into a `notify`,
-//! so a request held by one process wakes when another makes the change.
+//! Word is per fleet: a change in one fleet wakes only the requests of that
+//! fleet's devices, each of which then reads its own target again. Every
+//! write that can change a target calls [`Changes::notify`] in its own
+//! process. On PostgreSQL it also sends `NOTIFY` on [`CHANNEL`] with the
+//! fleet's name, and every process runs [`listen`], which turns each
+//! notification into a `notify`, so a request held by one process wakes
+//! when another makes the change.
 //! SQLite has no such channel; there, and whenever a notification is lost,
 //! held requests still look again every [`crate::RECHECK`].
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 
 use tokio::sync::watch;
 
@@ -19,18 +23,18 @@ pub const CHANNEL: &str = "kelp_changes";
 /// connection: long enough not to hammer a database that is restarting.
 const RELISTEN_DELAY: std::time::Duration = std::time::Duration::from_secs(1);
 
-/// A counter of changes that waiters watch, and whether the server is
-/// stopping. Cheap to clone.
+/// A counter of changes per fleet that waiters watch, and whether the
+/// server is stopping. Cheap to clone.
 #[derive(Clone)]
 pub struct Changes {
-    count: Arc<watch::Sender<u64>>,
+    fleets: Arc<Mutex<HashMap<String, watch::Sender<u64>>>>,
     stopping: Arc<watch::Sender<bool>>,
 }
 
 impl Default for Changes {
     fn default() -> Self {
         Changes {
-            count: Arc::new(watch::Sender::new(0)),
+            fleets: Arc::default(),
             stopping: Arc::new(watch::Sender::new(false)),
         }
     }
@@ -48,14 +52,37 @@ impl Changes {
         self.stopping.subscribe()
     }
 
-    /// Wakes every waiter, which then looks again at its own target.
-    pub fn notify(&self) {
-        self.count.send_modify(|n| *n = n.wrapping_add(1));
+    fn fleets(&self) -> MutexGuard<'_, HashMap<String, watch::Sender<u64>>> {
+        // Every change to the map is one insert or one retain: a poisoned
+        // map is still a whole map.
+        self.fleets.lock().unwrap_or_else(PoisonError::into_inner)
     }
 
-    /// A receiver that sees every change after this call.
-    pub fn subscribe(&self) -> watch::Receiver<u64> {
-        self.count.subscribe()
+    /// Wakes the waiters of `fleet`, which then look again at their own
+    /// targets.
+    pub fn notify(&self, fleet: &str) {
+        if let Some(tx) = self.fleets().get(fleet) {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// Wakes every waiter of every fleet.
+    pub fn notify_all(&self) {
+        for tx in self.fleets().values() {
+            tx.send_modify(|n| *n = n.wrapping_add(1));
+        }
+    }
+
+    /// A receiver that sees every change to `fleet` after this call.
+    pub fn subscribe(&self, fleet: &str) -> watch::Receiver<u64> {
+        let mut fleets = self.fleets();
+        // Forget fleets nobody waits on any more, so the map stays as small
+        // as the set of fleets with a device waiting.
+        fleets.retain(|_, tx| tx.receiver_count() > 0);
+        fleets
+            .entry(fleet.to_owned())
+            .or_insert_with(|| watch::Sender::new(0))
+            .subscribe()
     }
 }
 
@@ -70,9 +97,12 @@ pub fn listen(url: String, changes: Changes) {
                         tracing::warn!(error = %e, "cannot LISTEN for changes");
                     } else {
                         // Anything missed while not listening: look again.
-                        changes.notify();
-                        while let Ok(_notification) = listener.recv().await {
-                            changes.notify();
+                        changes.notify_all();
+                        while let Ok(notification) = listener.recv().await {
+                            match notification.payload() {
+                                "" => changes.notify_all(),
+                                fleet => changes.notify(fleet),
+                            }
                         }
                         tracing::warn!("lost the connection that listens for changes");
                     }
@@ -82,4 +112,27 @@ pub fn listen(url: String, changes: Changes) {
             tokio::time::sleep(RELISTEN_DELAY).await;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_change_wakes_the_waiters_of_its_fleet_only() {
+        let changes = Changes::default();
+        let mut a = changes.subscribe("a");
+        let b = changes.subscribe("b");
+        changes.notify("a");
+        assert!(a.has_changed().unwrap());
+        assert!(!b.has_changed().unwrap());
+        a.mark_unchanged();
+        changes.notify_all();
+        assert!(a.has_changed().unwrap() && b.has_changed().unwrap());
+
+        // Fleets nobody waits on are forgotten.
+        drop((a, b));
+        let _c = changes.subscribe("c");
+        assert_eq!(changes.fleets().len(), 1);
+    }
 }

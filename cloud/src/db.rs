@@ -269,13 +269,23 @@ impl Db {
         Ok(db)
     }
 
-    /// Tells every process listening on this database that something a
-    /// target depends on changed (PostgreSQL only; SQLite has no channel).
-    pub async fn announce_change(&self) -> Result<(), DbError> {
+    /// Tells every process listening on this database that something the
+    /// targets of `fleet` depend on changed (PostgreSQL only; SQLite has no
+    /// channel).
+    pub async fn announce_change(&self, fleet: &str) -> Result<(), DbError> {
         if self.postgres {
-            // The simple protocol: NOTIFY takes no parameters and returns
-            // no rows.
-            sqlx::raw_sql(&format!("NOTIFY {}", crate::changes::CHANNEL))
+            // NOTIFY takes no parameters, so the payload is spelled into the
+            // statement, which only a checked fleet name (lowercase letters,
+            // digits, `-`) may be; anything else wakes every fleet instead.
+            let payload = if fleet
+                .bytes()
+                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-')
+            {
+                fleet
+            } else {
+                ""
+            };
+            sqlx::raw_sql(&format!("NOTIFY {}, '{payload}'", crate::changes::CHANNEL))
                 .execute(&self.pool)
                 .await?;
         }

@@ -155,13 +155,13 @@ impl ControlPlane {
         Ok(ControlPlane { db, changes })
     }
 
-    /// Wakes the requests waiting on a target, in this process and, on
-    /// PostgreSQL, in every other. A failure to tell the others is logged,
-    /// not returned: the change itself is stored, and they look again
-    /// within [`RECHECK`] regardless.
-    pub(crate) async fn changed(&self) {
-        self.changes.notify();
-        if let Err(e) = self.db.announce_change().await {
+    /// Wakes the requests waiting on a target in `fleet`, in this process
+    /// and, on PostgreSQL, in every other. A failure to tell the others is
+    /// logged, not returned: the change itself is stored, and they look
+    /// again within [`RECHECK`] regardless.
+    pub(crate) async fn changed(&self, fleet: &str) {
+        self.changes.notify(fleet);
+        if let Err(e) = self.db.announce_change(fleet).await {
             tracing::warn!(error = %e, "cannot announce a change to other processes");
         }
     }

@@ -261,7 +261,7 @@ async fn create_release(
         .await?;
     match created {
         db::NewRelease::Created(row) => {
-            cp.changed().await;
+            cp.changed(&fleet.name).await;
             Ok((StatusCode::CREATED, axum::Json(release_view(row)?)).into_response())
         }
         db::NewRelease::VersionTaken => Err(ApiError::conflict(format!(
@@ -322,7 +322,7 @@ async fn pin_fleet(
         None => None,
     };
     cp.db.pin_fleet(&fleet.name, release.as_deref()).await?;
-    cp.changed().await;
+    cp.changed(&fleet.name).await;
     let fleet = find_fleet(&cp, &fleet.name).await?;
     Ok(axum::Json(fleet_view(&cp, fleet).await?).into_response())
 }
@@ -420,7 +420,7 @@ async fn pin_device(
         None => None,
     };
     cp.db.pin_device(&device.uuid, release.as_deref()).await?;
-    cp.changed().await;
+    cp.changed(&device.fleet).await;
     let device = find_device(&cp, &device.uuid).await?;
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
 }
@@ -463,7 +463,6 @@ async fn register(
             )));
         }
     };
-    cp.changed().await;
     tracing::info!(uuid = %body.uuid, fleet = %key.fleet, "device registered");
     let out = RegisteredDevice {
         uuid: body.uuid,
@@ -579,7 +578,8 @@ async fn device_state(
     let deadline = tokio::time::Instant::now() + wait;
     // Subscribe before the first read, so a change between that read and
     // the wait still wakes this request.
-    let mut changes = cp.changes.subscribe();
+    let fleet = find_device(&cp, &device.uuid).await?.fleet;
+    let mut changes = cp.changes.subscribe(&fleet);
     let mut stopping = cp.changes.stopping();
     cp.db.touch_device(&device.uuid).await?;
     loop {
@@ -817,7 +817,7 @@ async fn set_env(
         value,
     };
     cp.db.set_env(fleet, &row).await?;
-    cp.changed().await;
+    cp.changed(fleet).await;
     Ok(axum::Json(EnvView {
         name: row.name,
         value: row.value,
@@ -838,7 +838,7 @@ async fn delete_env(
             "no variable `{key}` at this scope"
         )));
     }
-    cp.changed().await;
+    cp.changed(fleet).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
