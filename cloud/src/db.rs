@@ -39,8 +39,6 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Query(#[from] sqlx::Error),
-    #[error("stored {what} is not valid: {message}")]
-    Corrupt { what: &'static str, message: String },
 }
 
 /// A pool of connections to the cloud's database, migrated.

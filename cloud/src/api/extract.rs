@@ -75,12 +75,9 @@ fn bearer(parts: &Parts) -> Result<&str, ApiError> {
     Ok(rest)
 }
 
-/// A caller holding a live API token; the token's id.
+/// A caller holding a live API token; the token's id, which the log names
+/// beside every change it makes.
 pub struct User {
-    #[expect(
-        dead_code,
-        reason = "who did what is logged once there is an audit log"
-    )]
     pub token_id: String,
 }
 

@@ -108,7 +108,7 @@ async fn list_tokens(State(cp): State<ControlPlane>, _user: User) -> Result<Resp
 
 async fn create_token(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     JsonBody(body): JsonBody<NewToken>,
 ) -> Result<Response, ApiError> {
     check_text("name", &body.name)?;
@@ -118,6 +118,7 @@ async fn create_token(
         .db
         .create_token(&id, &body.name, &secret::hash(&token))
         .await?;
+    tracing::info!(by = %user.token_id, token = %id, "API token created");
     let created = TokenCreated {
         id,
         name: body.name,
@@ -129,13 +130,16 @@ async fn create_token(
 
 async fn revoke_token(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     id: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let id = path(id)?;
     check_id("id", &id)?;
     match cp.db.revoke_token(&id).await? {
-        Revoke::Revoked => Ok(StatusCode::NO_CONTENT.into_response()),
+        Revoke::Revoked => {
+            tracing::info!(by = %user.token_id, token = %id, "API token revoked");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
         Revoke::NotFound => Err(ApiError::not_found(format!("no live token with id `{id}`"))),
         Revoke::LastToken => Err(ApiError::conflict(
             "this is the only live token; create another before revoking it",
@@ -169,7 +173,7 @@ async fn find_fleet(cp: &ControlPlane, name: &str) -> Result<FleetRow, ApiError>
 
 async fn create_fleet(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     JsonBody(body): JsonBody<NewFleet>,
 ) -> Result<Response, ApiError> {
     check_fleet_name("name", &body.name)?;
@@ -184,6 +188,7 @@ async fn create_fleet(
             body.name
         )));
     }
+    tracing::info!(by = %user.token_id, fleet = %body.name, "fleet created");
     let fleet = find_fleet(&cp, &body.name).await?;
     let view = FleetCreated {
         fleet: fleet_view(&cp, fleet).await?,
@@ -211,7 +216,7 @@ async fn show_fleet(
 
 async fn rotate_provisioning_key(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     name: Result<Path<String>, PathRejection>,
 ) -> Result<Response, ApiError> {
     let fleet = find_fleet(&cp, &path(name)?).await?;
@@ -219,6 +224,7 @@ async fn rotate_provisioning_key(
     cp.db
         .rotate_provisioning_key(&fleet.name, &secret::new_id(), &secret::hash(&key))
         .await?;
+    tracing::info!(by = %user.token_id, fleet = %fleet.name, "provisioning key rotated");
     let body = ProvisioningKeyCreated {
         fleet: fleet.name,
         provisioning_key: key,
@@ -247,7 +253,7 @@ fn release_view(r: ReleaseRow) -> Result<ReleaseView, ApiError> {
 
 async fn create_release(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     name: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<NewRelease>,
 ) -> Result<Response, ApiError> {
@@ -261,6 +267,7 @@ async fn create_release(
         .await?;
     match created {
         db::NewRelease::Created(row) => {
+            tracing::info!(by = %user.token_id, fleet = %fleet.name, version = %row.version, "release created");
             cp.changed(&fleet.name).await;
             Ok((StatusCode::CREATED, axum::Json(release_view(row)?)).into_response())
         }
@@ -312,7 +319,7 @@ async fn show_release(
 
 async fn pin_fleet(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     name: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<Pin>,
 ) -> Result<Response, ApiError> {
@@ -322,6 +329,7 @@ async fn pin_fleet(
         None => None,
     };
     cp.db.pin_fleet(&fleet.name, release.as_deref()).await?;
+    tracing::info!(by = %user.token_id, fleet = %fleet.name, release = ?body.release, "fleet pinned");
     cp.changed(&fleet.name).await;
     let fleet = find_fleet(&cp, &fleet.name).await?;
     Ok(axum::Json(fleet_view(&cp, fleet).await?).into_response())
@@ -410,7 +418,7 @@ async fn show_device(
 
 async fn pin_device(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     uuid: Result<Path<String>, PathRejection>,
     JsonBody(body): JsonBody<Pin>,
 ) -> Result<Response, ApiError> {
@@ -420,6 +428,7 @@ async fn pin_device(
         None => None,
     };
     cp.db.pin_device(&device.uuid, release.as_deref()).await?;
+    tracing::info!(by = %user.token_id, uuid = %device.uuid, release = ?body.release, "device pinned");
     cp.changed(&device.fleet).await;
     let device = find_device(&cp, &device.uuid).await?;
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
@@ -802,6 +811,7 @@ async fn list_env(
 
 async fn set_env(
     cp: &ControlPlane,
+    user: &User,
     fleet: &str,
     device: &str,
     service: String,
@@ -817,6 +827,7 @@ async fn set_env(
         value,
     };
     cp.db.set_env(fleet, &row).await?;
+    tracing::info!(by = %user.token_id, fleet, device, service = %row.service, name = %row.name, "variable set");
     cp.changed(fleet).await;
     Ok(axum::Json(EnvView {
         name: row.name,
@@ -827,6 +838,7 @@ async fn set_env(
 
 async fn delete_env(
     cp: &ControlPlane,
+    user: &User,
     fleet: &str,
     device: &str,
     service: &str,
@@ -838,6 +850,7 @@ async fn delete_env(
             "no variable `{key}` at this scope"
         )));
     }
+    tracing::info!(by = %user.token_id, fleet, device, service, name = key, "variable deleted");
     cp.changed(fleet).await;
     Ok(StatusCode::NO_CONTENT.into_response())
 }
@@ -855,7 +868,7 @@ async fn list_fleet_env(
 
 async fn set_fleet_env(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     p: Result<Path<(String, String)>, PathRejection>,
     scope: Result<Query<EnvScope>, QueryRejection>,
     JsonBody(body): JsonBody<EnvValue>,
@@ -863,19 +876,19 @@ async fn set_fleet_env(
     let (name, key) = path(p)?;
     let fleet = find_fleet(&cp, &name).await?;
     let service = scope_service(&query(scope)?)?;
-    set_env(&cp, &fleet.name, "", service, key, body.value).await
+    set_env(&cp, &user, &fleet.name, "", service, key, body.value).await
 }
 
 async fn delete_fleet_env(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     p: Result<Path<(String, String)>, PathRejection>,
     scope: Result<Query<EnvScope>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (name, key) = path(p)?;
     let fleet = find_fleet(&cp, &name).await?;
     let service = scope_service(&query(scope)?)?;
-    delete_env(&cp, &fleet.name, "", &service, &key).await
+    delete_env(&cp, &user, &fleet.name, "", &service, &key).await
 }
 
 async fn list_device_env(
@@ -891,7 +904,7 @@ async fn list_device_env(
 
 async fn set_device_env(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     p: Result<Path<(String, String)>, PathRejection>,
     scope: Result<Query<EnvScope>, QueryRejection>,
     JsonBody(body): JsonBody<EnvValue>,
@@ -899,17 +912,26 @@ async fn set_device_env(
     let (uuid, key) = path(p)?;
     let device = find_device(&cp, &uuid).await?;
     let service = scope_service(&query(scope)?)?;
-    set_env(&cp, &device.fleet, &device.uuid, service, key, body.value).await
+    set_env(
+        &cp,
+        &user,
+        &device.fleet,
+        &device.uuid,
+        service,
+        key,
+        body.value,
+    )
+    .await
 }
 
 async fn delete_device_env(
     State(cp): State<ControlPlane>,
-    _user: User,
+    user: User,
     p: Result<Path<(String, String)>, PathRejection>,
     scope: Result<Query<EnvScope>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let (uuid, key) = path(p)?;
     let device = find_device(&cp, &uuid).await?;
     let service = scope_service(&query(scope)?)?;
-    delete_env(&cp, &device.fleet, &device.uuid, &service, &key).await
+    delete_env(&cp, &user, &device.fleet, &device.uuid, &service, &key).await
 }
