@@ -33,6 +33,8 @@ static MIGRATOR: sqlx::migrate::Migrator = sqlx::migrate!("./migrations");
 pub enum DbError {
     #[error("database URL `{0}` is not sqlite://… or postgres://…")]
     Url(String),
+    #[error("data directory {} is not UTF-8; name the database with --database", .0.display())]
+    Path(std::path::PathBuf),
     #[error("cannot connect to the database: {0}")]
     Connect(#[source] sqlx::Error),
     #[error("cannot migrate the database: {0}")]
@@ -66,9 +68,24 @@ pub fn now_ms() -> i64 {
 /// arrive, so a chatty device cannot fill the database.
 pub const KEPT_LOG_LINES: i64 = 10_000;
 
-/// The URL of the SQLite database in a data directory.
-pub fn sqlite_url(data_dir: &Path) -> String {
-    format!("sqlite://{}?mode=rwc", data_dir.join("kelp.db").display())
+/// The URL of the SQLite database in a data directory. The path is
+/// percent-encoded where a URL would misread it (`%`, `?`, `#`), so a
+/// directory named with those still gets its database inside it.
+pub fn sqlite_url(data_dir: &Path) -> Result<String, DbError> {
+    let path = data_dir.join("kelp.db");
+    let text = path
+        .to_str()
+        .ok_or_else(|| DbError::Path(data_dir.to_owned()))?;
+    let mut encoded = String::with_capacity(text.len());
+    for c in text.chars() {
+        match c {
+            '%' => encoded.push_str("%25"),
+            '?' => encoded.push_str("%3F"),
+            '#' => encoded.push_str("%23"),
+            c => encoded.push(c),
+        }
+    }
+    Ok(format!("sqlite://{encoded}?mode=rwc"))
 }
 
 fn is_unique_violation(e: &sqlx::Error) -> bool {
@@ -976,5 +993,26 @@ impl Db {
             .collect::<Result<Vec<_>, DbError>>()?;
         lines.reverse();
         Ok(lines)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[tokio::test]
+    async fn the_database_lands_in_a_data_directory_whatever_its_name() {
+        let root = tempfile::tempdir().unwrap();
+        let dir = root.path().join("odd ?#% name");
+        std::fs::create_dir(&dir).unwrap();
+        let db = Db::connect(&sqlite_url(&dir).unwrap()).await.unwrap();
+        db.adopt_token("t", "admin", "sha256:00").await.unwrap();
+        db.close().await;
+        assert!(dir.join("kelp.db").is_file());
+        let names: Vec<_> = std::fs::read_dir(root.path())
+            .unwrap()
+            .map(|e| e.unwrap().file_name())
+            .collect();
+        assert_eq!(names, [std::ffi::OsString::from("odd ?#% name")]);
     }
 }

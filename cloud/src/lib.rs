@@ -8,7 +8,7 @@
 //! # async fn demo() -> anyhow::Result<()> {
 //! let dir = std::path::Path::new("/var/lib/kelp-cloud");
 //! let data = kelp_cloud::DataDir::open(dir)?;
-//! let cp = kelp_cloud::ControlPlane::open(&data, &kelp_cloud::sqlite_url(dir)).await?;
+//! let cp = kelp_cloud::ControlPlane::open(&data, &kelp_cloud::sqlite_url(dir)?).await?;
 //! let app = kelp_cloud::app_with_fleet(&data, kelp_registry::PullPolicy::Token, cp)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;

@@ -85,10 +85,10 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.data.join("admin.token").display()
         );
     }
-    let url = args
-        .database
-        .clone()
-        .unwrap_or_else(|| kelp_cloud::sqlite_url(&args.data));
+    let url = match &args.database {
+        Some(url) => url.clone(),
+        None => kelp_cloud::sqlite_url(&args.data)?,
+    };
     let cp = kelp_cloud::ControlPlane::open(&data, &url).await?;
     let db = cp.db().clone();
     let stopper = cp.clone();

@@ -84,7 +84,7 @@ impl TestCloud {
 
     async fn sqlite() -> TestCloud {
         let dir = tempfile::tempdir().unwrap();
-        let url = kelp_cloud::sqlite_url(dir.path());
+        let url = kelp_cloud::sqlite_url(dir.path()).unwrap();
         Self::start(dir, url).await
     }
 
