@@ -388,29 +388,42 @@ impl Db {
 
     pub async fn revoke_token(&self, id: &str) -> Result<Revoke, DbError> {
         let mut tx = self.pool.begin().await?;
+        if let Some(lock) = self.serialize_writes("api_tokens") {
+            sqlx::query(&lock).execute(&mut *tx).await?;
+        }
+        let revoked = sqlx::query(
+            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+        )
+        .bind(now())
+        .bind(id)
+        .execute(&mut *tx)
+        .await?;
+        if revoked.rows_affected() == 0 {
+            return Ok(Revoke::NotFound);
+        }
         let live: i64 =
             sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE revoked_at IS NULL")
                 .fetch_one(&mut *tx)
                 .await?
                 .try_get("n")?;
-        let exists = sqlx::query("SELECT id FROM api_tokens WHERE id = $1 AND revoked_at IS NULL")
-            .bind(id)
-            .fetch_optional(&mut *tx)
-            .await?
-            .is_some();
-        if !exists {
-            return Ok(Revoke::NotFound);
-        }
-        if live <= 1 {
+        if live == 0 {
+            // Dropping the transaction undoes the revocation.
             return Ok(Revoke::LastToken);
         }
-        sqlx::query("UPDATE api_tokens SET revoked_at = $1 WHERE id = $2")
-            .bind(now())
-            .bind(id)
-            .execute(&mut *tx)
-            .await?;
         tx.commit().await?;
         Ok(Revoke::Revoked)
+    }
+
+    /// The statement that makes a transaction's writes to `table` wait for
+    /// every other transaction writing it, for a read-then-write that must
+    /// not interleave with another (two revocations that would each leave
+    /// the other's token as the last one). SQLite already runs one writing
+    /// transaction at a time, from its first write on, so there callers
+    /// write before they read and need nothing more; PostgreSQL needs the
+    /// table locked.
+    fn serialize_writes(&self, table: &'static str) -> Option<String> {
+        self.postgres
+            .then(|| format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
     }
 
     // --- fleets and provisioning keys ---
@@ -472,6 +485,10 @@ impl Db {
         key_hash: &str,
     ) -> Result<(), DbError> {
         let mut tx = self.pool.begin().await?;
+        // Two rotations at once must not each leave their own key live.
+        if let Some(lock) = self.serialize_writes("provisioning_keys") {
+            sqlx::query(&lock).execute(&mut *tx).await?;
+        }
         let at = now();
         sqlx::query(
             "UPDATE provisioning_keys SET revoked_at = $1 WHERE fleet = $2 AND revoked_at IS NULL",

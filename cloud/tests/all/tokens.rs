@@ -167,3 +167,65 @@ async fn unknown_api_paths_and_bad_token_names_get_json_errors() {
         assert_eq!(r.field(), "nmae", "{}", r.body);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_tokens_revoking_each_other_at_once_leave_one() {
+    for cloud in TestCloud::all().await {
+        let mut survivor = cloud.admin.clone();
+        for round in 0..10 {
+            let made = cloud
+                .post(
+                    "/api/v1/tokens",
+                    &survivor,
+                    json!({ "name": format!("r{round}") }),
+                )
+                .await;
+            let fresh = made.body["token"].as_str().unwrap().to_owned();
+            let fresh_id = made.body["id"].as_str().unwrap().to_owned();
+            let list = cloud.get("/api/v1/tokens", &survivor).await;
+            let ids: Vec<&str> = list
+                .body
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|t| t["id"].as_str().unwrap())
+                .collect();
+            assert_eq!(ids.len(), 2, "{}", list.body);
+            let old_id = ids
+                .into_iter()
+                .find(|id| *id != fresh_id)
+                .unwrap()
+                .to_owned();
+
+            let revoke = |token: String, id: String| {
+                let app = cloud.app.clone();
+                async move {
+                    let uri = format!("/api/v1/tokens/{id}");
+                    send(&app, Method::DELETE, &uri, Some(&token), None, &[]).await
+                }
+            };
+            let (a, b) = tokio::join!(
+                tokio::spawn(revoke(survivor.clone(), fresh_id)),
+                tokio::spawn(revoke(fresh.clone(), old_id)),
+            );
+            let (a, b) = (a.unwrap(), b.unwrap());
+            let done = [&a, &b]
+                .iter()
+                .filter(|r| r.status == StatusCode::NO_CONTENT)
+                .count();
+            assert_eq!(done, 1, "{} {} / {} {}", a.status, a.body, b.status, b.body);
+            for r in [&a, &b] {
+                assert!(!r.status.is_server_error(), "{} {}", r.status, r.body);
+            }
+            survivor = if a.status == StatusCode::NO_CONTENT {
+                survivor
+            } else {
+                fresh
+            };
+            assert_eq!(
+                cloud.get("/api/v1/fleets", &survivor).await.status,
+                StatusCode::OK
+            );
+        }
+    }
+}
