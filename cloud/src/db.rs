@@ -307,6 +307,19 @@ impl Db {
         Ok(())
     }
 
+    /// Begins a transaction that will write. On SQLite it takes the write
+    /// lock at once (`BEGIN IMMEDIATE`): a transaction that read first and
+    /// then found another had written meanwhile would fail outright
+    /// (`SQLITE_BUSY`), whereas one waiting for the lock at its start
+    /// waits out the busy timeout. PostgreSQL takes row locks as it goes.
+    async fn begin(&self) -> Result<sqlx::Transaction<'static, sqlx::Any>, sqlx::Error> {
+        if self.postgres {
+            self.pool.begin().await
+        } else {
+            self.pool.begin_with("BEGIN IMMEDIATE").await
+        }
+    }
+
     /// Closes every connection, waiting for queries in flight.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -387,7 +400,7 @@ impl Db {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<Revoke, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         if let Some(lock) = self.serialize_writes("api_tokens") {
             sqlx::query(&lock).execute(&mut *tx).await?;
         }
@@ -417,10 +430,9 @@ impl Db {
     /// The statement that makes a transaction's writes to `table` wait for
     /// every other transaction writing it, for a read-then-write that must
     /// not interleave with another (two revocations that would each leave
-    /// the other's token as the last one). SQLite already runs one writing
-    /// transaction at a time, from its first write on, so there callers
-    /// write before they read and need nothing more; PostgreSQL needs the
-    /// table locked.
+    /// the other's token as the last one). On SQLite [`Db::begin`] already
+    /// runs one writing transaction at a time; PostgreSQL needs the table
+    /// locked.
     fn serialize_writes(&self, table: &'static str) -> Option<String> {
         self.postgres
             .then(|| format!("LOCK TABLE {table} IN SHARE ROW EXCLUSIVE MODE"))
@@ -436,7 +448,7 @@ impl Db {
         key_id: &str,
         key_hash: &str,
     ) -> Result<bool, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let created_at = now();
         let inserted = sqlx::query("INSERT INTO fleets (name, created_at) VALUES ($1, $2)")
             .bind(name)
@@ -484,7 +496,7 @@ impl Db {
         key_id: &str,
         key_hash: &str,
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         // Two rotations at once must not each leave their own key live.
         if let Some(lock) = self.serialize_writes("provisioning_keys") {
             sqlx::query(&lock).execute(&mut *tx).await?;
@@ -546,7 +558,7 @@ impl Db {
     }
 
     async fn try_register_device(&self, d: &NewDevice<'_>) -> Result<Registered, DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let at = now();
         let existing = sqlx::query("SELECT fleet FROM devices WHERE uuid = $1")
             .bind(d.uuid)
@@ -664,7 +676,7 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.pool.begin().await?;
+            let mut tx = self.begin().await?;
             let taken = sqlx::query("SELECT id FROM releases WHERE fleet = $1 AND version = $2")
                 .bind(fleet)
                 .bind(version)
@@ -890,7 +902,7 @@ impl Db {
         release: Option<&str>,
         services: &[ReportedService],
     ) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let at = now();
         sqlx::query(
             "UPDATE devices SET last_seen = $1, current_release = COALESCE($2, current_release) \
@@ -954,7 +966,7 @@ impl Db {
     /// Stores a batch of log lines in order, then drops the device's oldest
     /// beyond [`KEPT_LOG_LINES`].
     pub async fn add_logs(&self, uuid: &str, lines: &[LogRow]) -> Result<(), DbError> {
-        let mut tx = self.pool.begin().await?;
+        let mut tx = self.begin().await?;
         let received = now_ms();
         for (idx, l) in (0_i64..).zip(lines) {
             sqlx::query(

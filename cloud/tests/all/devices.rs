@@ -362,3 +362,45 @@ async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_registering_at_once_all_get_keys() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("crowd").await;
+        let key_b = cloud.fleet("other").await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (app, pk) = (
+                cloud.app.clone(),
+                if i % 2 == 0 {
+                    pk.clone()
+                } else {
+                    key_b.clone()
+                },
+            );
+            tasks.push(tokio::spawn(async move {
+                let body =
+                    json!({ "uuid": format!("d{i}"), "arch": "x86_64", "agent_version": "1" });
+                crate::send(
+                    &app,
+                    Method::POST,
+                    "/device/v1/register",
+                    Some(&pk),
+                    Some(body),
+                    &[],
+                )
+                .await
+            }));
+        }
+        // Releases made meanwhile must not fail either.
+        for v in 0..5 {
+            cloud.release("crowd", &format!("{v}"), json!({})).await;
+        }
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        }
+        let list = cloud.get("/api/v1/devices", &cloud.admin).await;
+        assert_eq!(list.body.as_array().unwrap().len(), 40);
+    }
+}
