@@ -398,6 +398,7 @@ async fn list_devices(
 ) -> Result<Response, ApiError> {
     let filter = query(filter)?;
     if let Some(fleet) = &filter.fleet {
+        check_fleet_name("fleet", fleet)?;
         find_fleet(&cp, fleet).await?;
     }
     let mut views = Vec::new();

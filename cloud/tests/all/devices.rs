@@ -90,6 +90,15 @@ async fn a_provisioning_key_registers_only_into_its_own_fleet() {
             .map(|d| d["uuid"].as_str().unwrap())
             .collect();
         assert_eq!(uuids, ["a-1"]);
+        let bad = cloud
+            .get("/api/v1/devices?fleet=No%20Such", &cloud.admin)
+            .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.field(), "fleet");
+        let none = cloud
+            .get("/api/v1/devices?fleet=nowhere", &cloud.admin)
+            .await;
+        assert_eq!(none.status, StatusCode::NOT_FOUND);
 
         // A provisioning key is not an API token, and a rotated one is dead.
         assert_eq!(
