@@ -621,24 +621,25 @@ impl Db {
         })
     }
 
-    pub async fn devices(&self, fleet: Option<&str>) -> Result<Vec<DeviceRow>, DbError> {
-        let rows = match fleet {
-            Some(fleet) => {
-                sqlx::query(&format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices WHERE fleet = $1 ORDER BY uuid"
-                ))
-                .bind(fleet)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query(&format!(
-                    "SELECT {DEVICE_COLUMNS} FROM devices ORDER BY uuid"
-                ))
-                .fetch_all(&self.pool)
-                .await?
-            }
-        };
+    /// Up to `limit` devices (of `fleet`, if given) whose uuids sort after
+    /// `after`, in uuid order.
+    pub async fn devices(
+        &self,
+        fleet: Option<&str>,
+        after: &str,
+        limit: i64,
+    ) -> Result<Vec<DeviceRow>, DbError> {
+        // An absent fleet matches every fleet: `$1 IS NULL` needs a type
+        // PostgreSQL can infer, so the empty string stands for "any".
+        let rows = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE ($1 = '' OR fleet = $1) AND uuid > $2 \
+             ORDER BY uuid LIMIT $3"
+        ))
+        .bind(fleet.unwrap_or(""))
+        .bind(after)
+        .bind(limit)
+        .fetch_all(&self.pool)
+        .await?;
         Ok(rows.iter().map(device_row).collect::<Result<_, _>>()?)
     }
 

@@ -38,6 +38,11 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 /// have changed the target, and this bounds how late its devices hear.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
+/// Most devices one page of `GET /api/v1/devices` holds, and the default.
+/// Each device costs a few queries to show, so a page is bounded rather
+/// than a whole fleet of thousands read for one request.
+pub const MAX_DEVICE_PAGE: i64 = 500;
+
 /// A device counts as online if it asked for its target this recently: two
 /// of its longest polls, so one slow round trip does not flap it offline.
 pub const ONLINE_WINDOW: i64 = 2 * 60;
@@ -389,6 +394,10 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
 #[serde(deny_unknown_fields)]
 struct DeviceFilter {
     fleet: Option<String>,
+    /// Only devices whose uuid sorts after this one: the last uuid of the
+    /// previous page.
+    after: Option<String>,
+    limit: Option<i64>,
 }
 
 async fn list_devices(
@@ -401,8 +410,26 @@ async fn list_devices(
         check_fleet_name("fleet", fleet)?;
         find_fleet(&cp, fleet).await?;
     }
-    let mut views = Vec::new();
-    for d in cp.db.devices(filter.fleet.as_deref()).await? {
+    if let Some(after) = &filter.after {
+        check_uuid("after", after)?;
+    }
+    let limit = filter.limit.unwrap_or(MAX_DEVICE_PAGE);
+    if !(1..=MAX_DEVICE_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("limit must be 1 to {MAX_DEVICE_PAGE}"),
+        ));
+    }
+    let page = cp
+        .db
+        .devices(
+            filter.fleet.as_deref(),
+            filter.after.as_deref().unwrap_or(""),
+            limit,
+        )
+        .await?;
+    let mut views = Vec::with_capacity(page.len());
+    for d in page {
         views.push(device_view(&cp, d).await?);
     }
     Ok(axum::Json(views).into_response())

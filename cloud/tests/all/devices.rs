@@ -413,3 +413,33 @@ async fn many_devices_registering_at_once_all_get_keys() {
         assert_eq!(list.body.as_array().unwrap().len(), 40);
     }
 }
+
+#[tokio::test]
+async fn the_device_list_comes_in_pages() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("paged").await;
+        for i in 0..5 {
+            cloud.device(&pk, &format!("dev-{i}")).await;
+        }
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let uri = if after.is_empty() {
+                "/api/v1/devices?limit=2".to_owned()
+            } else {
+                format!("/api/v1/devices?limit=2&after={after}")
+            };
+            let page = cloud.get(&uri, &cloud.admin).await.body;
+            let page = page.as_array().unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = last["uuid"].as_str().unwrap().to_owned();
+            seen.extend(page.iter().map(|d| d["uuid"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(seen, ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]);
+        let r = cloud
+            .get("/api/v1/devices?limit=100000", &cloud.admin)
+            .await;
+        assert_eq!(r.field(), "limit");
+    }
+}
