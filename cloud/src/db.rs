@@ -489,6 +489,27 @@ impl Db {
         Ok(row.as_ref().map(fleet_row).transpose()?)
     }
 
+    /// Counts one more change to what `fleet`'s targets depend on.
+    pub async fn bump_generation(&self, fleet: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE fleets SET generation = generation + 1 WHERE name = $1")
+            .bind(fleet)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
+    /// How many changes `fleet`'s targets have seen (0 for no such fleet).
+    pub async fn generation(&self, fleet: &str) -> Result<i64, DbError> {
+        let row = sqlx::query("SELECT generation FROM fleets WHERE name = $1")
+            .bind(fleet)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(match row {
+            Some(r) => r.try_get("generation")?,
+            None => 0,
+        })
+    }
+
     /// Replaces a fleet's provisioning key; the old one stops working at once.
     pub async fn rotate_provisioning_key(
         &self,

@@ -155,11 +155,17 @@ impl ControlPlane {
         Ok(ControlPlane { db, changes })
     }
 
-    /// Wakes the requests waiting on a target in `fleet`, in this process
-    /// and, on PostgreSQL, in every other. A failure to tell the others is
-    /// logged, not returned: the change itself is stored, and they look
-    /// again within [`RECHECK`] regardless.
+    /// Counts a change to what `fleet`'s targets depend on and wakes the
+    /// requests waiting on them, in this process and, on PostgreSQL, in
+    /// every other. Failures here are logged, not returned: the change
+    /// itself is stored, and a request told of it reads its target again
+    /// regardless.
     pub(crate) async fn changed(&self, fleet: &str) {
+        // Counted before anyone is told, so whoever looks sees the count
+        // move.
+        if let Err(e) = self.db.bump_generation(fleet).await {
+            tracing::warn!(error = %e, fleet, "cannot count a change");
+        }
         self.changes.notify(fleet);
         if let Err(e) = self.db.announce_change(fleet).await {
             tracing::warn!(error = %e, "cannot announce a change to other processes");

@@ -35,7 +35,9 @@ pub const MAX_WAIT: Duration = Duration::from_secs(60);
 
 /// How often a held `?wait=` request looks at the database again even
 /// without word of a change: another process serving the same database may
-/// have changed the target, and this bounds how late its devices hear.
+/// have changed the target, and this bounds how late its devices hear. A
+/// look that finds the fleet's change count where it was costs one small
+/// read.
 pub const RECHECK: Duration = Duration::from_secs(5);
 
 /// Most devices one page of `GET /api/v1/devices` holds, and the default.
@@ -619,8 +621,10 @@ async fn device_state(
     let mut changes = cp.changes.subscribe(&fleet);
     let mut stopping = cp.changes.stopping();
     cp.db.touch_device(&device.uuid).await?;
+    // Read before the target, so a change made in between moves it again.
+    let mut generation = cp.db.generation(&fleet).await?;
+    let (mut body, mut etag) = target_of(&cp, &device.uuid).await?;
     loop {
-        let (body, etag) = target_of(&cp, &device.uuid).await?;
         let etag_value = HeaderValue::from_str(&etag)
             .map_err(|e| ApiError::Internal(format!("ETag {etag} is not a header: {e}")))?;
         if !etag_matches(&headers, &etag) {
@@ -640,20 +644,30 @@ async fn device_state(
             response.headers_mut().insert(header::ETAG, etag_value);
             return Ok(response);
         }
-        // Whether word came, the wait ran out or it is time to recheck, the
-        // loop reads the target again and answers if it differs.
-        // A server shutting down answers at once rather than keep every
-        // held device (and so its own exit) waiting out the wait.
+        // Wait for word of a change, the next recheck or the end of the
+        // wait. A server shutting down answers at once rather than keep
+        // every held device (and so its own exit) waiting out the wait.
         let until = deadline.min(now + RECHECK);
-        tokio::select! {
-            woke = tokio::time::timeout_at(until, changes.changed()) => {
-                if let Ok(Err(_)) = woke {
+        let told = tokio::select! {
+            woke = tokio::time::timeout_at(until, changes.changed()) => match woke {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => {
                     // No sender left: no more word will come; wait out the time.
                     tokio::time::sleep_until(until).await;
+                    false
                 }
-            }
+                Err(_) => false,
+            },
             // The borrow `wait_for` returns is not `Send`; drop it here.
-            () = async { drop(stopping.wait_for(|s| *s).await) } => {}
+            () = async { drop(stopping.wait_for(|s| *s).await) } => false,
+        };
+        // Work the target out again only if it may have changed: when told
+        // so, or when another process counted a change this one was not
+        // told of. A recheck that finds nothing costs one small read.
+        let now_generation = cp.db.generation(&fleet).await?;
+        if told || now_generation != generation {
+            generation = now_generation;
+            (body, etag) = target_of(&cp, &device.uuid).await?;
         }
     }
 }
