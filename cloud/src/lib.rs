@@ -1,14 +1,32 @@
-//! Kelp's control plane. For now it serves the registry under `/v2/`; the
-//! fleet API joins it under `/api/v1/`.
+//! Kelp's control plane: the registry under `/v2/`, and the fleet API —
+//! fleets, devices, releases, variables, target state — under `/api/v1/`
+//! (for people and tools) and `/device/v1/` (for devices). Fleet state lives
+//! in one database, SQLite in the data directory by default or PostgreSQL
+//! shared by several processes; `cloud/API.md` lists the endpoints.
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
-//! let data = kelp_cloud::DataDir::open("/var/lib/kelp-cloud".as_ref())?;
-//! let app = kelp_cloud::app(&data, kelp_registry::PullPolicy::Token)?;
+//! let dir = std::path::Path::new("/var/lib/kelp-cloud");
+//! let data = kelp_cloud::DataDir::open(dir)?;
+//! let cp = kelp_cloud::ControlPlane::open(&data, &kelp_cloud::sqlite_url(dir)?).await?;
+//! let app = kelp_cloud::app_with_fleet(&data, kelp_registry::PullPolicy::Token, cp)?;
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:8080").await?;
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+
+mod api;
+mod changes;
+mod db;
+mod registry_auth;
+mod secret;
+
+pub use api::{
+    ApiError, FleetCreated, MAX_JSON_BODY, MAX_LOG_BATCH, MAX_LOG_LINE, MAX_WAIT, ONLINE_WINDOW,
+    RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy, router as fleet_router,
+};
+pub use changes::Changes;
+pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
 
 use std::fs;
 use std::io::Write as _;
@@ -31,9 +49,10 @@ pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(15 * 60);
 /// oversized `Content-Length` before a byte is read.
 pub const MAX_REQUEST_BODY: usize = kelp_registry::MAX_BLOB_SIZE as usize + (1 << 20);
 
-/// The cloud's data directory: `registry/` (the blob store), `tokens` (the
-/// sha256 of each API token, one a line) and `admin.token` (the admin token
-/// itself, mode 0600, written once for the operator to read).
+/// The cloud's data directory: `registry/` (the blob store), `kelp.db` (the
+/// fleet database, unless `--database` names another), `tokens` (the sha256
+/// of the admin token) and `admin.token` (the admin token itself, mode 0600,
+/// written once for the operator to read).
 pub struct DataDir {
     pub root: PathBuf,
     pub tokens: Vec<TokenHash>,
@@ -110,9 +129,82 @@ fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-/// The whole HTTP service: the registry under `/v2/`, with body limits and
-/// timeouts on every route.
+/// The fleet API's shared state: the database and the word that a target
+/// changed. Cheap to clone; holds nothing another process would need.
+#[derive(Clone)]
+pub struct ControlPlane {
+    pub(crate) db: Db,
+    pub(crate) changes: Changes,
+}
+
+impl ControlPlane {
+    /// Connects to the database at `url`, migrates it, and makes the data
+    /// directory's admin token an API token (unless it is one already, or
+    /// was revoked).
+    pub async fn open(data: &DataDir, url: &str) -> anyhow::Result<Self> {
+        let db = Db::connect(url).await?;
+        let changes = Changes::default();
+        if url.starts_with("postgres") {
+            changes::listen(url.to_owned(), changes.clone());
+        }
+        for hash in &data.tokens {
+            db.adopt_token(&secret::new_id(), "admin", &hash.to_string())
+                .await
+                .context("cannot record the admin token")?;
+        }
+        Ok(ControlPlane { db, changes })
+    }
+
+    /// Counts a change to what `fleet`'s targets depend on and wakes the
+    /// requests waiting on them, in this process and, on PostgreSQL, in
+    /// every other. Failures here are logged, not returned: the change
+    /// itself is stored, and a request told of it reads its target again
+    /// regardless.
+    pub(crate) async fn changed(&self, fleet: &str) {
+        // Counted before anyone is told, so whoever looks sees the count
+        // move.
+        if let Err(e) = self.db.bump_generation(fleet).await {
+            tracing::warn!(error = %e, fleet, "cannot count a change");
+        }
+        self.changes.notify(fleet);
+        if let Err(e) = self.db.announce_change(fleet).await {
+            tracing::warn!(error = %e, "cannot announce a change to other processes");
+        }
+    }
+
+    /// Answers every held `?wait=` request now, as the server begins to
+    /// shut down, so that it does not wait up to [`MAX_WAIT`] for them.
+    pub fn stop(&self) {
+        self.changes.stop();
+    }
+
+    /// The database, for callers that close it on shutdown.
+    pub fn db(&self) -> &Db {
+        &self.db
+    }
+}
+
+/// The whole HTTP service: the registry under `/v2/` and the fleet API, with
+/// body limits and timeouts on every route.
+pub fn app_with_fleet(
+    data: &DataDir,
+    pull: PullPolicy,
+    cp: ControlPlane,
+) -> anyhow::Result<Router> {
+    let registry = registry_router(data, pull)?.layer(axum::middleware::from_fn_with_state(
+        cp.db.clone(),
+        registry_auth::refuse_revoked,
+    ));
+    Ok(with_limits(registry.merge(api::router(cp))))
+}
+
+/// The registry alone under `/v2/`, with body limits and timeouts on every
+/// route.
 pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
+    Ok(with_limits(registry_router(data, pull)?))
+}
+
+fn registry_router(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
     let store_dir = data.root.join("registry");
     let store = Store::open(&store_dir)
         .with_context(|| format!("cannot open the registry store in {}", store_dir.display()))?;
@@ -120,7 +212,11 @@ pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
         pull,
         tokens: data.tokens.clone(),
     };
-    Ok(kelp_registry::router(Registry::new(store, auth))
+    Ok(kelp_registry::router(Registry::new(store, auth)))
+}
+
+fn with_limits(router: Router) -> Router {
+    router
         .layer(tower_http::limit::RequestBodyLimitLayer::new(
             MAX_REQUEST_BODY,
         ))
@@ -128,7 +224,7 @@ pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
             axum::http::StatusCode::REQUEST_TIMEOUT,
             REQUEST_TIMEOUT,
         ))
-        .layer(tower_http::trace::TraceLayer::new_for_http()))
+        .layer(tower_http::trace::TraceLayer::new_for_http())
 }
 
 #[cfg(test)]

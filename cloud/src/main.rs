@@ -8,7 +8,7 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 use kelp_registry::PullPolicy;
 
-/// Kelp's control plane: the registry (and, later, the fleet API).
+/// Kelp's control plane: the registry and the fleet API.
 #[derive(Parser, Debug)]
 #[command(name = "kelp-cloud", version)]
 struct Cli {
@@ -21,10 +21,12 @@ enum Command {
     Serve(ServeArgs),
 }
 
-/// Serve the registry under /v2/.
+/// Serve the registry under /v2/ and the fleet API under /api/v1/ and
+/// /device/v1/.
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
-    /// Data directory: blobs, tokens, the admin token.
+    /// Data directory: blobs, the admin token, and the SQLite database unless
+    /// --database names another.
     #[arg(long, env = "KELP_CLOUD_DATA", value_name = "DIR")]
     data: PathBuf,
 
@@ -37,6 +39,12 @@ struct ServeArgs {
     /// token.
     #[arg(long, default_value = "token")]
     pull: PullPolicy,
+
+    /// Fleet database: `sqlite://PATH` or `postgres://USER:PASSWORD@HOST/DB`
+    /// (several kelp-cloud processes may share one PostgreSQL database).
+    /// Default: DIR/kelp.db.
+    #[arg(long, env = "KELP_CLOUD_DATABASE", value_name = "URL")]
+    database: Option<String>,
 }
 
 fn main() -> ExitCode {
@@ -77,7 +85,14 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
             args.data.join("admin.token").display()
         );
     }
-    let app = kelp_cloud::app(&data, args.pull)?;
+    let url = match &args.database {
+        Some(url) => url.clone(),
+        None => kelp_cloud::sqlite_url(&args.data)?,
+    };
+    let cp = kelp_cloud::ControlPlane::open(&data, &url).await?;
+    let db = cp.db().clone();
+    let stopper = cp.clone();
+    let app = kelp_cloud::app_with_fleet(&data, args.pull, cp)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
         .with_context(|| format!("cannot listen on {}", args.listen))?;
@@ -87,9 +102,13 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
     println!("listening on http://{addr}");
     tracing::info!(%addr, data = %args.data.display(), pull = %args.pull, "serving");
     axum::serve(listener, app)
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(async move {
+            shutdown.await;
+            stopper.stop();
+        })
         .await
         .context("server failed")?;
+    db.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -3,8 +3,9 @@
 //! Every part of Kelp — the device supervisor, the cloud, the CLI — speaks of
 //! the same things: a content [`Digest`], a [`RestartPolicy`], a memory
 //! [`ByteSize`], the [`ServiceStatus`] a device reports for each service, the
-//! service [`Manifest`] a publisher signs, and the signature format ([`sign`],
-//! [`verify`]) that decides what a device runs. They live here, with their
+//! service [`Manifest`] a publisher signs, the signature format ([`sign`],
+//! [`verify`]) that decides what a device runs, and the fleet API's request
+//! and response bodies ([`api`]). They live here, with their
 //! text and byte forms, so that a value written by one part parses the same
 //! way in every other.
 //!
@@ -16,6 +17,7 @@
 //! assert_eq!("64MiB".parse::<ByteSize>().unwrap().bytes(), 64 << 20);
 //! ```
 
+pub mod api;
 mod digest;
 pub mod fsutil;
 mod manifest;

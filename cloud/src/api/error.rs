@@ -1,0 +1,114 @@
+//! The fleet API's one error type, and the JSON body it answers with:
+//! `{"error": "<what was wrong>", "field": "<where>"}` (`field` only when one
+//! field of the request is at fault).
+
+use axum::http::{HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use serde::Serialize;
+
+use crate::db::DbError;
+
+/// What went wrong serving a request. Client errors say exactly what; a
+/// server fault is logged in full and answered with a bare 500.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    #[error("{message}")]
+    Client {
+        status: StatusCode,
+        field: Option<String>,
+        message: String,
+    },
+    #[error("{0}")]
+    Internal(String),
+}
+
+#[derive(Serialize)]
+struct Body<'a> {
+    error: &'a str,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    field: Option<&'a str>,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status,
+            field: None,
+            message: message.into(),
+        }
+    }
+
+    /// A 400 blaming one field of the request.
+    pub fn field(field: impl Into<String>, message: impl Into<String>) -> Self {
+        ApiError::Client {
+            status: StatusCode::BAD_REQUEST,
+            field: Some(field.into()),
+            message: message.into(),
+        }
+    }
+
+    pub fn not_found(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::NOT_FOUND, message)
+    }
+
+    pub fn conflict(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, message)
+    }
+
+    pub fn unauthorized(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::UNAUTHORIZED, message)
+    }
+
+    pub fn forbidden(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::FORBIDDEN, message)
+    }
+}
+
+impl From<DbError> for ApiError {
+    fn from(e: DbError) -> Self {
+        ApiError::Internal(format!("database: {e}"))
+    }
+}
+
+impl From<crate::secret::NoRandomness> for ApiError {
+    fn from(e: crate::secret::NoRandomness) -> Self {
+        ApiError::Internal(e.to_string())
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let (status, field, message) = match self {
+            ApiError::Client {
+                status,
+                field,
+                message,
+            } => (status, field, message),
+            ApiError::Internal(detail) => {
+                tracing::error!(error = %detail, "fleet API request failed");
+                (
+                    StatusCode::INTERNAL_SERVER_ERROR,
+                    None,
+                    "internal error".to_owned(),
+                )
+            }
+        };
+        let body = Body {
+            error: &message,
+            field: field.as_deref(),
+        };
+        let json = serde_json::to_vec(&body).unwrap_or_default();
+        let mut response = (status, json).into_response();
+        response.headers_mut().insert(
+            header::CONTENT_TYPE,
+            HeaderValue::from_static("application/json"),
+        );
+        if status == StatusCode::UNAUTHORIZED {
+            response.headers_mut().insert(
+                header::WWW_AUTHENTICATE,
+                HeaderValue::from_static("Bearer realm=\"kelp\""),
+            );
+        }
+        response
+    }
+}

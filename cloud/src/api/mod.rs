@@ -1,0 +1,979 @@
+//! The fleet API: `/api/v1/…` for people and tools holding an API token,
+//! `/device/v1/…` for devices holding a provisioning key (to register) or
+//! their device key. Every route is listed in `cloud/API.md`.
+
+mod error;
+mod extract;
+mod types;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::Router;
+use axum::extract::rejection::{PathRejection, QueryRejection};
+use axum::extract::{Path, Query, State};
+use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{delete, get, post, put};
+use serde::Deserialize;
+use sha2::Digest as _;
+
+pub use error::ApiError;
+pub use extract::MAX_JSON_BODY;
+pub use types::*;
+
+use crate::ControlPlane;
+use crate::db::{self, DeviceRow, EnvRow, FleetRow, NewDevice, Registered, ReleaseRow, Revoke};
+use crate::secret;
+use extract::{DeviceKey, JsonBody, ProvisioningKey, User};
+
+/// Longest a device may long-poll its target state (`?wait=`). Longer waits
+/// are cut to this: short enough to pass through proxies that drop idle
+/// connections after a minute or two, long enough that an idle fleet costs
+/// one request per device per minute.
+pub const MAX_WAIT: Duration = Duration::from_secs(60);
+
+/// How often a held `?wait=` request looks at the database again even
+/// without word of a change: another process serving the same database may
+/// have changed the target, and this bounds how late its devices hear. A
+/// look that finds the fleet's change count where it was costs one small
+/// read.
+pub const RECHECK: Duration = Duration::from_secs(5);
+
+/// Most devices one page of `GET /api/v1/devices` holds, and the default.
+/// Each device costs a few queries to show, so a page is bounded rather
+/// than a whole fleet of thousands read for one request.
+pub const MAX_DEVICE_PAGE: i64 = 500;
+
+/// A device counts as online if it asked for its target this recently: two
+/// of its longest polls, so one slow round trip does not flap it offline.
+pub const ONLINE_WINDOW: i64 = 2 * 60;
+
+/// The fleet API's routes. Unknown paths under `/api/` and `/device/` get a
+/// JSON 404.
+pub fn router(cp: ControlPlane) -> Router {
+    Router::new()
+        .route("/api/v1/tokens", get(list_tokens).post(create_token))
+        .route("/api/v1/tokens/{id}", delete(revoke_token))
+        .route("/api/v1/fleets", get(list_fleets).post(create_fleet))
+        .route("/api/v1/fleets/{name}", get(show_fleet))
+        .route(
+            "/api/v1/fleets/{name}/provisioning-key",
+            post(rotate_provisioning_key),
+        )
+        .route(
+            "/api/v1/fleets/{name}/releases",
+            get(list_releases).post(create_release),
+        )
+        .route(
+            "/api/v1/fleets/{name}/releases/{version}",
+            get(show_release),
+        )
+        .route("/api/v1/fleets/{name}/pin", put(pin_fleet))
+        .route("/api/v1/fleets/{name}/env", get(list_fleet_env))
+        .route(
+            "/api/v1/fleets/{name}/env/{key}",
+            put(set_fleet_env).delete(delete_fleet_env),
+        )
+        .route("/api/v1/devices", get(list_devices))
+        .route("/api/v1/devices/{uuid}", get(show_device))
+        .route("/api/v1/devices/{uuid}/pin", put(pin_device))
+        .route("/api/v1/devices/{uuid}/env", get(list_device_env))
+        .route(
+            "/api/v1/devices/{uuid}/env/{key}",
+            put(set_device_env).delete(delete_device_env),
+        )
+        .route("/device/v1/register", post(register))
+        .route("/api/v1/devices/{uuid}/logs", get(device_logs))
+        .route("/device/v1/state", get(device_state).patch(report_state))
+        .route("/device/v1/logs", post(upload_logs))
+        .route("/api/{*rest}", axum::routing::any(no_route))
+        .route("/device/{*rest}", axum::routing::any(no_route))
+        .with_state(cp)
+}
+
+async fn no_route() -> ApiError {
+    ApiError::not_found("no such endpoint; see cloud/API.md")
+}
+
+/// A path's parameters, or a JSON 400 if they are not text.
+fn path<T>(p: Result<Path<T>, PathRejection>) -> Result<T, ApiError> {
+    p.map(|Path(t)| t)
+        .map_err(|e| ApiError::field("path", e.body_text()))
+}
+
+fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
+    q.map(|Query(t)| t)
+        .map_err(|e| ApiError::field("query", e.body_text()))
+}
+
+// --- tokens ---
+
+async fn list_tokens(State(cp): State<ControlPlane>, _user: User) -> Result<Response, ApiError> {
+    Ok(axum::Json(cp.db.tokens().await?).into_response())
+}
+
+async fn create_token(
+    State(cp): State<ControlPlane>,
+    user: User,
+    JsonBody(body): JsonBody<NewToken>,
+) -> Result<Response, ApiError> {
+    check_text("name", &body.name)?;
+    let token = secret::new_secret("")?;
+    let id = secret::new_id();
+    let created_at = cp
+        .db
+        .create_token(&id, &body.name, &secret::hash(&token))
+        .await?;
+    tracing::info!(by = %user.token_id, token = %id, "API token created");
+    let created = TokenCreated {
+        id,
+        name: body.name,
+        token,
+        created_at,
+    };
+    Ok((StatusCode::CREATED, axum::Json(created)).into_response())
+}
+
+async fn revoke_token(
+    State(cp): State<ControlPlane>,
+    user: User,
+    id: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let id = path(id)?;
+    check_id("id", &id)?;
+    match cp.db.revoke_token(&id).await? {
+        Revoke::Revoked => {
+            tracing::info!(by = %user.token_id, token = %id, "API token revoked");
+            Ok(StatusCode::NO_CONTENT.into_response())
+        }
+        Revoke::NotFound => Err(ApiError::not_found(format!("no live token with id `{id}`"))),
+        Revoke::LastToken => Err(ApiError::conflict(
+            "this is the only live token; create another before revoking it",
+        )),
+    }
+}
+
+// --- fleets ---
+
+async fn fleet_view(cp: &ControlPlane, f: FleetRow) -> Result<FleetView, ApiError> {
+    let pinned = match &f.pinned_release {
+        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
+        None => None,
+    };
+    let latest = cp.db.latest_release(&f.name).await?.map(|r| r.version);
+    Ok(FleetView {
+        name: f.name,
+        created_at: f.created_at,
+        pinned_release: pinned,
+        latest_release: latest,
+    })
+}
+
+async fn find_fleet(cp: &ControlPlane, name: &str) -> Result<FleetRow, ApiError> {
+    check_fleet_name("name", name)?;
+    cp.db
+        .fleet(name)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no fleet named `{name}`")))
+}
+
+async fn create_fleet(
+    State(cp): State<ControlPlane>,
+    user: User,
+    JsonBody(body): JsonBody<NewFleet>,
+) -> Result<Response, ApiError> {
+    check_fleet_name("name", &body.name)?;
+    let key = secret::new_secret(secret::PROVISIONING_PREFIX)?;
+    let created = cp
+        .db
+        .create_fleet(&body.name, &secret::new_id(), &secret::hash(&key))
+        .await?;
+    if !created {
+        return Err(ApiError::conflict(format!(
+            "a fleet named `{}` already exists",
+            body.name
+        )));
+    }
+    tracing::info!(by = %user.token_id, fleet = %body.name, "fleet created");
+    let fleet = find_fleet(&cp, &body.name).await?;
+    let view = FleetCreated {
+        fleet: fleet_view(&cp, fleet).await?,
+        provisioning_key: key,
+    };
+    Ok((StatusCode::CREATED, axum::Json(view)).into_response())
+}
+
+async fn list_fleets(State(cp): State<ControlPlane>, _user: User) -> Result<Response, ApiError> {
+    let mut views = Vec::new();
+    for f in cp.db.fleets().await? {
+        views.push(fleet_view(&cp, f).await?);
+    }
+    Ok(axum::Json(views).into_response())
+}
+
+async fn show_fleet(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    Ok(axum::Json(fleet_view(&cp, fleet).await?).into_response())
+}
+
+async fn rotate_provisioning_key(
+    State(cp): State<ControlPlane>,
+    user: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    let key = secret::new_secret(secret::PROVISIONING_PREFIX)?;
+    cp.db
+        .rotate_provisioning_key(&fleet.name, &secret::new_id(), &secret::hash(&key))
+        .await?;
+    tracing::info!(by = %user.token_id, fleet = %fleet.name, "provisioning key rotated");
+    let body = ProvisioningKeyCreated {
+        fleet: fleet.name,
+        provisioning_key: key,
+    };
+    Ok((StatusCode::CREATED, axum::Json(body)).into_response())
+}
+
+// --- releases and pins ---
+
+fn release_view(r: ReleaseRow) -> Result<ReleaseView, ApiError> {
+    let services: BTreeMap<String, ServiceSpec> =
+        serde_json::from_str(&r.services).map_err(|e| {
+            ApiError::Internal(format!(
+                "stored services of release {} do not parse: {e}",
+                r.id
+            ))
+        })?;
+    Ok(ReleaseView {
+        id: r.id,
+        fleet: r.fleet,
+        version: r.version,
+        created_at: r.created_at,
+        services,
+    })
+}
+
+async fn create_release(
+    State(cp): State<ControlPlane>,
+    user: User,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<NewRelease>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    check_release(&body)?;
+    let services = serde_json::to_string(&body.services)
+        .map_err(|e| ApiError::Internal(format!("cannot encode services: {e}")))?;
+    let created = cp
+        .db
+        .create_release(&fleet.name, &secret::new_id(), &body.version, &services)
+        .await?;
+    match created {
+        db::NewRelease::Created(row) => {
+            tracing::info!(by = %user.token_id, fleet = %fleet.name, version = %row.version, "release created");
+            cp.changed(&fleet.name).await;
+            Ok((StatusCode::CREATED, axum::Json(release_view(row)?)).into_response())
+        }
+        db::NewRelease::VersionTaken => Err(ApiError::conflict(format!(
+            "fleet `{}` already has a release `{}`",
+            fleet.name, body.version
+        ))),
+    }
+}
+
+async fn list_releases(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    let views = cp
+        .db
+        .releases(&fleet.name)
+        .await?
+        .into_iter()
+        .map(release_view)
+        .collect::<Result<Vec<_>, _>>()?;
+    Ok(axum::Json(views).into_response())
+}
+
+async fn find_release(
+    cp: &ControlPlane,
+    fleet: &str,
+    version: &str,
+) -> Result<ReleaseRow, ApiError> {
+    check_word("release", version)?;
+    cp.db
+        .release_by_version(fleet, version)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("fleet `{fleet}` has no release `{version}`")))
+}
+
+async fn show_release(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (name, version) = path(p)?;
+    let fleet = find_fleet(&cp, &name).await?;
+    let release = find_release(&cp, &fleet.name, &version).await?;
+    Ok(axum::Json(release_view(release)?).into_response())
+}
+
+async fn pin_fleet(
+    State(cp): State<ControlPlane>,
+    user: User,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<Pin>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    let release = match &body.release {
+        Some(v) => Some(find_release(&cp, &fleet.name, v).await?.id),
+        None => None,
+    };
+    cp.db.pin_fleet(&fleet.name, release.as_deref()).await?;
+    tracing::info!(by = %user.token_id, fleet = %fleet.name, release = ?body.release, "fleet pinned");
+    cp.changed(&fleet.name).await;
+    let fleet = find_fleet(&cp, &fleet.name).await?;
+    Ok(axum::Json(fleet_view(&cp, fleet).await?).into_response())
+}
+
+// --- devices ---
+
+async fn find_device(cp: &ControlPlane, uuid: &str) -> Result<DeviceRow, ApiError> {
+    check_uuid("uuid", uuid)?;
+    cp.db
+        .device(uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no device with uuid `{uuid}`")))
+}
+
+async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiError> {
+    let pinned = match &d.pinned_release {
+        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
+        None => None,
+    };
+    let target = cp.db.target_release(&d).await?.map(|r| r.version);
+    let current = match &d.current_release {
+        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
+        None => None,
+    };
+    let services = cp
+        .db
+        .device_services(&d.uuid)
+        .await?
+        .into_iter()
+        .map(|s| {
+            let view = ServiceStatusView {
+                state: s.state,
+                memory: s.memory,
+                updated_at: s.updated_at,
+            };
+            (s.service, view)
+        })
+        .collect();
+    Ok(DeviceView {
+        online: db::now().saturating_sub(d.last_seen) <= ONLINE_WINDOW,
+        uuid: d.uuid,
+        name: d.name,
+        fleet: d.fleet,
+        arch: d.arch,
+        agent_version: d.agent_version,
+        last_seen: d.last_seen,
+        created_at: d.created_at,
+        pinned_release: pinned,
+        target_release: target,
+        current_release: current,
+        services,
+    })
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DeviceFilter {
+    fleet: Option<String>,
+    /// Only devices whose uuid sorts after this one: the last uuid of the
+    /// previous page.
+    after: Option<String>,
+    limit: Option<i64>,
+}
+
+async fn list_devices(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    filter: Result<Query<DeviceFilter>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let filter = query(filter)?;
+    if let Some(fleet) = &filter.fleet {
+        check_fleet_name("fleet", fleet)?;
+        find_fleet(&cp, fleet).await?;
+    }
+    if let Some(after) = &filter.after {
+        check_uuid("after", after)?;
+    }
+    let limit = filter.limit.unwrap_or(MAX_DEVICE_PAGE);
+    if !(1..=MAX_DEVICE_PAGE).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("limit must be 1 to {MAX_DEVICE_PAGE}"),
+        ));
+    }
+    let page = cp
+        .db
+        .devices(
+            filter.fleet.as_deref(),
+            filter.after.as_deref().unwrap_or(""),
+            limit,
+        )
+        .await?;
+    let mut views = Vec::with_capacity(page.len());
+    for d in page {
+        views.push(device_view(&cp, d).await?);
+    }
+    Ok(axum::Json(views).into_response())
+}
+
+async fn show_device(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    uuid: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    Ok(axum::Json(device_view(&cp, device).await?).into_response())
+}
+
+async fn pin_device(
+    State(cp): State<ControlPlane>,
+    user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<Pin>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    let release = match &body.release {
+        Some(v) => Some(find_release(&cp, &device.fleet, v).await?.id),
+        None => None,
+    };
+    cp.db.pin_device(&device.uuid, release.as_deref()).await?;
+    tracing::info!(by = %user.token_id, uuid = %device.uuid, release = ?body.release, "device pinned");
+    cp.changed(&device.fleet).await;
+    let device = find_device(&cp, &device.uuid).await?;
+    Ok(axum::Json(device_view(&cp, device).await?).into_response())
+}
+
+/// Registers a device into the fleet whose provisioning key it presents.
+/// Registering an existing uuid again (a re-flashed device that lost its
+/// key) hands out a new key and the old one stops working; only the hash
+/// is stored, so the old key cannot be handed out again. A uuid registered
+/// in another fleet is refused, never moved.
+async fn register(
+    State(cp): State<ControlPlane>,
+    key: ProvisioningKey,
+    JsonBody(body): JsonBody<Register>,
+) -> Result<Response, ApiError> {
+    check_uuid("uuid", &body.uuid)?;
+    if let Some(name) = &body.name {
+        check_text("name", name)?;
+    }
+    check_word("arch", &body.arch)?;
+    check_word("agent_version", &body.agent_version)?;
+    let device_key = secret::new_secret(secret::DEVICE_PREFIX)?;
+    let registered = cp
+        .db
+        .register_device(&NewDevice {
+            uuid: &body.uuid,
+            fleet: &key.fleet,
+            name: body.name.as_deref(),
+            arch: &body.arch,
+            agent_version: &body.agent_version,
+            key_hash: &secret::hash(&device_key),
+        })
+        .await?;
+    let status = match registered {
+        Registered::New => StatusCode::CREATED,
+        Registered::Again => StatusCode::OK,
+        Registered::OtherFleet(_) => {
+            return Err(ApiError::forbidden(format!(
+                "device `{}` belongs to another fleet; this provisioning key cannot register it",
+                body.uuid
+            )));
+        }
+    };
+    tracing::info!(uuid = %body.uuid, fleet = %key.fleet, "device registered");
+    let out = RegisteredDevice {
+        uuid: body.uuid,
+        fleet: key.fleet,
+        device_key,
+    };
+    Ok((status, axum::Json(out)).into_response())
+}
+
+// --- target state ---
+
+/// A device's target state as the bytes sent and their strong ETag.
+async fn target_of(cp: &ControlPlane, uuid: &str) -> Result<(Vec<u8>, String), ApiError> {
+    let device = find_device(cp, uuid).await?;
+    let release = cp.db.target_release(&device).await?;
+    let env = cp.db.env_for_device(&device.fleet, &device.uuid).await?;
+    let state = match release {
+        None => TargetState {
+            release: None,
+            services: BTreeMap::new(),
+        },
+        Some(r) => {
+            let view = release_view(r)?;
+            let services = view
+                .services
+                .into_iter()
+                .map(|(name, spec)| {
+                    let env = apply_env(spec.env, &env, &name);
+                    let service = TargetService {
+                        image: spec.image,
+                        env,
+                        restart: spec.restart,
+                        memory: spec.memory,
+                        grants: spec.grants,
+                        update_strategy: spec.update_strategy,
+                        signer: spec.signer,
+                    };
+                    (name, service)
+                })
+                .collect();
+            TargetState {
+                release: Some(ReleaseRef {
+                    id: view.id,
+                    version: view.version,
+                }),
+                services,
+            }
+        }
+    };
+    let body = serde_json::to_vec(&state)
+        .map_err(|e| ApiError::Internal(format!("cannot encode a target state: {e}")))?;
+    let etag = format!("\"{}\"", hex::encode(sha2::Sha256::digest(&body)));
+    Ok((body, etag))
+}
+
+/// The release's env for `service` with the stored variables over it, from
+/// the weakest scope to the strongest: fleet, fleet and service, device,
+/// device and service.
+fn apply_env(
+    mut base: BTreeMap<String, String>,
+    vars: &[EnvRow],
+    service: &str,
+) -> BTreeMap<String, String> {
+    let rank = |v: &EnvRow| match (v.device.is_empty(), v.service.is_empty()) {
+        (true, true) => Some(0),
+        (true, false) if v.service == service => Some(1),
+        (false, true) => Some(2),
+        (false, false) if v.service == service => Some(3),
+        _ => None,
+    };
+    let mut applicable: Vec<(u8, &EnvRow)> = vars
+        .iter()
+        .filter_map(|v| rank(v).map(|r| (r, v)))
+        .collect();
+    applicable.sort_by_key(|(r, _)| *r);
+    for (_, v) in applicable {
+        base.insert(v.name.clone(), v.value.clone());
+    }
+    base
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct StateQuery {
+    /// Seconds to wait for the target to differ from `If-None-Match`.
+    wait: Option<u64>,
+}
+
+fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
+    headers
+        .get_all(header::IF_NONE_MATCH)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .any(|tag| {
+            let tag = tag.trim();
+            tag == etag || tag == "*"
+        })
+}
+
+/// `GET /device/v1/state`: the calling device's target. With
+/// `If-None-Match` naming the current ETag the answer is 304; with `?wait=N`
+/// as well, the request is held until the target changes or N seconds (at
+/// most [`MAX_WAIT`]) pass.
+async fn device_state(
+    State(cp): State<ControlPlane>,
+    device: DeviceKey,
+    q: Result<Query<StateQuery>, QueryRejection>,
+    headers: HeaderMap,
+) -> Result<Response, ApiError> {
+    let q = query(q)?;
+    let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    let deadline = tokio::time::Instant::now() + wait;
+    // Subscribe before the first read, so a change between that read and
+    // the wait still wakes this request.
+    let fleet = find_device(&cp, &device.uuid).await?.fleet;
+    let mut changes = cp.changes.subscribe(&fleet);
+    let mut stopping = cp.changes.stopping();
+    cp.db.touch_device(&device.uuid).await?;
+    // Read before the target, so a change made in between moves it again.
+    let mut generation = cp.db.generation(&fleet).await?;
+    let (mut body, mut etag) = target_of(&cp, &device.uuid).await?;
+    loop {
+        let etag_value = HeaderValue::from_str(&etag)
+            .map_err(|e| ApiError::Internal(format!("ETag {etag} is not a header: {e}")))?;
+        if !etag_matches(&headers, &etag) {
+            let mut response = (StatusCode::OK, body).into_response();
+            let h = response.headers_mut();
+            h.insert(header::ETAG, etag_value);
+            h.insert(
+                header::CONTENT_TYPE,
+                HeaderValue::from_static("application/json"),
+            );
+            return Ok(response);
+        }
+        let now = tokio::time::Instant::now();
+        let stopped = *stopping.borrow();
+        if now >= deadline || stopped {
+            let mut response = StatusCode::NOT_MODIFIED.into_response();
+            response.headers_mut().insert(header::ETAG, etag_value);
+            return Ok(response);
+        }
+        // Wait for word of a change, the next recheck or the end of the
+        // wait. A server shutting down answers at once rather than keep
+        // every held device (and so its own exit) waiting out the wait.
+        let until = deadline.min(now + RECHECK);
+        let told = tokio::select! {
+            woke = tokio::time::timeout_at(until, changes.changed()) => match woke {
+                Ok(Ok(())) => true,
+                Ok(Err(_)) => {
+                    // No sender left: no more word will come; wait out the time.
+                    tokio::time::sleep_until(until).await;
+                    false
+                }
+                Err(_) => false,
+            },
+            // The borrow `wait_for` returns is not `Send`; drop it here.
+            () = async { drop(stopping.wait_for(|s| *s).await) } => false,
+        };
+        // Work the target out again only if it may have changed: when told
+        // so, or when another process counted a change this one was not
+        // told of. A recheck that finds nothing costs one small read.
+        let now_generation = cp.db.generation(&fleet).await?;
+        if told || now_generation != generation {
+            generation = now_generation;
+            (body, etag) = target_of(&cp, &device.uuid).await?;
+        }
+    }
+}
+
+// --- what devices report ---
+
+/// `PATCH /device/v1/state`: the calling device says what changed.
+async fn report_state(
+    State(cp): State<ControlPlane>,
+    device: DeviceKey,
+    JsonBody(body): JsonBody<CurrentState>,
+) -> Result<Response, ApiError> {
+    let row = find_device(&cp, &device.uuid).await?;
+    if let Some(id) = &body.release {
+        check_id("release", id)?;
+        let known = match cp.db.release_by_id(id).await? {
+            Some(r) => r.fleet == row.fleet,
+            None => false,
+        };
+        if !known {
+            return Err(ApiError::field(
+                "release",
+                "not the id of a release of this device's fleet",
+            ));
+        }
+    }
+    if body.services.len() > MAX_SERVICES {
+        return Err(ApiError::field(
+            "services",
+            format!("a device reports at most {MAX_SERVICES} services at once"),
+        ));
+    }
+    let mut services = Vec::with_capacity(body.services.len());
+    for (name, report) in body.services {
+        let at = format!("services.{name}");
+        check_service_name(&at, &name)?;
+        let report = match report {
+            Some(r) => {
+                let memory =
+                    r.memory.map(i64::try_from).transpose().map_err(|_| {
+                        ApiError::field(format!("{at}.memory"), "memory is too large")
+                    })?;
+                let state = serde_json::to_value(r.state)
+                    .ok()
+                    .and_then(|v| v.as_str().map(str::to_owned))
+                    .ok_or_else(|| ApiError::Internal("a service state has no name".into()))?;
+                Some((state, memory))
+            }
+            None => None,
+        };
+        services.push(db::ReportedService {
+            service: name,
+            status: report,
+        });
+    }
+    cp.db
+        .report_state(&row.uuid, body.release.as_deref(), &services)
+        .await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `POST /device/v1/logs`: a batch of the calling device's log lines.
+async fn upload_logs(
+    State(cp): State<ControlPlane>,
+    device: DeviceKey,
+    JsonBody(body): JsonBody<LogBatch>,
+) -> Result<Response, ApiError> {
+    if body.lines.len() > MAX_LOG_BATCH {
+        return Err(ApiError::field(
+            "lines",
+            format!("a batch holds at most {MAX_LOG_BATCH} lines"),
+        ));
+    }
+    let mut rows = Vec::with_capacity(body.lines.len());
+    for (i, l) in body.lines.into_iter().enumerate() {
+        check_service_name(&format!("lines[{i}].service"), &l.service)?;
+        if l.line.len() > MAX_LOG_LINE {
+            return Err(ApiError::field(
+                format!("lines[{i}].line"),
+                format!("a log line is at most {MAX_LOG_LINE} bytes"),
+            ));
+        }
+        let stream = match l.stream {
+            LogStream::Stdout => "stdout",
+            LogStream::Stderr => "stderr",
+        };
+        // PostgreSQL text cannot hold NUL; a service that prints one
+        // should not get its whole batch refused for ever.
+        let line = if l.line.contains('\0') {
+            l.line.replace('\0', "\u{fffd}")
+        } else {
+            l.line
+        };
+        rows.push(db::LogRow {
+            time_ms: l.time,
+            service: l.service,
+            stream: stream.to_owned(),
+            line,
+        });
+    }
+    cp.db.add_logs(&device.uuid, &rows).await?;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct LogQuery {
+    limit: Option<i64>,
+}
+
+/// `GET /api/v1/devices/{uuid}/logs[?limit=N]`: the newest lines, oldest
+/// first.
+async fn device_logs(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    q: Result<Query<LogQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    let limit = query(q)?.limit.unwrap_or(DEFAULT_LOG_READ);
+    if !(1..=MAX_LOG_READ).contains(&limit) {
+        return Err(ApiError::field(
+            "limit",
+            format!("limit must be 1 to {MAX_LOG_READ}"),
+        ));
+    }
+    let lines: Vec<LogLine> = cp
+        .db
+        .logs(&device.uuid, limit)
+        .await?
+        .into_iter()
+        .map(|l| LogLine {
+            time: l.time_ms,
+            service: l.service,
+            stream: if l.stream == "stderr" {
+                LogStream::Stderr
+            } else {
+                LogStream::Stdout
+            },
+            line: l.line,
+        })
+        .collect();
+    Ok(axum::Json(lines).into_response())
+}
+
+// --- environment variables ---
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct EnvScope {
+    /// Only this service of the release; all services when absent.
+    service: Option<String>,
+}
+
+fn scope_service(scope: &EnvScope) -> Result<String, ApiError> {
+    match &scope.service {
+        Some(s) => {
+            check_service_name("service", s)?;
+            Ok(s.clone())
+        }
+        None => Ok(String::new()),
+    }
+}
+
+async fn list_env(
+    cp: &ControlPlane,
+    fleet: &str,
+    device: &str,
+    service: &str,
+) -> Result<Response, ApiError> {
+    let vars: Vec<EnvView> = cp
+        .db
+        .env_at(fleet, device, service)
+        .await?
+        .into_iter()
+        .map(|v| EnvView {
+            name: v.name,
+            value: v.value,
+        })
+        .collect();
+    Ok(axum::Json(vars).into_response())
+}
+
+async fn set_env(
+    cp: &ControlPlane,
+    user: &User,
+    fleet: &str,
+    device: &str,
+    service: String,
+    key: String,
+    value: String,
+) -> Result<Response, ApiError> {
+    check_env_name("key", &key)?;
+    check_env_value("value", &value)?;
+    let row = EnvRow {
+        device: device.to_owned(),
+        service,
+        name: key,
+        value,
+    };
+    cp.db.set_env(fleet, &row).await?;
+    tracing::info!(by = %user.token_id, fleet, device, service = %row.service, name = %row.name, "variable set");
+    cp.changed(fleet).await;
+    Ok(axum::Json(EnvView {
+        name: row.name,
+        value: row.value,
+    })
+    .into_response())
+}
+
+async fn delete_env(
+    cp: &ControlPlane,
+    user: &User,
+    fleet: &str,
+    device: &str,
+    service: &str,
+    key: &str,
+) -> Result<Response, ApiError> {
+    check_env_name("key", key)?;
+    if !cp.db.delete_env(fleet, device, service, key).await? {
+        return Err(ApiError::not_found(format!(
+            "no variable `{key}` at this scope"
+        )));
+    }
+    tracing::info!(by = %user.token_id, fleet, device, service, name = key, "variable deleted");
+    cp.changed(fleet).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+async fn list_fleet_env(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    name: Result<Path<String>, PathRejection>,
+    scope: Result<Query<EnvScope>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    let service = scope_service(&query(scope)?)?;
+    list_env(&cp, &fleet.name, "", &service).await
+}
+
+async fn set_fleet_env(
+    State(cp): State<ControlPlane>,
+    user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+    scope: Result<Query<EnvScope>, QueryRejection>,
+    JsonBody(body): JsonBody<EnvValue>,
+) -> Result<Response, ApiError> {
+    let (name, key) = path(p)?;
+    let fleet = find_fleet(&cp, &name).await?;
+    let service = scope_service(&query(scope)?)?;
+    set_env(&cp, &user, &fleet.name, "", service, key, body.value).await
+}
+
+async fn delete_fleet_env(
+    State(cp): State<ControlPlane>,
+    user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+    scope: Result<Query<EnvScope>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (name, key) = path(p)?;
+    let fleet = find_fleet(&cp, &name).await?;
+    let service = scope_service(&query(scope)?)?;
+    delete_env(&cp, &user, &fleet.name, "", &service, &key).await
+}
+
+async fn list_device_env(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    scope: Result<Query<EnvScope>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    let service = scope_service(&query(scope)?)?;
+    list_env(&cp, &device.fleet, &device.uuid, &service).await
+}
+
+async fn set_device_env(
+    State(cp): State<ControlPlane>,
+    user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+    scope: Result<Query<EnvScope>, QueryRejection>,
+    JsonBody(body): JsonBody<EnvValue>,
+) -> Result<Response, ApiError> {
+    let (uuid, key) = path(p)?;
+    let device = find_device(&cp, &uuid).await?;
+    let service = scope_service(&query(scope)?)?;
+    set_env(
+        &cp,
+        &user,
+        &device.fleet,
+        &device.uuid,
+        service,
+        key,
+        body.value,
+    )
+    .await
+}
+
+async fn delete_device_env(
+    State(cp): State<ControlPlane>,
+    user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+    scope: Result<Query<EnvScope>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let (uuid, key) = path(p)?;
+    let device = find_device(&cp, &uuid).await?;
+    let service = scope_service(&query(scope)?)?;
+    delete_env(&cp, &user, &device.fleet, &device.uuid, &service, &key).await
+}

@@ -1,0 +1,445 @@
+//! Registering devices, and what a device key may read.
+
+use axum::http::{Method, StatusCode};
+use serde_json::json;
+
+use crate::TestCloud;
+
+#[tokio::test]
+async fn a_device_registers_once_per_uuid_and_a_new_registration_replaces_its_key() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("garden").await;
+        let first = cloud
+            .post(
+                "/device/v1/register",
+                &pk,
+                json!({ "uuid": "dev-1", "name": "shed", "arch": "aarch64", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(first.status, StatusCode::CREATED, "{}", first.body);
+        assert_eq!(first.body["fleet"], "garden");
+        let old_key = first.body["device_key"].as_str().unwrap().to_owned();
+
+        let again = cloud
+            .post(
+                "/device/v1/register",
+                &pk,
+                json!({ "uuid": "dev-1", "arch": "aarch64", "agent_version": "0.2.0" }),
+            )
+            .await;
+        assert_eq!(again.status, StatusCode::OK, "{}", again.body);
+        let new_key = again.body["device_key"].as_str().unwrap().to_owned();
+        assert_ne!(old_key, new_key);
+
+        assert_eq!(
+            cloud.get("/device/v1/state", &old_key).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        assert_eq!(
+            cloud.get("/device/v1/state", &new_key).await.status,
+            StatusCode::OK
+        );
+
+        let list = cloud.get("/api/v1/devices", &cloud.admin).await;
+        let devices = list.body.as_array().unwrap();
+        assert_eq!(devices.len(), 1, "{}", list.body);
+        let shown = cloud.get("/api/v1/devices/dev-1", &cloud.admin).await;
+        assert_eq!(
+            shown.body["name"], "shed",
+            "a name is kept when not sent again"
+        );
+        assert_eq!(shown.body["agent_version"], "0.2.0");
+        assert_eq!(shown.body["online"], true);
+        assert!(!shown.body.to_string().contains(&new_key));
+    }
+}
+
+#[tokio::test]
+async fn a_provisioning_key_registers_only_into_its_own_fleet() {
+    for cloud in TestCloud::all().await {
+        let key_a = cloud.fleet("fleet-a").await;
+        let key_b = cloud.fleet("fleet-b").await;
+        cloud.device(&key_b, "b-1").await;
+
+        // Fleet A's key cannot take over fleet B's device…
+        let r = cloud
+            .post(
+                "/device/v1/register",
+                &key_a,
+                json!({ "uuid": "b-1", "arch": "x86_64", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        let b1 = cloud.get("/api/v1/devices/b-1", &cloud.admin).await;
+        assert_eq!(b1.body["fleet"], "fleet-b");
+        assert_eq!(
+            b1.body["arch"], "aarch64",
+            "the refused request changed nothing"
+        );
+
+        // …and a device it registers lands in fleet A.
+        cloud.device(&key_a, "a-1").await;
+        let list = cloud
+            .get("/api/v1/devices?fleet=fleet-a", &cloud.admin)
+            .await;
+        let uuids: Vec<&str> = list
+            .body
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|d| d["uuid"].as_str().unwrap())
+            .collect();
+        assert_eq!(uuids, ["a-1"]);
+        let bad = cloud
+            .get("/api/v1/devices?fleet=No%20Such", &cloud.admin)
+            .await;
+        assert_eq!(bad.status, StatusCode::BAD_REQUEST);
+        assert_eq!(bad.field(), "fleet");
+        let none = cloud
+            .get("/api/v1/devices?fleet=nowhere", &cloud.admin)
+            .await;
+        assert_eq!(none.status, StatusCode::NOT_FOUND);
+
+        // A provisioning key is not an API token, and a rotated one is dead.
+        assert_eq!(
+            cloud.get("/api/v1/fleets", &key_a).await.status,
+            StatusCode::UNAUTHORIZED
+        );
+        let rotated = cloud
+            .send(
+                Method::POST,
+                "/api/v1/fleets/fleet-a/provisioning-key",
+                Some(&cloud.admin),
+                None,
+            )
+            .await;
+        assert_eq!(rotated.status, StatusCode::CREATED);
+        let new_key = rotated.body["provisioning_key"].as_str().unwrap();
+        let r = cloud
+            .post(
+                "/device/v1/register",
+                &key_a,
+                json!({ "uuid": "a-2", "arch": "x86_64", "agent_version": "0.1.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        cloud.device(new_key, "a-2").await;
+    }
+}
+
+#[tokio::test]
+async fn a_device_key_reads_only_its_own_target_and_nothing_of_the_user_api() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("shop").await;
+        let one = cloud.device(&pk, "one").await;
+        let two = cloud.device(&pk, "two").await;
+        cloud.release("shop", "1.0", json!({})).await;
+        cloud.release("shop", "2.0", json!({})).await;
+        let pin = cloud
+            .put(
+                "/api/v1/devices/two/pin",
+                &cloud.admin,
+                json!({ "release": "1.0" }),
+            )
+            .await;
+        assert_eq!(pin.status, StatusCode::OK, "{}", pin.body);
+
+        let s1 = cloud.get("/device/v1/state", &one).await;
+        let s2 = cloud.get("/device/v1/state", &two).await;
+        assert_eq!(s1.body["release"]["version"], "2.0");
+        assert_eq!(s2.body["release"]["version"], "1.0");
+
+        for uri in [
+            "/api/v1/devices/two",
+            "/api/v1/devices",
+            "/api/v1/fleets/shop",
+        ] {
+            assert_eq!(
+                cloud.get(uri, &one).await.status,
+                StatusCode::UNAUTHORIZED,
+                "{uri}"
+            );
+        }
+    }
+}
+
+#[tokio::test]
+async fn registration_names_the_field_at_fault() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("lab").await;
+        let cases = [
+            (json!({ "arch": "x86_64", "agent_version": "1" }), "uuid"),
+            (
+                json!({ "uuid": "../etc", "arch": "x86_64", "agent_version": "1" }),
+                "uuid",
+            ),
+            (
+                json!({ "uuid": "d", "arch": 64, "agent_version": "1" }),
+                "arch",
+            ),
+            (
+                json!({ "uuid": "d", "arch": "x86_64", "agent_version": "1", "name": "a\nb" }),
+                "name",
+            ),
+            (
+                json!({ "uuid": "d", "arch": "x86_64", "agent_version": "1", "fleet": "other" }),
+                "fleet",
+            ),
+        ];
+        for (body, field) in cases {
+            let r = cloud.post("/device/v1/register", &pk, body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+            assert_eq!(r.field(), field, "{body}: {}", r.body);
+        }
+        let r = crate::send_raw(&cloud.app, "/device/v1/register", &pk, "{\"uuid\": ").await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert!(r.body["error"].is_string());
+        let none = cloud.get("/api/v1/devices", &cloud.admin).await;
+        assert_eq!(
+            none.body,
+            json!([]),
+            "no refused request registered a device"
+        );
+    }
+}
+
+#[tokio::test]
+async fn a_device_reports_only_what_changed_and_the_user_sees_it() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("dock").await;
+        let other_pk = cloud.fleet("yard").await;
+        let key = cloud.device(&pk, "crane").await;
+        let release = cloud.release("dock", "1.0", json!({})).await;
+        let foreign = cloud.release("yard", "9.0", json!({})).await;
+        drop(other_pk);
+
+        let patch = |body: serde_json::Value| {
+            let (cloud, key) = (&cloud, &key);
+            async move {
+                cloud
+                    .send(Method::PATCH, "/device/v1/state", Some(key), Some(body))
+                    .await
+            }
+        };
+        let r = patch(json!({
+            "release": release["id"],
+            "services": { "web": { "state": "running", "memory": 1234 } }
+        }))
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let r = patch(json!({ "services": { "cron": { "state": "crash-looping" } } })).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+
+        let d = cloud.get("/api/v1/devices/crane", &cloud.admin).await.body;
+        assert_eq!(d["current_release"], "1.0");
+        assert_eq!(d["services"]["web"]["state"], "running");
+        assert_eq!(d["services"]["web"]["memory"], 1234);
+        assert_eq!(d["services"]["cron"]["state"], "crash-looping");
+
+        let r = patch(json!({ "services": { "web": null } })).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let d = cloud.get("/api/v1/devices/crane", &cloud.admin).await.body;
+        assert!(d["services"].get("web").is_none(), "{d}");
+        assert_eq!(
+            d["current_release"], "1.0",
+            "an absent release keeps its value"
+        );
+
+        for (body, field) in [
+            (json!({ "release": foreign["id"] }), "release"),
+            (
+                json!({ "services": { "web": { "state": "dancing" } } }),
+                "services.web.state",
+            ),
+            (
+                json!({ "services": { "Web": { "state": "running" } } }),
+                "services.Web",
+            ),
+            (json!({ "uptime": 5 }), "uptime"),
+            (json!({ "release": "x\0" }), "release"),
+        ] {
+            let r = patch(body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
+            assert_eq!(r.field(), field, "{body}: {}", r.body);
+        }
+        let d = cloud.get("/api/v1/devices/crane", &cloud.admin).await.body;
+        assert_eq!(d["current_release"], "1.0");
+    }
+}
+
+#[tokio::test]
+async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("noisy").await;
+        let key = cloud.device(&pk, "talker").await;
+        let batch = |from: usize, n: usize| {
+            let lines: Vec<_> = (from..from + n)
+                .map(|i| json!({ "time": i, "service": "web", "line": format!("line {i}") }))
+                .collect();
+            json!({ "lines": lines })
+        };
+        let r = cloud.post("/device/v1/logs", &key, batch(0, 3)).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let logs = cloud
+            .get("/api/v1/devices/talker/logs", &cloud.admin)
+            .await
+            .body;
+        let lines: Vec<&str> = logs
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["line"].as_str().unwrap())
+            .collect();
+        assert_eq!(lines, ["line 0", "line 1", "line 2"]);
+        assert_eq!(logs[0]["stream"], "stdout");
+
+        // A NUL, which PostgreSQL text cannot hold, arrives as U+FFFD.
+        let r = cloud
+            .post(
+                "/device/v1/logs",
+                &key,
+                json!({ "lines": [{ "time": 3, "service": "web", "stream": "stderr", "line": "a\0b" }] }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let last = cloud
+            .get("/api/v1/devices/talker/logs?limit=1", &cloud.admin)
+            .await
+            .body;
+        assert_eq!(last[0]["line"], "a\u{fffd}b");
+        assert_eq!(last[0]["stream"], "stderr");
+
+        let long = "x".repeat(kelp_cloud::MAX_LOG_LINE + 1);
+        let r = cloud
+            .post(
+                "/device/v1/logs",
+                &key,
+                json!({ "lines": [
+                    { "time": 1, "service": "web", "line": "fine" },
+                    { "time": 2, "service": "web", "line": long }
+                ] }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.field(), "lines[1].line");
+        let too_many = batch(0, kelp_cloud::MAX_LOG_BATCH + 1);
+        let r = cloud.post("/device/v1/logs", &key, too_many).await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+
+        // Past the bound, the oldest lines go.
+        let kept = usize::try_from(kelp_cloud::KEPT_LOG_LINES).unwrap();
+        let mut sent = 4;
+        while sent <= kept {
+            let r = cloud
+                .post(
+                    "/device/v1/logs",
+                    &key,
+                    batch(sent, kelp_cloud::MAX_LOG_BATCH),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::NO_CONTENT);
+            sent += kelp_cloud::MAX_LOG_BATCH;
+        }
+        let newest = cloud
+            .get("/api/v1/devices/talker/logs?limit=2", &cloud.admin)
+            .await
+            .body;
+        assert_eq!(newest[1]["line"], format!("line {}", sent - 1));
+        let oldest = cloud
+            .get("/api/v1/devices/talker/logs?limit=1000", &cloud.admin)
+            .await;
+        assert_eq!(oldest.body.as_array().unwrap().len(), 1000);
+        // The API shows at most 1000 lines; the database shows what is kept.
+        use sqlx::Row as _;
+        let pool = sqlx::AnyPool::connect(&cloud.url).await.unwrap();
+        let row = sqlx::query("SELECT COUNT(*) AS n, MIN(time_ms) AS first FROM device_logs")
+            .fetch_one(&pool)
+            .await
+            .unwrap();
+        assert_eq!(row.get::<i64, _>("n"), kelp_cloud::KEPT_LOG_LINES);
+        assert_eq!(
+            row.get::<i64, _>("first"),
+            i64::try_from(sent - kept).unwrap()
+        );
+        pool.close().await;
+        let r = cloud
+            .get("/api/v1/devices/talker/logs?limit=0", &cloud.admin)
+            .await;
+        assert_eq!(r.field(), "limit");
+        // A device key reads no logs.
+        let r = cloud.get("/api/v1/devices/talker/logs", &key).await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_registering_at_once_all_get_keys() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("crowd").await;
+        let key_b = cloud.fleet("other").await;
+        let mut tasks = Vec::new();
+        for i in 0..40 {
+            let (app, pk) = (
+                cloud.app.clone(),
+                if i % 2 == 0 {
+                    pk.clone()
+                } else {
+                    key_b.clone()
+                },
+            );
+            tasks.push(tokio::spawn(async move {
+                let body =
+                    json!({ "uuid": format!("d{i}"), "arch": "x86_64", "agent_version": "1" });
+                crate::send(
+                    &app,
+                    Method::POST,
+                    "/device/v1/register",
+                    Some(&pk),
+                    Some(body),
+                    &[],
+                )
+                .await
+            }));
+        }
+        // Releases made meanwhile must not fail either.
+        for v in 0..5 {
+            cloud.release("crowd", &format!("{v}"), json!({})).await;
+        }
+        for t in tasks {
+            let r = t.await.unwrap();
+            assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
+        }
+        let list = cloud.get("/api/v1/devices", &cloud.admin).await;
+        assert_eq!(list.body.as_array().unwrap().len(), 40);
+    }
+}
+
+#[tokio::test]
+async fn the_device_list_comes_in_pages() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("paged").await;
+        for i in 0..5 {
+            cloud.device(&pk, &format!("dev-{i}")).await;
+        }
+        let mut seen = Vec::new();
+        let mut after = String::new();
+        loop {
+            let uri = if after.is_empty() {
+                "/api/v1/devices?limit=2".to_owned()
+            } else {
+                format!("/api/v1/devices?limit=2&after={after}")
+            };
+            let page = cloud.get(&uri, &cloud.admin).await.body;
+            let page = page.as_array().unwrap();
+            assert!(page.len() <= 2);
+            let Some(last) = page.last() else { break };
+            after = last["uuid"].as_str().unwrap().to_owned();
+            seen.extend(page.iter().map(|d| d["uuid"].as_str().unwrap().to_owned()));
+        }
+        assert_eq!(seen, ["dev-0", "dev-1", "dev-2", "dev-3", "dev-4"]);
+        let r = cloud
+            .get("/api/v1/devices?limit=100000", &cloud.admin)
+            .await;
+        assert_eq!(r.field(), "limit");
+    }
+}

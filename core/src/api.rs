@@ -1,0 +1,284 @@
+//! The fleet API's request and response bodies, shared by the cloud that
+//! serves them, the device agent and the CLI that send and read them.
+//!
+//! Requests refuse unknown fields, so a typo is an error rather than a
+//! silently dropped setting; the cloud checks every value on top of what
+//! the types say. Times are Unix seconds unless a name says otherwise.
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+use crate::{ByteSize, DEFAULT_MEMORY, Grants, RestartPolicy, ServiceState};
+
+/// Most log lines in one upload. With the body limit this bounds the work
+/// one request makes the database do.
+pub const MAX_LOG_BATCH: usize = 1000;
+/// Longest log line, in bytes; a device splits or cuts longer ones.
+pub const MAX_LOG_LINE: usize = 4096;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewToken {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TokenCreated {
+    pub id: String,
+    pub name: String,
+    /// The token itself, shown this once.
+    pub token: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewFleet {
+    pub name: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetView {
+    pub name: String,
+    pub created_at: i64,
+    /// The release the fleet is pinned to, or none when it tracks its latest.
+    pub pinned_release: Option<String>,
+    pub latest_release: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct FleetCreated {
+    #[serde(flatten)]
+    pub fleet: FleetView,
+    /// Shown this once.
+    pub provisioning_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ProvisioningKeyCreated {
+    pub fleet: String,
+    /// Shown this once; the previous key no longer works.
+    pub provisioning_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Register {
+    pub uuid: String,
+    #[serde(default)]
+    pub name: Option<String>,
+    pub arch: String,
+    pub agent_version: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RegisteredDevice {
+    pub uuid: String,
+    pub fleet: String,
+    /// Shown this once; a key from an earlier registration no longer works.
+    pub device_key: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct DeviceView {
+    pub uuid: String,
+    pub name: String,
+    pub fleet: String,
+    pub arch: String,
+    pub agent_version: String,
+    /// Whether the device asked for its target within two minutes.
+    pub online: bool,
+    pub last_seen: i64,
+    pub created_at: i64,
+    /// The release this device is pinned to, or none when it follows its
+    /// fleet.
+    pub pinned_release: Option<String>,
+    /// The release it should be running.
+    pub target_release: Option<String>,
+    /// The release it last said it runs.
+    pub current_release: Option<String>,
+    /// Each service as the device last reported it.
+    pub services: BTreeMap<String, ServiceStatusView>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ServiceStatusView {
+    pub state: String,
+    /// Bytes of memory in use, when the device said.
+    pub memory: Option<i64>,
+    pub updated_at: i64,
+}
+
+/// `PATCH /device/v1/state`: what changed on the device since it last
+/// said. Absent fields keep their value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CurrentState {
+    /// Id of the release the device now runs.
+    #[serde(default)]
+    pub release: Option<String>,
+    /// Services whose state changed; null for one it no longer runs.
+    #[serde(default)]
+    pub services: BTreeMap<String, Option<ServiceReport>>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceReport {
+    pub state: ServiceState,
+    /// Bytes of memory in use.
+    #[serde(default)]
+    pub memory: Option<u64>,
+}
+
+#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum LogStream {
+    #[default]
+    Stdout,
+    Stderr,
+}
+
+/// `POST /device/v1/logs`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogBatch {
+    pub lines: Vec<LogLine>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LogLine {
+    /// When the device wrote it, in milliseconds since the Unix epoch.
+    pub time: i64,
+    pub service: String,
+    #[serde(default)]
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// How a device replaces a running service with its new version.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateStrategy {
+    /// Fetch and load the new version, then stop the old one (the shortest
+    /// gap; both are in memory for a moment).
+    #[default]
+    DownloadThenKill,
+    /// Stop the old version first (for a device short of memory).
+    KillThenDownload,
+}
+
+/// One service of a release, as created and as stored.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServiceSpec {
+    /// `REGISTRY/REPO@sha256:…`: pinned, so a device runs exactly this file.
+    pub image: String,
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    #[serde(default)]
+    pub restart: RestartPolicy,
+    #[serde(default = "default_memory")]
+    pub memory: ByteSize,
+    #[serde(default)]
+    pub grants: Grants,
+    #[serde(default)]
+    pub update_strategy: UpdateStrategy,
+    /// Key id (24 hex digits) of the publisher key expected to have signed
+    /// the image.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+}
+
+fn default_memory() -> ByteSize {
+    DEFAULT_MEMORY
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NewRelease {
+    pub version: String,
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct ReleaseView {
+    pub id: String,
+    pub fleet: String,
+    pub version: String,
+    pub created_at: i64,
+    pub services: BTreeMap<String, ServiceSpec>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Pin {
+    /// A release version of the fleet, or null to track the latest.
+    pub release: Option<String>,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EnvValue {
+    pub value: String,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct EnvView {
+    pub name: String,
+    pub value: String,
+}
+
+/// What a device should run.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetState {
+    pub release: Option<ReleaseRef>,
+    pub services: BTreeMap<String, TargetService>,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ReleaseRef {
+    pub id: String,
+    pub version: String,
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TargetService {
+    pub image: String,
+    /// The release's env with fleet and device variables applied.
+    pub env: BTreeMap<String, String>,
+    pub restart: RestartPolicy,
+    pub memory: ByteSize,
+    pub grants: Grants,
+    pub update_strategy: UpdateStrategy,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub signer: Option<String>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_target_state_reads_back_as_written_and_requests_refuse_unknown_fields() {
+        let text = r#"{"release":{"id":"r1","version":"1.0"},"services":{"web":{
+            "image":"example.com/web@sha256:00","env":{"A":"1"},"restart":"on-failure:3",
+            "memory":1048576,"grants":{},"update_strategy":"kill-then-download"}}}"#;
+        let state: TargetState = serde_json::from_str(text).unwrap();
+        let web = &state.services["web"];
+        assert_eq!(web.restart, RestartPolicy::OnFailure { max_restarts: 3 });
+        assert_eq!(web.memory, ByteSize::mib(1));
+        assert_eq!(web.update_strategy, UpdateStrategy::KillThenDownload);
+        let again: TargetState =
+            serde_json::from_str(&serde_json::to_string(&state).unwrap()).unwrap();
+        assert_eq!(again, state);
+
+        let err = serde_json::from_str::<Register>(
+            r#"{"uuid":"d","arch":"x86_64","agent_version":"1","fleet":"x"}"#,
+        )
+        .unwrap_err();
+        assert!(err.to_string().contains("unknown field `fleet`"), "{err}");
+    }
+}
