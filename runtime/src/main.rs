@@ -223,8 +223,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         status_path.clone(),
     ));
 
-    let mut following = match fleet {
-        Some((config, store, uuid)) => Some(tokio::spawn(follow_cloud(Agent {
+    let mut following = fleet.map(|(config, store, uuid)| {
+        tokio::spawn(follow_cloud(Agent {
             config,
             store,
             uuid,
@@ -232,9 +232,8 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             device: device.clone(),
             services_dir: services_dir.clone(),
             status_path: status_path.clone(),
-        }))),
-        None => None,
-    };
+        }))
+    });
     let mut next = target;
     let mut failed = None;
     loop {
