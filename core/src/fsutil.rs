@@ -7,8 +7,18 @@ use std::path::{Path, PathBuf};
 /// Writes `bytes` to `path` so that a reader sees the old file or the whole
 /// new one, never a part: write a temporary file, fsync it, rename it over.
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o644)
+}
+
+/// [`write_atomic`] for a secret: the file is created readable and
+/// writable by its owner only, so no other user ever sees its bytes.
+pub fn write_atomic_private(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
+    write_atomic_mode(path, bytes, 0o600)
+}
+
+fn write_atomic_mode(path: &Path, bytes: &[u8], mode: u32) -> std::io::Result<()> {
     let dir = path.parent().unwrap_or(Path::new("."));
-    let mut tmp = tempfile_in(dir, path)?;
+    let mut tmp = tempfile_in(dir, path, mode)?;
     let result = (|| {
         tmp.1.write_all(bytes)?;
         tmp.1.sync_all()?;
@@ -22,7 +32,8 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
     result
 }
 
-fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, File)> {
+fn tempfile_in(dir: &Path, target: &Path, mode: u32) -> std::io::Result<(PathBuf, File)> {
+    use std::os::unix::fs::OpenOptionsExt as _;
     let name = target
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
@@ -32,6 +43,7 @@ fn tempfile_in(dir: &Path, target: &Path) -> std::io::Result<(PathBuf, File)> {
         match fs::OpenOptions::new()
             .write(true)
             .create_new(true)
+            .mode(mode)
             .open(&tmp)
         {
             Ok(f) => return Ok((tmp, f)),
@@ -57,5 +69,16 @@ mod tests {
         assert_eq!(names.len(), 1);
         let err = write_atomic(&dir.path().join("missing/x"), b"x").unwrap_err();
         assert_eq!(err.kind(), std::io::ErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_private_file_is_readable_by_its_owner_only() {
+        use std::os::unix::fs::PermissionsExt as _;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("device.key");
+        write_atomic_private(&path, b"secret").unwrap();
+        let mode = fs::metadata(&path).unwrap().permissions().mode();
+        assert_eq!(mode & 0o777, 0o600);
+        assert_eq!(fs::read(&path).unwrap(), b"secret");
     }
 }

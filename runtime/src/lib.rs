@@ -18,6 +18,7 @@
 //! # Ok(()) }
 //! ```
 
+pub mod agent;
 mod cache;
 mod engine;
 pub mod images;

@@ -17,13 +17,13 @@ use crate::kelpd::Device;
 use crate::registry::{TestCloud, kelp, sha256, text};
 
 /// A key pair from `kelp key generate`, and files signed with it.
-struct Publisher {
+pub(crate) struct Publisher {
     dir: tempfile::TempDir,
-    key_id: String,
+    pub(crate) key_id: String,
 }
 
 impl Publisher {
-    fn new() -> Publisher {
+    pub(crate) fn new() -> Publisher {
         let dir = tempfile::tempdir().unwrap();
         let out = kelp(
             &["key", "generate", "-o", dir.path().to_str().unwrap()],
@@ -39,12 +39,12 @@ impl Publisher {
         Publisher { dir, key_id }
     }
 
-    fn public(&self) -> PathBuf {
+    pub(crate) fn public(&self) -> PathBuf {
         self.dir.path().join("kelp.pub")
     }
 
     /// `input` signed with this key, as a new file named `name`.
-    fn sign(&self, input: &Path, name: &str) -> PathBuf {
+    pub(crate) fn sign(&self, input: &Path, name: &str) -> PathBuf {
         let out_path = self.dir.path().join(name);
         let out = kelp(
             &[
@@ -63,7 +63,7 @@ impl Publisher {
 }
 
 /// Pushes `file` to `repo:v1` and returns the image pinned by digest.
-fn push(cloud: &TestCloud, file: &Path, repo: &str) -> String {
+pub(crate) fn push(cloud: &TestCloud, file: &Path, repo: &str) -> String {
     let to = format!("{}/{repo}:v1", cloud.addr);
     let out = kelp(
         &["push", file.to_str().unwrap(), "--to", &to],

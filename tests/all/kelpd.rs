@@ -16,6 +16,8 @@ pub(crate) struct Device {
     out: Arc<Mutex<String>>,
     err: Arc<Mutex<String>>,
     data: tempfile::TempDir,
+    /// `--local` or `--config`, and the file it names.
+    mode: &'static str,
     target: PathBuf,
     args: Vec<OsString>,
 }
@@ -30,14 +32,32 @@ impl Device {
         let data = tempfile::tempdir().unwrap();
         let target_path = data.path().join("local.toml");
         std::fs::write(&target_path, target).unwrap();
-        let (child, out, err) = spawn(data.path(), &target_path, &args);
+        let (child, out, err) = spawn(data.path(), "--local", &target_path, &args);
         Device {
             child,
             out,
             err,
             data,
+            mode: "--local",
             target: target_path,
             args,
+        }
+    }
+
+    /// Starts kelpd as a device of a fleet, with this config file.
+    pub(crate) fn start_in_fleet(config: &str) -> Device {
+        let data = tempfile::tempdir().unwrap();
+        let config_path = data.path().join("device.toml");
+        std::fs::write(&config_path, config).unwrap();
+        let (child, out, err) = spawn(data.path(), "--config", &config_path, &[]);
+        Device {
+            child,
+            out,
+            err,
+            data,
+            mode: "--config",
+            target: config_path,
+            args: Vec::new(),
         }
     }
 
@@ -46,7 +66,8 @@ impl Device {
     pub(crate) fn power_cycle(&mut self) {
         let _ = self.child.kill();
         let _ = self.child.wait();
-        (self.child, self.out, self.err) = spawn(self.data.path(), &self.target, &self.args);
+        (self.child, self.out, self.err) =
+            spawn(self.data.path(), self.mode, &self.target, &self.args);
     }
 
     /// Sends SIGTERM and waits for kelpd to exit; returns how it exited and
@@ -132,11 +153,12 @@ impl Device {
 
 fn spawn(
     data: &Path,
+    mode: &str,
     target: &Path,
     args: &[OsString],
 ) -> (Child, Arc<Mutex<String>>, Arc<Mutex<String>>) {
     let mut child = Command::new(binary("kelpd"))
-        .arg("--local")
+        .arg(mode)
         .arg(target)
         .arg("--data-dir")
         .arg(data.join("var"))

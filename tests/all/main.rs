@@ -4,6 +4,7 @@
 
 mod support;
 
+mod agent;
 mod engine;
 mod hardware;
 mod images;
