@@ -30,7 +30,7 @@ pub use digest::{Digest, DigestError};
 pub use manifest::{
     DEFAULT_MEMORY, GpioGrant, GpioMode, Grants, I2cGrant, MANIFEST_SECTION, MAX_I2C_ADDRESS,
     MAX_MANIFEST_SIZE, MAX_NAME_LEN, Manifest, ManifestError, ManifestFileError, NetworkGrant,
-    embed, extract, read_manifest_file, valid_label,
+    embed, extract, read_manifest_file, valid_label, valid_service_name,
 };
 pub use signature::{
     Inspection, KeyError, KeyId, MAX_HASH_SETS, MAX_HASHES, MAX_KEY_FILE_SIZE, MAX_SIGNATURES,

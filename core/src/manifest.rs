@@ -138,6 +138,20 @@ impl Grants {
     }
 }
 
+/// Whether `name` may name a service: 1 to [`MAX_NAME_LEN`] lowercase
+/// letters, digits, `-` and `_`, starting with a letter or digit. The same
+/// rule everywhere a service is named: manifests, target files, releases
+/// and the supervisor.
+pub fn valid_service_name(name: &str) -> bool {
+    let bytes = name.as_bytes();
+    !bytes.is_empty()
+        && bytes.len() <= MAX_NAME_LEN
+        && bytes[0].is_ascii_alphanumeric()
+        && bytes
+            .iter()
+            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
+}
+
 /// Whether `label` may name a pin, bus or network: what a device's hardware
 /// map and a manifest can both spell.
 pub fn valid_label(label: &str) -> bool {
@@ -278,14 +292,7 @@ impl Manifest {
     }
 
     fn validate(&self) -> Result<(), ManifestError> {
-        let name_ok = !self.name.is_empty()
-            && self.name.len() <= MAX_NAME_LEN
-            && self.name.starts_with(|c: char| c.is_ascii_alphanumeric())
-            && self
-                .name
-                .chars()
-                .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-' || c == '_');
-        if !name_ok {
+        if !valid_service_name(&self.name) {
             return Err(ManifestError::Name(self.name.clone()));
         }
         if self.version.trim().is_empty() {
@@ -442,6 +449,16 @@ mod tests {
         let err = Manifest::from_toml(&TOML.replace("[grants.i2c.sensors]", "[grants.usb.x]"))
             .unwrap_err();
         assert!(err.to_string().contains("usb"), "{err}");
+    }
+
+    #[test]
+    fn service_names_are_safe_directory_names() {
+        for good in ["hello", "a", "sensor-1", "x_y", "0day"] {
+            assert!(valid_service_name(good), "{good}");
+        }
+        for bad in ["", "..", "a/b", "Hello", "-x", "a b", &"x".repeat(64)] {
+            assert!(!valid_service_name(bad), "{bad}");
+        }
     }
 
     #[test]

@@ -461,12 +461,9 @@ pub fn services(
     let mut services = Vec::new();
     let mut refused = BTreeMap::new();
     for (name, s) in &target.services {
-        if name.is_empty()
-            || name.len() > 63
-            || !name
-                .bytes()
-                .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_')
-        {
+        // Refused before its image is fetched; the supervisor would refuse
+        // it after.
+        if !kelp_core::valid_service_name(name) {
             refused.insert(name.clone(), "not a valid service name".to_owned());
             continue;
         }

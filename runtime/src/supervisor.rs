@@ -106,7 +106,7 @@ impl Supervisor {
     }
 
     fn check(&self, spec: &ServiceSpec) -> Result<(), SupervisorError> {
-        if !valid_name(&spec.name) {
+        if !kelp_core::valid_service_name(&spec.name) {
             return Err(SupervisorError::BadName(spec.name.clone()));
         }
         let max = self.runtime.max_service_memory();
@@ -320,16 +320,6 @@ async fn futures_join<F: std::future::Future<Output = ServiceStatus> + Send + 's
     }
 }
 
-fn valid_name(name: &str) -> bool {
-    let bytes = name.as_bytes();
-    !bytes.is_empty()
-        && bytes.len() <= 63
-        && bytes[0].is_ascii_alphanumeric()
-        && bytes
-            .iter()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
-}
-
 fn file_digest(spec: &ServiceSpec) -> Option<Digest> {
     let bytes = std::fs::read(&spec.module).ok()?;
     Some(Digest::from_bytes(Sha256::digest(&bytes).into()))
@@ -341,19 +331,4 @@ fn create_private_dir(dir: &std::path::Path) -> std::io::Result<()> {
         .recursive(true)
         .mode(0o700)
         .create(dir)
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn service_names_are_safe_directory_names() {
-        for good in ["hello", "a", "sensor-1", "x_y", "0day"] {
-            assert!(valid_name(good), "{good}");
-        }
-        for bad in ["", "..", "a/b", "Hello", "-x", "a b", &"x".repeat(64)] {
-            assert!(!valid_name(bad), "{bad}");
-        }
-    }
 }
