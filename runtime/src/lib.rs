@@ -39,7 +39,7 @@ pub use engine::{
     EngineConfig, EngineError,
 };
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
-pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind};
+pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, read_module};
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};
 pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};
 

@@ -220,7 +220,22 @@ impl Loader {
             self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(program);
         }
-        if !self.trusted_keys.is_empty() {
+        // A verified file's manifest comes with the verification (checked
+        // against the file's kind); an unchecked file's is read as it is.
+        let manifest = if self.trusted_keys.is_empty() {
+            kelp_core::extract(&bytes).map_err(|error| match error {
+                // Not a manifest problem: the file itself is broken.
+                kelp_core::ManifestError::Wasm(e) => LoadError::Invalid {
+                    path: name.to_owned(),
+                    kind,
+                    message: e.to_string(),
+                },
+                error => LoadError::Manifest {
+                    path: name.to_owned(),
+                    error,
+                },
+            })?
+        } else {
             let verified = kelp_core::verify(&bytes, &self.trusted_keys).map_err(|error| {
                 LoadError::Untrusted {
                     path: name.to_owned(),
@@ -228,19 +243,8 @@ impl Loader {
                 }
             })?;
             tracing::debug!(module = name, signers = ?verified.key_ids, "signature verified");
-        }
-        let manifest = kelp_core::extract(&bytes).map_err(|error| match error {
-            // Not a manifest problem: the file itself is broken.
-            kelp_core::ManifestError::Wasm(e) => LoadError::Invalid {
-                path: name.to_owned(),
-                kind,
-                message: e.to_string(),
-            },
-            error => LoadError::Manifest {
-                path: name.to_owned(),
-                error,
-            },
-        })?;
+            verified.manifest
+        };
         // Compiling is CPU work measured in milliseconds to seconds: keep it
         // off the threads that run services and the supervisor.
         let this = self.clone();
@@ -391,7 +395,9 @@ fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
-async fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
+/// Reads a `.wasm` file for [`crate::Runtime::load_bytes`], refusing what
+/// cannot be a module (a directory, a file over [`MAX_MODULE_SIZE`]).
+pub async fn read_module(path: &Path) -> Result<Vec<u8>, LoadError> {
     // One trip to the blocking pool for the whole read: each trip is a
     // wake-up from another thread, which a busy executor serves late.
     let owned = path.to_owned();
