@@ -18,6 +18,7 @@ use crate::backend::{
     Bias, GpioBackend, GpioLine, HwError, I2cBackend, I2cBus, I2cError, I2cOp, LineEvents,
     LineRequest,
 };
+use crate::device::lock;
 use crate::map::LineId;
 
 /// GPIO lines of the kernel's `/dev/gpiochipN` devices.
@@ -190,7 +191,7 @@ impl I2cBus for DevBus {
                     .with_flags(flags(I2CMessageFlags::empty())),
             })
             .collect();
-        let mut bus = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut bus = lock(&self.0);
         bus.transfer(&mut messages).map(drop).map_err(|e| match e {
             LinuxI2CError::Errno(errno) => errno_error(errno),
             LinuxI2CError::Io(e) => e

@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -14,14 +14,11 @@ use crate::backend::{
     Bias, GpioBackend, GpioLine, HwError, I2cBackend, I2cBus, I2cError, I2cOp, LineEvents,
     LineRequest,
 };
+use crate::device::lock;
 use crate::map::{HardwareMap, LineId, SimDeviceKind};
 
 /// Level changes a simulated line remembers, oldest dropped first.
 pub const HISTORY: usize = 4096;
-
-fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// The simulated hardware of one device: every line and bus its map names.
 pub struct Simulator {
