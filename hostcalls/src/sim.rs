@@ -76,6 +76,14 @@ impl Simulator {
         self.gpio.lines.get(id).cloned()
     }
 
+    /// Every line, with its label.
+    pub fn lines(&self) -> impl Iterator<Item = (&str, Arc<SimLine>)> + '_ {
+        self.map
+            .gpio
+            .iter()
+            .filter_map(|(label, b)| Some((label.as_str(), self.gpio.lines.get(&b.line)?.clone())))
+    }
+
     /// The bus a label names.
     pub fn bus(&self, label: &str) -> Option<Arc<SimBus>> {
         let path = &self.map.i2c.get(label)?.bus;

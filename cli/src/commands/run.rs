@@ -2,7 +2,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Write;
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
@@ -102,9 +102,17 @@ impl RunArgs {
             Some(path) => Some(kelp_core::read_manifest_file(path)?.grants),
             None => None,
         };
+        // Read once: the embedded manifest's grants shape a simulated
+        // device, and the same bytes are then loaded.
+        let bytes = kelp_runtime::read_module(&self.file).await?;
         let manifest_grants = match &grants {
             Some(g) => g.clone(),
-            None => embedded_grants(&self.file),
+            // A file that is not Wasm gets its clear error from the loader.
+            None => kelp_core::extract(&bytes)
+                .ok()
+                .flatten()
+                .map(|m| m.grants)
+                .unwrap_or_default(),
         };
         let hardware = match &self.hardware_map {
             Some(path) => HardwareMap::load(path)?,
@@ -141,7 +149,9 @@ impl RunArgs {
         // Load first, so a bad file is one clear error rather than a service
         // that fails to start.
         // Held for the whole run, so the service's own load finds it ready.
-        let _program = runtime.load_file(&self.file).await?;
+        let _program = runtime
+            .load_bytes(&self.file.display().to_string(), bytes)
+            .await?;
 
         let scratch;
         let data_dir = match self.data {
@@ -166,7 +176,7 @@ impl RunArgs {
             ..ServiceSpec::new(name, &self.file)
         };
         if let Some(sim) = hardware.simulator() {
-            tokio::spawn(print_outputs(hardware.clone(), sim.clone()));
+            print_outputs(sim);
             read_settings(sim.clone());
         }
         let supervisor = Supervisor::new(runtime);
@@ -193,16 +203,6 @@ impl RunArgs {
             u8::try_from(exit.exit_code() & 0xff).unwrap_or(1),
         ))
     }
-}
-
-/// The grants in the file's embedded manifest, if it has one. A file that
-/// cannot be read or parsed gets its clear error from the loader, next.
-fn embedded_grants(file: &Path) -> Grants {
-    std::fs::read(file)
-        .ok()
-        .and_then(|bytes| kelp_core::extract(&bytes).ok().flatten())
-        .map(|m| m.grants)
-        .unwrap_or_default()
 }
 
 /// A simulated line for each granted GPIO label and an empty bus for each
@@ -235,16 +235,10 @@ fn sim_map(grants: &Grants) -> HardwareMap {
 }
 
 /// Prints each change of a simulated line: `kelp: sim led = 1`.
-async fn print_outputs(hardware: Arc<Hardware>, sim: Arc<Simulator>) {
-    let mut watches = Vec::new();
-    for label in hardware.map().gpio.keys() {
-        if let Some(line) = sim.line(label) {
-            watches.push((label.clone(), line.subscribe()));
-        }
-    }
-    let mut set = tokio::task::JoinSet::new();
-    for (label, mut events) in watches {
-        set.spawn(async move {
+fn print_outputs(sim: &Simulator) {
+    for (label, line) in sim.lines() {
+        let (label, mut events) = (label.to_owned(), line.subscribe());
+        tokio::spawn(async move {
             let mut level = events.borrow_and_update().high;
             while events.changed().await.is_ok() {
                 let now = events.borrow_and_update().high;
@@ -255,7 +249,6 @@ async fn print_outputs(hardware: Arc<Hardware>, sim: Arc<Simulator>) {
             }
         });
     }
-    while set.join_next().await.is_some() {}
 }
 
 /// Applies `--sim-set` style lines typed on standard input. A plain thread:
