@@ -152,7 +152,11 @@ impl Supervisor {
     }
 
     fn spawn(&self, spec: ServiceSpec, program: Option<Arc<Program>>) -> Entry {
-        let module_digest = file_digest(&spec);
+        // A loaded program is the file's digest already.
+        let module_digest = match &program {
+            Some(p) => Some(p.digest()),
+            None => file_digest(&spec),
+        };
         if let Some(dir) = &spec.data_dir
             && let Err(error) = create_private_dir(dir)
         {
@@ -223,6 +227,22 @@ impl Supervisor {
                 Err(e) => report.rejected.push((spec.name.clone(), e.to_string())),
             }
         }
+        // The module files of services that run now are read and hashed
+        // before the lock is taken: status readers and starts must not wait
+        // on the disk.
+        let running: Vec<String> = self
+            .lock()
+            .keys()
+            .filter(|name| wanted.contains_key(*name))
+            .cloned()
+            .collect();
+        let digests: BTreeMap<String, Option<Digest>> = running
+            .into_iter()
+            .map(|name| {
+                let digest = file_digest(&wanted[&name]);
+                (name, digest)
+            })
+            .collect();
         // First decide, touching nothing.
         let mut gone = Vec::new();
         let mut changed = Vec::new();
@@ -238,7 +258,10 @@ impl Supervisor {
             for (name, spec) in wanted {
                 match services.get(&name) {
                     None => new.push(spec),
-                    Some(e) if *e.handle.spec == spec && e.module_digest == file_digest(&spec) => {
+                    Some(e)
+                        if *e.handle.spec == spec
+                            && digests.get(&name).is_some_and(|d| e.module_digest == *d) =>
+                    {
                         report.unchanged.push(name);
                     }
                     Some(_) => changed.push(spec),
