@@ -296,42 +296,40 @@ async fn two_services_cannot_hold_one_line() {
     assert_eq!(status.last_exit, Some(ExitReason::Exited { code: 0 }));
 }
 
-/// `kelp run` as the README shows it.
-fn kelp_run(args: &[&str], stdin: &str) -> std::process::Output {
-    use std::io::Write;
+/// `kelp run ARGS…` from the repository's root, as the README shows it,
+/// with its standard streams piped.
+fn kelp_run_command(args: &[&str]) -> std::process::Command {
     use std::process::{Command, Stdio};
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new(kelp_tests::binary("kelp"))
-        .arg("run")
+    let mut cmd = Command::new(kelp_tests::binary("kelp"));
+    cmd.arg("run")
         .args(args)
-        .current_dir(&root)
+        .current_dir(Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
         .stdin(Stdio::piped())
         .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let mut input = child.stdin.take().unwrap();
-    input.write_all(stdin.as_bytes()).unwrap();
-    drop(input);
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// Runs `kelp run ARGS…` with nothing on standard input, to its end.
+fn kelp_run(args: &[&str]) -> std::process::Output {
+    let mut child = kelp_run_command(args).spawn().unwrap();
+    drop(child.stdin.take());
     child.wait_with_output().unwrap()
 }
 
 #[test]
 fn kelp_run_simulates_the_led_and_the_sensor() {
-    let out = kelp_run(
-        &[
-            BLINKY,
-            "--manifest",
-            "sample-modules/blinky/kelp.toml",
-            "--hardware-map",
-            "sample-modules/hardware-sim.toml",
-            "--env",
-            "BLINK_MS=20",
-            "--env",
-            "BLINK_COUNT=4",
-        ],
-        "",
-    );
+    let out = kelp_run(&[
+        BLINKY,
+        "--manifest",
+        "sample-modules/blinky/kelp.toml",
+        "--hardware-map",
+        "sample-modules/hardware-sim.toml",
+        "--env",
+        "BLINK_MS=20",
+        "--env",
+        "BLINK_COUNT=4",
+    ]);
     let (stdout, stderr) = (
         String::from_utf8_lossy(&out.stdout),
         String::from_utf8_lossy(&out.stderr),
@@ -352,20 +350,17 @@ fn kelp_run_simulates_the_led_and_the_sensor() {
         ]
     );
 
-    let out = kelp_run(
-        &[
-            THERMOMETER,
-            "--manifest",
-            "sample-modules/thermometer/kelp.toml",
-            "--hardware-map",
-            "sample-modules/hardware-sim.toml",
-            "--sim-set",
-            "sensors/0x48/temperature=23.5",
-            "--env",
-            "READINGS=1",
-        ],
-        "",
-    );
+    let out = kelp_run(&[
+        THERMOMETER,
+        "--manifest",
+        "sample-modules/thermometer/kelp.toml",
+        "--hardware-map",
+        "sample-modules/hardware-sim.toml",
+        "--sim-set",
+        "sensors/0x48/temperature=23.5",
+        "--env",
+        "READINGS=1",
+    ]);
     assert!(
         out.status.success(),
         "{}",
@@ -380,23 +375,16 @@ fn kelp_run_simulates_the_led_and_the_sensor() {
 #[test]
 fn kelp_run_takes_button_presses_from_standard_input() {
     use std::io::{BufRead, BufReader, Read, Write};
-    use std::process::{Command, Stdio};
     // No map: `sim` makes a line for each label the manifest grants.
-    let root = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
-    let mut child = Command::new(kelp_tests::binary("kelp"))
-        .args([
-            "run",
-            BUTTON,
-            "--manifest",
-            "sample-modules/button/kelp.toml",
-        ])
-        .args(["--env", "PRESSES=2"])
-        .current_dir(&root)
-        .stdin(Stdio::piped())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let mut child = kelp_run_command(&[
+        BUTTON,
+        "--manifest",
+        "sample-modules/button/kelp.toml",
+        "--env",
+        "PRESSES=2",
+    ])
+    .spawn()
+    .unwrap();
     let mut stdout = BufReader::new(child.stdout.take().unwrap());
     let mut line = String::new();
     stdout.read_line(&mut line).unwrap();
@@ -427,16 +415,13 @@ fn kelp_run_refuses_a_bad_map_or_setting_before_starting() {
         "[gpio.led]\nchip = \"/etc/passwd\"\nline = 1\n",
     )
     .unwrap();
-    let out = kelp_run(
-        &[
-            BLINKY,
-            "--manifest",
-            "sample-modules/blinky/kelp.toml",
-            "--hardware-map",
-            bad_map.path().to_str().unwrap(),
-        ],
-        "",
-    );
+    let out = kelp_run(&[
+        BLINKY,
+        "--manifest",
+        "sample-modules/blinky/kelp.toml",
+        "--hardware-map",
+        bad_map.path().to_str().unwrap(),
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
@@ -445,16 +430,13 @@ fn kelp_run_refuses_a_bad_map_or_setting_before_starting() {
     );
     assert!(out.stdout.is_empty());
 
-    let out = kelp_run(
-        &[
-            THERMOMETER,
-            "--manifest",
-            "sample-modules/thermometer/kelp.toml",
-            "--sim-set",
-            "sensors/0x48/temperature=20",
-        ],
-        "",
-    );
+    let out = kelp_run(&[
+        THERMOMETER,
+        "--manifest",
+        "sample-modules/thermometer/kelp.toml",
+        "--sim-set",
+        "sensors/0x48/temperature=20",
+    ]);
     assert_eq!(out.status.code(), Some(1));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(
