@@ -100,14 +100,6 @@ pub struct TokenInfo {
     pub created_at: i64,
 }
 
-/// A stored secret found by its hash: whose it is, and the hash as stored,
-/// which the caller compares in constant time.
-#[derive(Clone, Debug)]
-pub struct Found {
-    pub owner: String,
-    pub hash: String,
-}
-
 pub enum Revoke {
     Revoked,
     NotFound,
@@ -373,20 +365,13 @@ impl Db {
             .collect()
     }
 
-    /// The live token with this hash.
-    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<Found>, DbError> {
-        let row =
-            sqlx::query("SELECT id, hash FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match row {
-            Some(r) => Some(Found {
-                owner: r.try_get("id")?,
-                hash: r.try_get("hash")?,
-            }),
-            None => None,
-        })
+    /// The id of the live token with this hash.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
 
     /// Whether a token with this hash was revoked.
@@ -544,20 +529,14 @@ impl Db {
     }
 
     /// The fleet whose live provisioning key has this hash.
-    pub async fn provisioning_key_by_hash(&self, hash: &str) -> Result<Option<Found>, DbError> {
+    pub async fn provisioning_key_by_hash(&self, hash: &str) -> Result<Option<String>, DbError> {
         let row = sqlx::query(
-            "SELECT fleet, hash FROM provisioning_keys WHERE hash = $1 AND revoked_at IS NULL",
+            "SELECT fleet FROM provisioning_keys WHERE hash = $1 AND revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            Some(r) => Some(Found {
-                owner: r.try_get("fleet")?,
-                hash: r.try_get("hash")?,
-            }),
-            None => None,
-        })
+        Ok(row.map(|r| r.try_get("fleet")).transpose()?)
     }
 
     // --- devices ---
@@ -627,19 +606,13 @@ impl Db {
         Ok(registered)
     }
 
-    /// The device whose key has this hash.
-    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<Found>, DbError> {
-        let row = sqlx::query("SELECT uuid, key_hash FROM devices WHERE key_hash = $1")
+    /// The uuid of the device whose key has this hash.
+    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT uuid FROM devices WHERE key_hash = $1")
             .bind(hash)
             .fetch_optional(&self.pool)
             .await?;
-        Ok(match row {
-            Some(r) => Some(Found {
-                owner: r.try_get("uuid")?,
-                hash: r.try_get("key_hash")?,
-            }),
-            None => None,
-        })
+        Ok(row.map(|r| r.try_get("uuid")).transpose()?)
     }
 
     /// Up to `limit` devices (of `fleet`, if given) whose uuids sort after
