@@ -606,13 +606,15 @@ impl Db {
         Ok(registered)
     }
 
-    /// The uuid of the device whose key has this hash.
-    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<String>, DbError> {
-        let row = sqlx::query("SELECT uuid FROM devices WHERE key_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(row.map(|r| r.try_get("uuid")).transpose()?)
+    /// The device whose key has this hash.
+    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<DeviceRow>, DbError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE key_hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(device_row).transpose()?)
     }
 
     /// Up to `limit` devices (of `fleet`, if given) whose uuids sort after

@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::ControlPlane;
+use crate::db::DeviceRow;
 use crate::secret;
 
 /// Largest JSON request body. A release with the most services, each with
@@ -95,9 +96,10 @@ impl FromRequestParts<ControlPlane> for User {
     }
 }
 
-/// A device calling with its device key; the device's uuid.
+/// A device calling with its device key; the device as found by its key,
+/// so a handler needs no second read to learn its fleet.
 pub struct DeviceKey {
-    pub uuid: String,
+    pub device: DeviceRow,
 }
 
 impl FromRequestParts<ControlPlane> for DeviceKey {
@@ -106,7 +108,7 @@ impl FromRequestParts<ControlPlane> for DeviceKey {
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let key = bearer(parts)?;
         match cp.db.device_key_by_hash(&secret::hash(key)).await? {
-            Some(uuid) => Ok(DeviceKey { uuid }),
+            Some(device) => Ok(DeviceKey { device }),
             None => Err(ApiError::unauthorized(
                 "the device key is not valid or was replaced by a later registration",
             )),

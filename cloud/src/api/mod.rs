@@ -608,16 +608,17 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 /// most [`MAX_WAIT`]) pass.
 async fn device_state(
     State(cp): State<ControlPlane>,
-    device: DeviceKey,
+    DeviceKey { device }: DeviceKey,
     q: Result<Query<StateQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    // Subscribe before the first read, so a change between that read and
-    // the wait still wakes this request.
-    let fleet = find_device(&cp, &device.uuid).await?.fleet;
+    // The fleet the key found holds for the whole wait: a device never
+    // moves to another. Subscribe before reading the target, so a change
+    // between that read and the wait still wakes this request.
+    let fleet = device.fleet;
     let mut changes = cp.changes.subscribe(&fleet);
     let mut stopping = cp.changes.stopping();
     cp.db.touch_device(&device.uuid).await?;
@@ -677,10 +678,9 @@ async fn device_state(
 /// `PATCH /device/v1/state`: the calling device says what changed.
 async fn report_state(
     State(cp): State<ControlPlane>,
-    device: DeviceKey,
+    DeviceKey { device: row }: DeviceKey,
     JsonBody(body): JsonBody<CurrentState>,
 ) -> Result<Response, ApiError> {
-    let row = find_device(&cp, &device.uuid).await?;
     if let Some(id) = &body.release {
         check_id("release", id)?;
         let known = match cp.db.release_by_id(id).await? {
@@ -732,7 +732,7 @@ async fn report_state(
 /// `POST /device/v1/logs`: a batch of the calling device's log lines.
 async fn upload_logs(
     State(cp): State<ControlPlane>,
-    device: DeviceKey,
+    DeviceKey { device }: DeviceKey,
     JsonBody(body): JsonBody<LogBatch>,
 ) -> Result<Response, ApiError> {
     if body.lines.len() > MAX_LOG_BATCH {
