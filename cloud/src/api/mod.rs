@@ -710,11 +710,8 @@ async fn report_state(
                     r.memory.map(i64::try_from).transpose().map_err(|_| {
                         ApiError::field(format!("{at}.memory"), "memory is too large")
                     })?;
-                let state = serde_json::to_value(r.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .ok_or_else(|| ApiError::Internal("a service state has no name".into()))?;
-                Some((state, memory))
+                // Display spells a state as its JSON name does.
+                Some((r.state.to_string(), memory))
             }
             None => None,
         };
