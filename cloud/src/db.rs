@@ -193,6 +193,8 @@ pub struct EnvRow {
     pub value: String,
 }
 
+const FLEET_COLUMNS: &str = "name, created_at, pinned_release";
+const ENV_COLUMNS: &str = "device, service, name, value";
 const RELEASE_COLUMNS: &str = "id, fleet, seq, version, services, created_at";
 const DEVICE_COLUMNS: &str = "uuid, fleet, name, arch, agent_version, pinned_release, \
      current_release, created_at, last_seen";
@@ -219,6 +221,15 @@ fn device_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow, sqlx::Error> {
         current_release: row.try_get("current_release")?,
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
+    })
+}
+
+fn env_row(row: &sqlx::any::AnyRow) -> Result<EnvRow, sqlx::Error> {
+    Ok(EnvRow {
+        device: row.try_get("device")?,
+        service: row.try_get("service")?,
+        name: row.try_get("name")?,
+        value: row.try_get("value")?,
     })
 }
 
@@ -459,18 +470,19 @@ impl Db {
     }
 
     pub async fn fleets(&self) -> Result<Vec<FleetRow>, DbError> {
-        let rows = sqlx::query("SELECT name, created_at, pinned_release FROM fleets ORDER BY name")
+        let rows = sqlx::query(&format!("SELECT {FLEET_COLUMNS} FROM fleets ORDER BY name"))
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(fleet_row).collect::<Result<_, _>>()?)
     }
 
     pub async fn fleet(&self, name: &str) -> Result<Option<FleetRow>, DbError> {
-        let row =
-            sqlx::query("SELECT name, created_at, pinned_release FROM fleets WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {FLEET_COLUMNS} FROM fleets WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(fleet_row).transpose()?)
     }
 
@@ -803,24 +815,14 @@ impl Db {
 
     /// The variables that apply to one device: its fleet's and its own.
     pub async fn env_for_device(&self, fleet: &str, uuid: &str) -> Result<Vec<EnvRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT device, service, name, value FROM env_vars \
-             WHERE fleet = $1 AND (device = '' OR device = $2)",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM env_vars WHERE fleet = $1 AND (device = '' OR device = $2)"
+        ))
         .bind(fleet)
         .bind(uuid)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EnvRow {
-                    device: r.try_get("device")?,
-                    service: r.try_get("service")?,
-                    name: r.try_get("name")?,
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(env_row).collect::<Result<_, _>>()?)
     }
 
     /// The variables set at one scope (`device` and `service` empty for
@@ -831,25 +833,16 @@ impl Db {
         device: &str,
         service: &str,
     ) -> Result<Vec<EnvRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT device, service, name, value FROM env_vars \
-             WHERE fleet = $1 AND device = $2 AND service = $3 ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM env_vars \
+             WHERE fleet = $1 AND device = $2 AND service = $3 ORDER BY name"
+        ))
         .bind(fleet)
         .bind(device)
         .bind(service)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EnvRow {
-                    device: r.try_get("device")?,
-                    service: r.try_get("service")?,
-                    name: r.try_get("name")?,
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(env_row).collect::<Result<_, _>>()?)
     }
 
     pub async fn set_env(&self, fleet: &str, v: &EnvRow) -> Result<(), DbError> {
