@@ -156,17 +156,29 @@ async fn revoke_token(
 
 // --- fleets ---
 
-async fn fleet_view(cp: &ControlPlane, f: FleetRow) -> Result<FleetView, ApiError> {
-    let pinned = match &f.pinned_release {
-        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
-        None => None,
+/// The version of release `id`, read only if it is not `known` already.
+async fn version_of(
+    cp: &ControlPlane,
+    id: Option<&str>,
+    known: Option<&ReleaseRow>,
+) -> Result<Option<String>, ApiError> {
+    let Some(id) = id else {
+        return Ok(None);
     };
-    let latest = cp.db.latest_release(&f.name).await?.map(|r| r.version);
+    if let Some(r) = known.filter(|r| r.id == id) {
+        return Ok(Some(r.version.clone()));
+    }
+    Ok(cp.db.release_by_id(id).await?.map(|r| r.version))
+}
+
+async fn fleet_view(cp: &ControlPlane, f: FleetRow) -> Result<FleetView, ApiError> {
+    let latest = cp.db.latest_release(&f.name).await?;
+    let pinned = version_of(cp, f.pinned_release.as_deref(), latest.as_ref()).await?;
     Ok(FleetView {
         name: f.name,
         created_at: f.created_at,
         pinned_release: pinned,
-        latest_release: latest,
+        latest_release: latest.map(|r| r.version),
     })
 }
 
@@ -353,15 +365,11 @@ async fn find_device(cp: &ControlPlane, uuid: &str) -> Result<DeviceRow, ApiErro
 }
 
 async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiError> {
-    let pinned = match &d.pinned_release {
-        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
-        None => None,
-    };
-    let target = cp.db.target_release(&d).await?.map(|r| r.version);
-    let current = match &d.current_release {
-        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
-        None => None,
-    };
+    // A pinned device's target is its pin, and a device that is up to date
+    // runs its target: neither is read a second time.
+    let target = cp.db.target_release(&d).await?;
+    let pinned = version_of(cp, d.pinned_release.as_deref(), target.as_ref()).await?;
+    let current = version_of(cp, d.current_release.as_deref(), target.as_ref()).await?;
     let services = cp
         .db
         .device_services(&d.uuid)
@@ -386,7 +394,7 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
         last_seen: d.last_seen,
         created_at: d.created_at,
         pinned_release: pinned,
-        target_release: target,
+        target_release: target.map(|r| r.version),
         current_release: current,
         services,
     })
