@@ -323,6 +323,12 @@ impl Db {
         }
     }
 
+    /// Whether this is PostgreSQL (which can announce changes to other
+    /// processes) rather than SQLite.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
     /// Closes every connection, waiting for queries in flight.
     pub async fn close(&self) {
         self.pool.close().await;

@@ -115,7 +115,7 @@ impl ControlPlane {
     pub async fn open(data: &DataDir, url: &str) -> anyhow::Result<Self> {
         let db = Db::connect(url).await?;
         let changes = Changes::default();
-        if url.starts_with("postgres") {
+        if db.is_postgres() {
             changes::listen(url.to_owned(), changes.clone());
         }
         for hash in &data.tokens {
