@@ -100,14 +100,6 @@ pub struct TokenInfo {
     pub created_at: i64,
 }
 
-/// A stored secret found by its hash: whose it is, and the hash as stored,
-/// which the caller compares in constant time.
-#[derive(Clone, Debug)]
-pub struct Found {
-    pub owner: String,
-    pub hash: String,
-}
-
 pub enum Revoke {
     Revoked,
     NotFound,
@@ -201,6 +193,8 @@ pub struct EnvRow {
     pub value: String,
 }
 
+const FLEET_COLUMNS: &str = "name, created_at, pinned_release";
+const ENV_COLUMNS: &str = "device, service, name, value";
 const RELEASE_COLUMNS: &str = "id, fleet, seq, version, services, created_at";
 const DEVICE_COLUMNS: &str = "uuid, fleet, name, arch, agent_version, pinned_release, \
      current_release, created_at, last_seen";
@@ -227,6 +221,15 @@ fn device_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow, sqlx::Error> {
         current_release: row.try_get("current_release")?,
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
+    })
+}
+
+fn env_row(row: &sqlx::any::AnyRow) -> Result<EnvRow, sqlx::Error> {
+    Ok(EnvRow {
+        device: row.try_get("device")?,
+        service: row.try_get("service")?,
+        name: row.try_get("name")?,
+        value: row.try_get("value")?,
     })
 }
 
@@ -320,6 +323,12 @@ impl Db {
         }
     }
 
+    /// Whether this is PostgreSQL (which can announce changes to other
+    /// processes) rather than SQLite.
+    pub fn is_postgres(&self) -> bool {
+        self.postgres
+    }
+
     /// Closes every connection, waiting for queries in flight.
     pub async fn close(&self) {
         self.pool.close().await;
@@ -373,20 +382,13 @@ impl Db {
             .collect()
     }
 
-    /// The live token with this hash.
-    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<Found>, DbError> {
-        let row =
-            sqlx::query("SELECT id, hash FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(match row {
-            Some(r) => Some(Found {
-                owner: r.try_get("id")?,
-                hash: r.try_get("hash")?,
-            }),
-            None => None,
-        })
+    /// The id of the live token with this hash.
+    pub async fn token_by_hash(&self, hash: &str) -> Result<Option<String>, DbError> {
+        let row = sqlx::query("SELECT id FROM api_tokens WHERE hash = $1 AND revoked_at IS NULL")
+            .bind(hash)
+            .fetch_optional(&self.pool)
+            .await?;
+        Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
 
     /// Whether a token with this hash was revoked.
@@ -474,18 +476,19 @@ impl Db {
     }
 
     pub async fn fleets(&self) -> Result<Vec<FleetRow>, DbError> {
-        let rows = sqlx::query("SELECT name, created_at, pinned_release FROM fleets ORDER BY name")
+        let rows = sqlx::query(&format!("SELECT {FLEET_COLUMNS} FROM fleets ORDER BY name"))
             .fetch_all(&self.pool)
             .await?;
         Ok(rows.iter().map(fleet_row).collect::<Result<_, _>>()?)
     }
 
     pub async fn fleet(&self, name: &str) -> Result<Option<FleetRow>, DbError> {
-        let row =
-            sqlx::query("SELECT name, created_at, pinned_release FROM fleets WHERE name = $1")
-                .bind(name)
-                .fetch_optional(&self.pool)
-                .await?;
+        let row = sqlx::query(&format!(
+            "SELECT {FLEET_COLUMNS} FROM fleets WHERE name = $1"
+        ))
+        .bind(name)
+        .fetch_optional(&self.pool)
+        .await?;
         Ok(row.as_ref().map(fleet_row).transpose()?)
     }
 
@@ -544,20 +547,14 @@ impl Db {
     }
 
     /// The fleet whose live provisioning key has this hash.
-    pub async fn provisioning_key_by_hash(&self, hash: &str) -> Result<Option<Found>, DbError> {
+    pub async fn provisioning_key_by_hash(&self, hash: &str) -> Result<Option<String>, DbError> {
         let row = sqlx::query(
-            "SELECT fleet, hash FROM provisioning_keys WHERE hash = $1 AND revoked_at IS NULL",
+            "SELECT fleet FROM provisioning_keys WHERE hash = $1 AND revoked_at IS NULL",
         )
         .bind(hash)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(match row {
-            Some(r) => Some(Found {
-                owner: r.try_get("fleet")?,
-                hash: r.try_get("hash")?,
-            }),
-            None => None,
-        })
+        Ok(row.map(|r| r.try_get("fleet")).transpose()?)
     }
 
     // --- devices ---
@@ -628,18 +625,14 @@ impl Db {
     }
 
     /// The device whose key has this hash.
-    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<Found>, DbError> {
-        let row = sqlx::query("SELECT uuid, key_hash FROM devices WHERE key_hash = $1")
-            .bind(hash)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => Some(Found {
-                owner: r.try_get("uuid")?,
-                hash: r.try_get("key_hash")?,
-            }),
-            None => None,
-        })
+    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<DeviceRow>, DbError> {
+        let row = sqlx::query(&format!(
+            "SELECT {DEVICE_COLUMNS} FROM devices WHERE key_hash = $1"
+        ))
+        .bind(hash)
+        .fetch_optional(&self.pool)
+        .await?;
+        Ok(row.as_ref().map(device_row).transpose()?)
     }
 
     /// Up to `limit` devices (of `fleet`, if given) whose uuids sort after
@@ -828,24 +821,14 @@ impl Db {
 
     /// The variables that apply to one device: its fleet's and its own.
     pub async fn env_for_device(&self, fleet: &str, uuid: &str) -> Result<Vec<EnvRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT device, service, name, value FROM env_vars \
-             WHERE fleet = $1 AND (device = '' OR device = $2)",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM env_vars WHERE fleet = $1 AND (device = '' OR device = $2)"
+        ))
         .bind(fleet)
         .bind(uuid)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EnvRow {
-                    device: r.try_get("device")?,
-                    service: r.try_get("service")?,
-                    name: r.try_get("name")?,
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(env_row).collect::<Result<_, _>>()?)
     }
 
     /// The variables set at one scope (`device` and `service` empty for
@@ -856,25 +839,16 @@ impl Db {
         device: &str,
         service: &str,
     ) -> Result<Vec<EnvRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT device, service, name, value FROM env_vars \
-             WHERE fleet = $1 AND device = $2 AND service = $3 ORDER BY name",
-        )
+        let rows = sqlx::query(&format!(
+            "SELECT {ENV_COLUMNS} FROM env_vars \
+             WHERE fleet = $1 AND device = $2 AND service = $3 ORDER BY name"
+        ))
         .bind(fleet)
         .bind(device)
         .bind(service)
         .fetch_all(&self.pool)
         .await?;
-        rows.iter()
-            .map(|r| {
-                Ok(EnvRow {
-                    device: r.try_get("device")?,
-                    service: r.try_get("service")?,
-                    name: r.try_get("name")?,
-                    value: r.try_get("value")?,
-                })
-            })
-            .collect()
+        Ok(rows.iter().map(env_row).collect::<Result<_, _>>()?)
     }
 
     pub async fn set_env(&self, fleet: &str, v: &EnvRow) -> Result<(), DbError> {

@@ -29,13 +29,12 @@ pub use changes::Changes;
 pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
 
 use std::fs;
-use std::io::Write as _;
-use std::os::unix::fs::OpenOptionsExt as _;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
+use kelp_core::fsutil::{write_atomic, write_atomic_private};
 use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash};
 
 /// Longest any request may take. Long enough to upload the largest blob the
@@ -71,12 +70,12 @@ impl DataDir {
             Ok(text) => parse_tokens(&text)
                 .with_context(|| format!("cannot read {}", tokens_path.display()))?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-                let token = new_token()?;
+                let token = secret::new_secret("")?;
                 let admin = root.join("admin.token");
-                write_secret(&admin, format!("{token}\n").as_bytes())
+                write_atomic_private(&admin, format!("{token}\n").as_bytes())
                     .with_context(|| format!("cannot write {}", admin.display()))?;
                 let hash = TokenHash::of(&token);
-                kelp_registry::write_atomic(&tokens_path, format!("{hash}\n").as_bytes())
+                write_atomic(&tokens_path, format!("{hash}\n").as_bytes())
                     .with_context(|| format!("cannot write {}", tokens_path.display()))?;
                 new_admin_token = Some(token);
                 vec![hash]
@@ -101,34 +100,6 @@ fn parse_tokens(text: &str) -> anyhow::Result<Vec<TokenHash>> {
         .collect()
 }
 
-/// 32 random bytes from the OS, as hex.
-fn new_token() -> anyhow::Result<String> {
-    let mut bytes = [0u8; 32];
-    getrandom::fill(&mut bytes).map_err(|e| anyhow::anyhow!("no randomness for a token: {e}"))?;
-    Ok(hex::encode(bytes))
-}
-
-/// Writes a file only its owner can read, atomically.
-fn write_secret(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let tmp = dir.join(format!(".admin.token.{}.tmp", std::process::id()));
-    let result = (|| {
-        let mut f = fs::OpenOptions::new()
-            .write(true)
-            .create_new(true)
-            .mode(0o600)
-            .open(&tmp)?;
-        f.write_all(bytes)?;
-        f.sync_all()?;
-        fs::rename(&tmp, path)?;
-        fs::File::open(dir)?.sync_all()
-    })();
-    if result.is_err() {
-        let _ = fs::remove_file(&tmp);
-    }
-    result
-}
-
 /// The fleet API's shared state: the database and the word that a target
 /// changed. Cheap to clone; holds nothing another process would need.
 #[derive(Clone)]
@@ -144,7 +115,7 @@ impl ControlPlane {
     pub async fn open(data: &DataDir, url: &str) -> anyhow::Result<Self> {
         let db = Db::connect(url).await?;
         let changes = Changes::default();
-        if url.starts_with("postgres") {
+        if db.is_postgres() {
             changes::listen(url.to_owned(), changes.clone());
         }
         for hash in &data.tokens {

@@ -9,7 +9,7 @@ use axum::http::{HeaderValue, StatusCode, header};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
 use base64::Engine as _;
-use kelp_registry::{ErrorBody, ErrorCode, ErrorEntry};
+use kelp_registry::{ApiError, ErrorCode};
 
 use crate::db::Db;
 use crate::secret;
@@ -47,23 +47,17 @@ fn presented(req: &Request<Body>) -> Option<String> {
     None
 }
 
+/// A 401 as the registry answers one: its own error type writes the OCI
+/// body and the basic-auth challenge.
 fn unauthorized() -> Response {
-    let body = ErrorBody {
-        errors: vec![ErrorEntry {
-            code: ErrorCode::Unauthorized,
-            message: "the token presented was revoked".to_owned(),
-        }],
-    };
-    let json = serde_json::to_vec(&body).unwrap_or_default();
-    let mut response = (StatusCode::UNAUTHORIZED, json).into_response();
-    let h = response.headers_mut();
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/json"),
-    );
-    h.insert(
-        header::WWW_AUTHENTICATE,
-        HeaderValue::from_static("Basic realm=\"kelp\""),
-    );
-    response
+    ApiError::Client {
+        status: StatusCode::UNAUTHORIZED,
+        code: ErrorCode::Unauthorized,
+        message: "the token presented was revoked".to_owned(),
+        headers: vec![(
+            header::WWW_AUTHENTICATE,
+            HeaderValue::from_static("Basic realm=\"kelp\""),
+        )],
+    }
+    .into_response()
 }

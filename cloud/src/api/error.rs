@@ -97,12 +97,7 @@ impl IntoResponse for ApiError {
             error: &message,
             field: field.as_deref(),
         };
-        let json = serde_json::to_vec(&body).unwrap_or_default();
-        let mut response = (status, json).into_response();
-        response.headers_mut().insert(
-            header::CONTENT_TYPE,
-            HeaderValue::from_static("application/json"),
-        );
+        let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {
             response.headers_mut().insert(
                 header::WWW_AUTHENTICATE,

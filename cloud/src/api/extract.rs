@@ -8,6 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::ControlPlane;
+use crate::db::DeviceRow;
 use crate::secret;
 
 /// Largest JSON request body. A release with the most services, each with
@@ -87,19 +88,18 @@ impl FromRequestParts<ControlPlane> for User {
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
         match cp.db.token_by_hash(&secret::hash(token)).await? {
-            Some(found) if secret::matches(&found.hash, token) => Ok(User {
-                token_id: found.owner,
-            }),
-            _ => Err(ApiError::unauthorized(
+            Some(token_id) => Ok(User { token_id }),
+            None => Err(ApiError::unauthorized(
                 "the API token is not valid or was revoked",
             )),
         }
     }
 }
 
-/// A device calling with its device key; the device's uuid.
+/// A device calling with its device key; the device as found by its key,
+/// so a handler needs no second read to learn its fleet.
 pub struct DeviceKey {
-    pub uuid: String,
+    pub device: DeviceRow,
 }
 
 impl FromRequestParts<ControlPlane> for DeviceKey {
@@ -108,8 +108,8 @@ impl FromRequestParts<ControlPlane> for DeviceKey {
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let key = bearer(parts)?;
         match cp.db.device_key_by_hash(&secret::hash(key)).await? {
-            Some(found) if secret::matches(&found.hash, key) => Ok(DeviceKey { uuid: found.owner }),
-            _ => Err(ApiError::unauthorized(
+            Some(device) => Ok(DeviceKey { device }),
+            None => Err(ApiError::unauthorized(
                 "the device key is not valid or was replaced by a later registration",
             )),
         }
@@ -127,10 +127,8 @@ impl FromRequestParts<ControlPlane> for ProvisioningKey {
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let key = bearer(parts)?;
         match cp.db.provisioning_key_by_hash(&secret::hash(key)).await? {
-            Some(found) if secret::matches(&found.hash, key) => {
-                Ok(ProvisioningKey { fleet: found.owner })
-            }
-            _ => Err(ApiError::unauthorized(
+            Some(fleet) => Ok(ProvisioningKey { fleet }),
+            None => Err(ApiError::unauthorized(
                 "the provisioning key is not valid or was rotated",
             )),
         }

@@ -156,17 +156,29 @@ async fn revoke_token(
 
 // --- fleets ---
 
-async fn fleet_view(cp: &ControlPlane, f: FleetRow) -> Result<FleetView, ApiError> {
-    let pinned = match &f.pinned_release {
-        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
-        None => None,
+/// The version of release `id`, read only if it is not `known` already.
+async fn version_of(
+    cp: &ControlPlane,
+    id: Option<&str>,
+    known: Option<&ReleaseRow>,
+) -> Result<Option<String>, ApiError> {
+    let Some(id) = id else {
+        return Ok(None);
     };
-    let latest = cp.db.latest_release(&f.name).await?.map(|r| r.version);
+    if let Some(r) = known.filter(|r| r.id == id) {
+        return Ok(Some(r.version.clone()));
+    }
+    Ok(cp.db.release_by_id(id).await?.map(|r| r.version))
+}
+
+async fn fleet_view(cp: &ControlPlane, f: FleetRow) -> Result<FleetView, ApiError> {
+    let latest = cp.db.latest_release(&f.name).await?;
+    let pinned = version_of(cp, f.pinned_release.as_deref(), latest.as_ref()).await?;
     Ok(FleetView {
         name: f.name,
         created_at: f.created_at,
         pinned_release: pinned,
-        latest_release: latest,
+        latest_release: latest.map(|r| r.version),
     })
 }
 
@@ -353,15 +365,11 @@ async fn find_device(cp: &ControlPlane, uuid: &str) -> Result<DeviceRow, ApiErro
 }
 
 async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiError> {
-    let pinned = match &d.pinned_release {
-        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
-        None => None,
-    };
-    let target = cp.db.target_release(&d).await?.map(|r| r.version);
-    let current = match &d.current_release {
-        Some(id) => cp.db.release_by_id(id).await?.map(|r| r.version),
-        None => None,
-    };
+    // A pinned device's target is its pin, and a device that is up to date
+    // runs its target: neither is read a second time.
+    let target = cp.db.target_release(&d).await?;
+    let pinned = version_of(cp, d.pinned_release.as_deref(), target.as_ref()).await?;
+    let current = version_of(cp, d.current_release.as_deref(), target.as_ref()).await?;
     let services = cp
         .db
         .device_services(&d.uuid)
@@ -386,7 +394,7 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
         last_seen: d.last_seen,
         created_at: d.created_at,
         pinned_release: pinned,
-        target_release: target,
+        target_release: target.map(|r| r.version),
         current_release: current,
         services,
     })
@@ -608,16 +616,17 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
 /// most [`MAX_WAIT`]) pass.
 async fn device_state(
     State(cp): State<ControlPlane>,
-    device: DeviceKey,
+    DeviceKey { device }: DeviceKey,
     q: Result<Query<StateQuery>, QueryRejection>,
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
     let deadline = tokio::time::Instant::now() + wait;
-    // Subscribe before the first read, so a change between that read and
-    // the wait still wakes this request.
-    let fleet = find_device(&cp, &device.uuid).await?.fleet;
+    // The fleet the key found holds for the whole wait: a device never
+    // moves to another. Subscribe before reading the target, so a change
+    // between that read and the wait still wakes this request.
+    let fleet = device.fleet;
     let mut changes = cp.changes.subscribe(&fleet);
     let mut stopping = cp.changes.stopping();
     cp.db.touch_device(&device.uuid).await?;
@@ -677,10 +686,9 @@ async fn device_state(
 /// `PATCH /device/v1/state`: the calling device says what changed.
 async fn report_state(
     State(cp): State<ControlPlane>,
-    device: DeviceKey,
+    DeviceKey { device: row }: DeviceKey,
     JsonBody(body): JsonBody<CurrentState>,
 ) -> Result<Response, ApiError> {
-    let row = find_device(&cp, &device.uuid).await?;
     if let Some(id) = &body.release {
         check_id("release", id)?;
         let known = match cp.db.release_by_id(id).await? {
@@ -710,11 +718,8 @@ async fn report_state(
                     r.memory.map(i64::try_from).transpose().map_err(|_| {
                         ApiError::field(format!("{at}.memory"), "memory is too large")
                     })?;
-                let state = serde_json::to_value(r.state)
-                    .ok()
-                    .and_then(|v| v.as_str().map(str::to_owned))
-                    .ok_or_else(|| ApiError::Internal("a service state has no name".into()))?;
-                Some((state, memory))
+                // Display spells a state as its JSON name does.
+                Some((r.state.to_string(), memory))
             }
             None => None,
         };
@@ -732,7 +737,7 @@ async fn report_state(
 /// `POST /device/v1/logs`: a batch of the calling device's log lines.
 async fn upload_logs(
     State(cp): State<ControlPlane>,
-    device: DeviceKey,
+    DeviceKey { device }: DeviceKey,
     JsonBody(body): JsonBody<LogBatch>,
 ) -> Result<Response, ApiError> {
     if body.lines.len() > MAX_LOG_BATCH {

@@ -3,15 +3,14 @@
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
-use crate::TestCloud;
+use crate::{TestCloud, strings};
 
 #[tokio::test]
 async fn a_device_registers_once_per_uuid_and_a_new_registration_replaces_its_key() {
     for cloud in TestCloud::all().await {
         let pk = cloud.fleet("garden").await;
         let first = cloud
-            .post(
-                "/device/v1/register",
+            .register(
                 &pk,
                 json!({ "uuid": "dev-1", "name": "shed", "arch": "aarch64", "agent_version": "0.1.0" }),
             )
@@ -21,8 +20,7 @@ async fn a_device_registers_once_per_uuid_and_a_new_registration_replaces_its_ke
         let old_key = first.body["device_key"].as_str().unwrap().to_owned();
 
         let again = cloud
-            .post(
-                "/device/v1/register",
+            .register(
                 &pk,
                 json!({ "uuid": "dev-1", "arch": "aarch64", "agent_version": "0.2.0" }),
             )
@@ -63,8 +61,7 @@ async fn a_provisioning_key_registers_only_into_its_own_fleet() {
 
         // Fleet A's key cannot take over fleet B's device…
         let r = cloud
-            .post(
-                "/device/v1/register",
+            .register(
                 &key_a,
                 json!({ "uuid": "b-1", "arch": "x86_64", "agent_version": "0.1.0" }),
             )
@@ -82,14 +79,7 @@ async fn a_provisioning_key_registers_only_into_its_own_fleet() {
         let list = cloud
             .get("/api/v1/devices?fleet=fleet-a", &cloud.admin)
             .await;
-        let uuids: Vec<&str> = list
-            .body
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|d| d["uuid"].as_str().unwrap())
-            .collect();
-        assert_eq!(uuids, ["a-1"]);
+        assert_eq!(strings(&list.body, "uuid"), ["a-1"]);
         let bad = cloud
             .get("/api/v1/devices?fleet=No%20Such", &cloud.admin)
             .await;
@@ -116,8 +106,7 @@ async fn a_provisioning_key_registers_only_into_its_own_fleet() {
         assert_eq!(rotated.status, StatusCode::CREATED);
         let new_key = rotated.body["provisioning_key"].as_str().unwrap();
         let r = cloud
-            .post(
-                "/device/v1/register",
+            .register(
                 &key_a,
                 json!({ "uuid": "a-2", "arch": "x86_64", "agent_version": "0.1.0" }),
             )
@@ -187,7 +176,7 @@ async fn registration_names_the_field_at_fault() {
             ),
         ];
         for (body, field) in cases {
-            let r = cloud.post("/device/v1/register", &pk, body.clone()).await;
+            let r = cloud.register(&pk, body.clone()).await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{body}: {}", r.body);
             assert_eq!(r.field(), field, "{body}: {}", r.body);
         }
@@ -284,13 +273,7 @@ async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
             .get("/api/v1/devices/talker/logs", &cloud.admin)
             .await
             .body;
-        let lines: Vec<&str> = logs
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|l| l["line"].as_str().unwrap())
-            .collect();
-        assert_eq!(lines, ["line 0", "line 1", "line 2"]);
+        assert_eq!(strings(&logs, "line"), ["line 0", "line 1", "line 2"]);
         assert_eq!(logs[0]["stream"], "stdout");
 
         // A NUL, which PostgreSQL text cannot hold, arrives as U+FFFD.

@@ -151,6 +151,24 @@ impl TestCloud {
         self.send(Method::PUT, uri, Some(token), Some(body)).await
     }
 
+    pub async fn delete(&self, uri: &str, token: &str) -> Reply {
+        self.send(Method::DELETE, uri, Some(token), None).await
+    }
+
+    /// `POST /device/v1/register` with a provisioning key.
+    pub async fn register(&self, provisioning_key: &str, body: Value) -> Reply {
+        self.post("/device/v1/register", provisioning_key, body)
+            .await
+    }
+
+    /// The ETag of a device's current target.
+    pub async fn etag(&self, device_key: &str) -> String {
+        self.get("/device/v1/state", device_key).await.headers[header::ETAG]
+            .to_str()
+            .unwrap()
+            .to_owned()
+    }
+
     /// Creates a fleet; its provisioning key.
     pub async fn fleet(&self, name: &str) -> String {
         let r = self
@@ -163,8 +181,7 @@ impl TestCloud {
     /// Registers a device with a provisioning key; its device key.
     pub async fn device(&self, provisioning_key: &str, uuid: &str) -> String {
         let r = self
-            .post(
-                "/device/v1/register",
+            .register(
                 provisioning_key,
                 json!({ "uuid": uuid, "arch": "aarch64", "agent_version": "0.1.0" }),
             )
@@ -197,6 +214,45 @@ pub fn image(seed: &str) -> String {
     format!("registry.example.com/kelp/web@sha256:{digest}")
 }
 
+/// `GET /device/v1/state` with `If-None-Match: etag`, held up to `wait`
+/// seconds when given.
+pub async fn poll_state(app: &Router, key: &str, etag: &str, wait: Option<u64>) -> Reply {
+    let uri = match wait {
+        Some(wait) => format!("/device/v1/state?wait={wait}"),
+        None => "/device/v1/state".to_owned(),
+    };
+    send(
+        app,
+        Method::GET,
+        &uri,
+        Some(key),
+        None,
+        &[(header::IF_NONE_MATCH, etag)],
+    )
+    .await
+}
+
+/// [`poll_state`] in a task of its own, for a poll held while the test
+/// goes on.
+pub fn spawn_poll(
+    app: &Router,
+    key: &str,
+    etag: &str,
+    wait: u64,
+) -> tokio::task::JoinHandle<Reply> {
+    let (app, key, etag) = (app.clone(), key.to_owned(), etag.to_owned());
+    tokio::spawn(async move { poll_state(&app, &key, &etag, Some(wait)).await })
+}
+
+/// The string `field` of every object in a JSON array.
+pub fn strings<'a>(list: &'a Value, field: &str) -> Vec<&'a str> {
+    list.as_array()
+        .unwrap()
+        .iter()
+        .map(|v| v[field].as_str().unwrap())
+        .collect()
+}
+
 pub async fn send(
     app: &Router,
     method: Method,
@@ -216,7 +272,25 @@ pub async fn send(
         Some(v) => Body::from(serde_json::to_vec(&v).unwrap()),
         None => Body::empty(),
     };
-    let response = app.clone().oneshot(req.body(body).unwrap()).await.unwrap();
+    reply(app, req.body(body).unwrap()).await
+}
+
+/// Sends raw bytes as the body, for requests that are not valid JSON.
+pub async fn send_raw(app: &Router, uri: &str, token: &str, body: &'static str) -> Reply {
+    let req = Request::builder()
+        .method(Method::POST)
+        .uri(uri)
+        .header(header::AUTHORIZATION, format!("Bearer {token}"))
+        .body(Body::from(body))
+        .unwrap();
+    let r = reply(app, req).await;
+    assert!(!r.body.is_null(), "an empty answer to a raw request");
+    r
+}
+
+/// Sends `req` to `app`; its answer, the body read as JSON (null if empty).
+async fn reply(app: &Router, req: Request<Body>) -> Reply {
+    let response = app.clone().oneshot(req).await.unwrap();
     let status = response.status();
     let headers = response.headers().clone();
     let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
@@ -232,26 +306,5 @@ pub async fn send(
         status,
         headers,
         body,
-    }
-}
-
-/// Sends raw bytes as the body, for requests that are not valid JSON.
-pub async fn send_raw(app: &Router, uri: &str, token: &str, body: &'static str) -> Reply {
-    let req = Request::builder()
-        .method(Method::POST)
-        .uri(uri)
-        .header(header::AUTHORIZATION, format!("Bearer {token}"))
-        .body(Body::from(body))
-        .unwrap();
-    let response = app.clone().oneshot(req).await.unwrap();
-    let status = response.status();
-    let headers = response.headers().clone();
-    let bytes = axum::body::to_bytes(response.into_body(), 1 << 20)
-        .await
-        .unwrap();
-    Reply {
-        status,
-        headers,
-        body: serde_json::from_slice(&bytes).unwrap(),
     }
 }

@@ -5,7 +5,7 @@ use std::time::{Duration, Instant};
 use axum::http::{Method, StatusCode, header};
 use serde_json::json;
 
-use crate::{TestCloud, image, send};
+use crate::{TestCloud, image, poll_state, send, spawn_poll};
 
 #[tokio::test]
 async fn a_device_sees_a_new_release_at_once_and_an_unchanged_target_as_304() {
@@ -37,33 +37,13 @@ async fn a_device_sees_a_new_release_at_once_and_an_unchanged_target_as_304() {
         let etag = state.headers[header::ETAG].to_str().unwrap().to_owned();
         assert!(etag.starts_with('"') && etag.len() == 66, "{etag}");
 
-        let same = send(
-            &cloud.app,
-            Method::GET,
-            "/device/v1/state",
-            Some(&key),
-            None,
-            &[(header::IF_NONE_MATCH, &etag)],
-        )
-        .await;
+        let same = poll_state(&cloud.app, &key, &etag, None).await;
         assert_eq!(same.status, StatusCode::NOT_MODIFIED);
         assert_eq!(same.headers[header::ETAG], etag.as_str());
 
         // A long poll waits while nothing changes…
-        let app = cloud.app.clone();
-        let (poll_key, poll_etag) = (key.clone(), etag.clone());
         let started = Instant::now();
-        let poll = tokio::spawn(async move {
-            send(
-                &app,
-                Method::GET,
-                "/device/v1/state?wait=30",
-                Some(&poll_key),
-                None,
-                &[(header::IF_NONE_MATCH, &poll_etag)],
-            )
-            .await
-        });
+        let poll = spawn_poll(&cloud.app, &key, &etag, 30);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(
             !poll.is_finished(),
@@ -88,20 +68,9 @@ async fn a_long_poll_with_nothing_changing_ends_in_304_after_its_wait() {
     for cloud in TestCloud::all().await {
         let pk = cloud.fleet("quiet").await;
         let key = cloud.device(&pk, "d").await;
-        let etag = cloud.get("/device/v1/state", &key).await.headers[header::ETAG]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let etag = cloud.etag(&key).await;
         let started = Instant::now();
-        let r = send(
-            &cloud.app,
-            Method::GET,
-            "/device/v1/state?wait=1",
-            Some(&key),
-            None,
-            &[(header::IF_NONE_MATCH, &etag)],
-        )
-        .await;
+        let r = poll_state(&cloud.app, &key, &etag, Some(1)).await;
         assert_eq!(r.status, StatusCode::NOT_MODIFIED);
         assert!(started.elapsed() >= Duration::from_millis(900));
         let bad = cloud.get("/device/v1/state?wait=soon", &key).await;
@@ -282,12 +251,7 @@ async fn variables_apply_from_fleet_to_device_and_service() {
         assert_eq!(env(&s, "cron")["LEVEL"], "fleet");
 
         let gone = cloud
-            .send(
-                Method::DELETE,
-                "/api/v1/devices/lamp/env/LEVEL",
-                Some(&cloud.admin),
-                None,
-            )
+            .delete("/api/v1/devices/lamp/env/LEVEL", &cloud.admin)
             .await;
         assert_eq!(gone.status, StatusCode::NO_CONTENT);
         let s = cloud.get("/device/v1/state", &key).await.body;
@@ -323,26 +287,10 @@ async fn a_second_server_on_the_same_database_serves_the_same_fleet() {
         .await;
         assert_eq!(r.status, StatusCode::CREATED, "{}", r.body);
         let key = r.body["device_key"].as_str().unwrap().to_owned();
-        let etag = cloud.get("/device/v1/state", &key).await.headers[header::ETAG]
-            .to_str()
-            .unwrap()
-            .to_owned();
+        let etag = cloud.etag(&key).await;
 
         // Held by one server, woken by a release made through the other.
-        let poll = tokio::spawn({
-            let (other, key, etag) = (other.clone(), key.clone(), etag.clone());
-            async move {
-                send(
-                    &other,
-                    Method::GET,
-                    "/device/v1/state?wait=60",
-                    Some(&key),
-                    None,
-                    &[(header::IF_NONE_MATCH, &etag)],
-                )
-                .await
-            }
-        });
+        let poll = spawn_poll(&other, &key, &etag, 60);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!poll.is_finished());
         let made = Instant::now();
@@ -370,24 +318,8 @@ async fn a_server_shutting_down_answers_held_requests_at_once() {
     for cloud in TestCloud::all().await {
         let pk = cloud.fleet("night").await;
         let key = cloud.device(&pk, "owl").await;
-        let etag = cloud.get("/device/v1/state", &key).await.headers[header::ETAG]
-            .to_str()
-            .unwrap()
-            .to_owned();
-        let poll = tokio::spawn({
-            let (app, key, etag) = (cloud.app.clone(), key.clone(), etag.clone());
-            async move {
-                send(
-                    &app,
-                    Method::GET,
-                    "/device/v1/state?wait=60",
-                    Some(&key),
-                    None,
-                    &[(header::IF_NONE_MATCH, &etag)],
-                )
-                .await
-            }
-        });
+        let etag = cloud.etag(&key).await;
+        let poll = spawn_poll(&cloud.app, &key, &etag, 60);
         tokio::time::sleep(Duration::from_millis(300)).await;
         assert!(!poll.is_finished());
         cloud.cp.stop();

@@ -4,7 +4,7 @@ use axum::http::{Method, StatusCode};
 use base64::Engine as _;
 use serde_json::json;
 
-use crate::{TestCloud, send};
+use crate::{TestCloud, send, strings};
 
 #[tokio::test]
 async fn the_user_api_refuses_missing_wrong_and_revoked_tokens() {
@@ -45,12 +45,7 @@ async fn the_user_api_refuses_missing_wrong_and_revoked_tokens() {
         assert!(text.contains("\"ci\"") && !text.contains(&token) && !text.contains(&cloud.admin));
 
         let revoked = cloud
-            .send(
-                Method::DELETE,
-                &format!("/api/v1/tokens/{id}"),
-                Some(&cloud.admin),
-                None,
-            )
+            .delete(&format!("/api/v1/tokens/{id}"), &cloud.admin)
             .await;
         assert_eq!(revoked.status, StatusCode::NO_CONTENT);
         let after = cloud.get("/api/v1/fleets", &token).await;
@@ -65,12 +60,7 @@ async fn the_last_token_cannot_be_revoked_and_a_revoked_admin_token_stays_revoke
         let list = cloud.get("/api/v1/tokens", &cloud.admin).await;
         let admin_id = list.body[0]["id"].as_str().unwrap().to_owned();
         let last = cloud
-            .send(
-                Method::DELETE,
-                &format!("/api/v1/tokens/{admin_id}"),
-                Some(&cloud.admin),
-                None,
-            )
+            .delete(&format!("/api/v1/tokens/{admin_id}"), &cloud.admin)
             .await;
         assert_eq!(last.status, StatusCode::CONFLICT, "{}", last.body);
         assert_eq!(
@@ -91,12 +81,7 @@ async fn the_last_token_cannot_be_revoked_and_a_revoked_admin_token_stays_revoke
             "the registry takes the admin token"
         );
         let gone = cloud
-            .send(
-                Method::DELETE,
-                &format!("/api/v1/tokens/{admin_id}"),
-                Some(&other),
-                None,
-            )
+            .delete(&format!("/api/v1/tokens/{admin_id}"), &other)
             .await;
         assert_eq!(gone.status, StatusCode::NO_CONTENT);
         // The registry refuses it from the next request on, as bearer or
@@ -144,12 +129,7 @@ async fn unknown_api_paths_and_bad_token_names_get_json_errors() {
 
         for id in ["%00", "not-an-id", "..%2F..%2Fetc"] {
             let r = cloud
-                .send(
-                    Method::DELETE,
-                    &format!("/api/v1/tokens/{id}"),
-                    Some(&cloud.admin),
-                    None,
-                )
+                .delete(&format!("/api/v1/tokens/{id}"), &cloud.admin)
                 .await;
             assert_eq!(r.status, StatusCode::BAD_REQUEST, "{id}: {}", r.body);
             assert_eq!(r.field(), "id");
@@ -183,13 +163,7 @@ async fn two_tokens_revoking_each_other_at_once_leave_one() {
             let fresh = made.body["token"].as_str().unwrap().to_owned();
             let fresh_id = made.body["id"].as_str().unwrap().to_owned();
             let list = cloud.get("/api/v1/tokens", &survivor).await;
-            let ids: Vec<&str> = list
-                .body
-                .as_array()
-                .unwrap()
-                .iter()
-                .map(|t| t["id"].as_str().unwrap())
-                .collect();
+            let ids = strings(&list.body, "id");
             assert_eq!(ids.len(), 2, "{}", list.body);
             let old_id = ids
                 .into_iter()
