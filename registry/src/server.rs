@@ -16,6 +16,7 @@ use futures_util::StreamExt as _;
 use kelp_core::Digest;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
 use crate::auth::{Access, Auth};
@@ -558,11 +559,13 @@ async fn append_body(
     Ok(written)
 }
 
-fn find_upload(
+/// The upload session `id`, locked, if it is in progress in `repo`. A session
+/// of another repository is as unknown here as one that never existed.
+async fn find_upload(
     reg: &Registry,
     repo: &RepoName,
     id: &str,
-) -> Result<(Uuid, Arc<tokio::sync::Mutex<Upload>>), ApiError> {
+) -> Result<(Uuid, OwnedMutexGuard<Upload>), ApiError> {
     let unknown = || {
         ApiError::not_found(
             ErrorCode::BlobUploadUnknown,
@@ -571,18 +574,15 @@ fn find_upload(
     };
     let uuid = Uuid::parse_str(id).map_err(|_| unknown())?;
     let upload = reg.uploads().get(&uuid).cloned().ok_or_else(unknown)?;
+    let upload = upload.lock_owned().await;
+    if upload.repo != *repo {
+        return Err(unknown());
+    }
     Ok((uuid, upload))
 }
 
 async fn upload_status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let upload = upload.lock().await;
-    if upload.repo != *repo {
-        return Err(ApiError::not_found(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload `{id}` is not in progress in `{repo}`"),
-        ));
-    }
+    let (uuid, upload) = find_upload(reg, repo, id).await?;
     Ok((
         StatusCode::NO_CONTENT,
         upload_headers(repo, &uuid, upload.len),
@@ -648,12 +648,6 @@ async fn append_chunk(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<(), ApiError> {
-    if upload.repo != *repo {
-        return Err(ApiError::not_found(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload `{uuid}` is not in progress in `{repo}`"),
-        ));
-    }
     let expected = chunk_range(headers, repo, uuid, upload.len)?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -698,8 +692,7 @@ async fn patch_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let mut upload = upload.lock().await;
+    let (uuid, mut upload) = find_upload(reg, repo, id).await?;
     append_chunk(&mut upload, &uuid, repo, headers, body).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -716,8 +709,7 @@ async fn finish_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let mut upload = upload.lock().await;
+    let (uuid, mut upload) = find_upload(reg, repo, id).await?;
     let Some(digest) = query_value(query, "digest") else {
         return Err(ApiError::bad_request(
             ErrorCode::DigestInvalid,
@@ -741,14 +733,7 @@ async fn finish_upload(
 }
 
 async fn cancel_upload(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let upload = upload.lock().await;
-    if upload.repo != *repo {
-        return Err(ApiError::not_found(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload `{id}` is not in progress in `{repo}`"),
-        ));
-    }
+    let (uuid, upload) = find_upload(reg, repo, id).await?;
     reg.uploads().remove(&uuid);
     let _ = tokio::fs::remove_file(&upload.path).await;
     Ok(StatusCode::NO_CONTENT.into_response())
