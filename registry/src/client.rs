@@ -338,21 +338,14 @@ impl Client {
     /// it twice (once for its digest, once to send it) rather than holding
     /// it in memory. Returns its digest and size.
     pub async fn push_blob_file(&self, repo: &RepoName, path: &Path) -> Result<(Digest, u64)> {
-        let io = |source| ClientError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let owned = path.to_owned();
-        // One trip to the blocking pool for the whole hash, not one a read.
-        let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&owned))
+        let (hasher, size) = hash_file(path).await?;
+        let digest = Digest::from_bytes(hasher.finalize().into());
+        let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| {
-                io(std::io::Error::other(format!(
-                    "hashing did not finish: {e}"
-                )))
-            })?
-            .map_err(io)?;
-        let file = tokio::fs::File::open(path).await.map_err(io)?;
+            .map_err(|source| ClientError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         // The announced length bounds what is sent, should the file grow;
         // a file that changed is caught by the registry's digest check.
         let stream = tokio_util::io::ReaderStream::with_capacity(file.take(size), CHUNK);
@@ -546,17 +539,7 @@ impl Client {
         }
         if have > 0 {
             // Hash what is already there; the new bytes continue the hash.
-            let mut reader = tokio::fs::File::open(&partial)
-                .await
-                .map_err(io(&partial))?;
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                let n = reader.read(&mut buf).await.map_err(io(&partial))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            (hasher, _) = hash_file(&partial).await?;
         }
         if have < desc.size {
             let url = format!("{}/v2/{repo}/blobs/{}", self.base, desc.digest);
@@ -640,21 +623,35 @@ impl Client {
     }
 }
 
-/// The sha256 and size of a file.
-fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; FILE_BUFFER];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok((Digest::from_bytes(hasher.finalize().into()), size));
+/// The sha256 of a file so far (a hasher that more bytes can continue) and
+/// its size, read in one trip to the blocking pool rather than one a read.
+async fn hash_file(path: &Path) -> Result<(Sha256, u64)> {
+    let owned = path.to_owned();
+    let hashed = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; FILE_BUFFER];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok((hasher, size));
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
         }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "hashing did not finish: {e}"
+        )))
+    });
+    hashed.map_err(|source| ClientError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn partial_path(dest: &Path) -> PathBuf {
