@@ -387,10 +387,10 @@ impl Client {
         };
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
+        let reporting = Reporting::start(self.progress.as_deref(), &digest, size, 0);
+        // The body stream outlives this call's borrows, so it holds its own
+        // handle on the progress.
         let progress = self.progress.clone();
-        if let Some(p) = &progress {
-            p.start(&digest, size, 0);
-        }
         let counted = body.map(move |piece| {
             if let (Ok(bytes), Some(p)) = (&piece, &progress) {
                 p.advance(bytes.len() as u64);
@@ -403,9 +403,7 @@ impl Client {
             .header(header::CONTENT_LENGTH, size)
             .body(reqwest::Body::wrap_stream(counted));
         let sent = self.send(&what, req).await;
-        if let Some(p) = &self.progress {
-            p.finish();
-        }
+        drop(reporting);
         self.expect(&what, sent?, &[StatusCode::CREATED]).await?;
         Ok(())
     }
