@@ -18,6 +18,9 @@ use kelp_registry::oci::{self, Descriptor};
 use kelp_registry::{Client, ManifestRef, RepoName, Tag};
 use sha2::Digest as _;
 
+mod common;
+use common::percentile;
+
 const MIB: usize = 1 << 20;
 /// Runs of each single transfer; the median is reported.
 const RUNS: usize = 7;
@@ -77,11 +80,6 @@ fn bytes(len: usize, seed: u32) -> Vec<u8> {
 fn median(times: &mut [Duration]) -> Duration {
     times.sort();
     times[times.len() / 2]
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn ms(d: Duration) -> String {
@@ -312,7 +310,6 @@ fn sign_and_verify(rows: &mut Vec<Row>) {
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = ["measurement", "kelp", "baseline (same run)", "ratio"];
     let cells: Vec<[String; 4]> = rows
         .iter()
         .map(|r| {
@@ -324,24 +321,8 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let mut widths = headers.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cols: &[String]| {
-        let padded: Vec<String> = cols
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
-    println!();
-    line(&headers.map(String::from));
-    println!("|{}|", widths.map(|w| "-".repeat(w + 2)).join("|"));
-    for row in &cells {
-        line(row);
-    }
+    common::print_table(
+        ["measurement", "kelp", "baseline (same run)", "ratio"],
+        &cells,
+    );
 }
