@@ -219,23 +219,24 @@ async fn concurrent_pulls(client: &Client, dir: &Path, rows: &mut Vec<Row>) {
     let copy_total = median(&mut copy_totals);
 
     let all = len * CONCURRENT;
+    // Total; median / p99 of each transfer; aggregate rate.
+    let summary = |total: Duration, each: &[Duration]| {
+        format!(
+            "{}; {} / {}; {:.0} MB/s",
+            ms(total),
+            ms(percentile(each, 0.5)),
+            ms(percentile(each, 0.99)),
+            rate(all, total)
+        )
+    };
     rows.push(Row {
         what: format!(
             "{CONCURRENT} concurrent pulls of a 1 MiB artifact (median of {ROUNDS} rounds): total, per pull median / p99, aggregate"
         ),
-        kelp: format!(
-            "{}; {} / {}; {:.0} MB/s",
-            ms(total),
-            ms(percentile(&each, 0.5)),
-            ms(percentile(&each, 0.99)),
-            rate(all, total)
-        ),
+        kelp: summary(total, &each),
         baseline: format!(
-            "{CONCURRENT} copies + fsync, one after another: {}; {} / {}; {:.0} MB/s",
-            ms(copy_total),
-            ms(percentile(&copies, 0.5)),
-            ms(percentile(&copies, 0.99)),
-            rate(all, copy_total)
+            "{CONCURRENT} copies + fsync, one after another: {}",
+            summary(copy_total, &copies)
         ),
         ratio: ratio(total, copy_total),
     });
