@@ -101,30 +101,40 @@ impl Keys {
 
     /// Signs `input` into the key's directory as `name`, with `manifest`.
     fn sign(&self, input: &str, manifest: Option<&str>, name: &str) -> PathBuf {
-        let out = self.path(name);
+        ok(self.sign_with(&self.secret(), input, manifest.map(Path::new), name));
+        self.path(name)
+    }
+
+    /// `kelp sign --key <key>` of `input` into the key's directory as
+    /// `name`, with `manifest`, whatever the outcome.
+    fn sign_with(&self, key: &Path, input: &str, manifest: Option<&Path>, name: &str) -> Output {
         let mut args: Vec<std::ffi::OsString> = vec![
             "sign".into(),
             "--key".into(),
-            self.secret().into(),
+            key.into(),
             input.into(),
             "-o".into(),
-            out.clone().into(),
+            self.path(name).into(),
         ];
         if let Some(m) = manifest {
             args.extend(["--manifest".into(), m.into()]);
         }
-        ok(kelp(&args));
-        out
+        kelp(&args)
     }
 
     fn verify(&self, file: &Path) -> Output {
-        kelp(&[
-            "verify".as_ref(),
-            "--public-key".as_ref(),
-            self.public().as_os_str(),
-            file.as_os_str(),
-        ])
+        verify(&[&self.public()], file)
     }
+}
+
+/// `kelp verify` of `file` with every one of `public_keys`.
+fn verify(public_keys: &[&Path], file: &Path) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["verify".as_ref()];
+    for key in public_keys {
+        args.extend(["--public-key".as_ref(), key.as_os_str()]);
+    }
+    args.push(file.as_os_str());
+    kelp(&args)
 }
 
 #[test]
@@ -195,16 +205,12 @@ fn another_public_key_does_not_verify() {
 fn a_manifest_of_the_wrong_kind_is_refused() {
     let keys = Keys::generate();
     // Signing a component with a core module's manifest.
-    let out = kelp(&[
-        "sign".as_ref(),
-        "--key".as_ref(),
-        keys.secret().as_os_str(),
-        HELLO.as_ref(),
-        "-o".as_ref(),
-        keys.path("x.wasm").as_os_str(),
-        "--manifest".as_ref(),
-        HELLO_P1_MANIFEST.as_ref(),
-    ]);
+    let out = keys.sign_with(
+        &keys.secret(),
+        HELLO,
+        Some(Path::new(HELLO_P1_MANIFEST)),
+        "x.wasm",
+    );
     fails_with(out, &["manifest says core module but file is a component"]);
     assert!(!keys.path("x.wasm").exists());
 
@@ -257,14 +263,7 @@ fn a_second_signer_adds_a_signature() {
     let (a, b) = (Keys::generate(), Keys::generate());
     let once = a.sign(HELLO, Some(HELLO_MANIFEST), "once.wasm");
     let twice = b.sign(once.to_str().unwrap(), None, "twice.wasm");
-    let out = ok(kelp(&[
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        a.public().as_os_str(),
-        "--public-key".as_ref(),
-        b.public().as_os_str(),
-        twice.as_os_str(),
-    ]));
+    let out = ok(verify(&[&a.public(), &b.public()], &twice));
     assert!(stdout(&out).contains(&a.key_id), "{}", stdout(&out));
     assert!(stdout(&out).contains(&b.key_id), "{}", stdout(&out));
     ok(a.verify(&twice));
@@ -300,21 +299,9 @@ fn bad_inputs_get_one_clear_error() {
     );
 
     // A public key where the secret one belongs, and the other way round.
-    let out = kelp(&[
-        "sign".as_ref(),
-        "--key".as_ref(),
-        keys.public().as_os_str(),
-        HELLO.as_ref(),
-        "-o".as_ref(),
-        keys.path("x.wasm").as_os_str(),
-    ]);
+    let out = keys.sign_with(&keys.public(), HELLO, None, "x.wasm");
     fails_with(out, &["kelp.pub", "not a secret key file"]);
-    let out = kelp(&[
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        keys.secret().as_os_str(),
-        signed.as_os_str(),
-    ]);
+    let out = verify(&[&keys.secret()], &signed);
     fails_with(out, &["kelp.key", "not a public key file"]);
 
     let bad_manifest = keys.path("kelp.toml");
@@ -323,16 +310,7 @@ fn bad_inputs_get_one_clear_error() {
         "name = \"hello\"\nversion = \"1\"\nkind = \"component\"\nmemroy = \"1MiB\"\n",
     )
     .unwrap();
-    let out = kelp(&[
-        "sign".as_ref(),
-        "--key".as_ref(),
-        keys.secret().as_os_str(),
-        HELLO.as_ref(),
-        "-o".as_ref(),
-        keys.path("x.wasm").as_os_str(),
-        "--manifest".as_ref(),
-        bad_manifest.as_os_str(),
-    ]);
+    let out = keys.sign_with(&keys.secret(), HELLO, Some(&bad_manifest), "x.wasm");
     fails_with(out, &["kelp.toml", "memroy"]);
 
     // Keys are never overwritten.
@@ -363,18 +341,23 @@ fn wasmsign2() -> Command {
     Command::new(bin)
 }
 
+/// `wasmsign2 verify` of `file` with the public key `public`.
+fn wasmsign2_verify(file: &Path, public: &Path) -> Output {
+    wasmsign2()
+        .arg("verify")
+        .arg("-i")
+        .arg(file)
+        .arg("-K")
+        .arg(public)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn files_kelp_signs_verify_with_wasmsign2() {
     let keys = Keys::generate();
     let signed = keys.sign(HELLO, Some(HELLO_MANIFEST), "hello.wasm");
-    let out = ok(wasmsign2()
-        .arg("verify")
-        .arg("-i")
-        .arg(&signed)
-        .arg("-K")
-        .arg(keys.public())
-        .output()
-        .unwrap());
+    let out = ok(wasmsign2_verify(&signed, &keys.public()));
     assert!(
         stdout(&out).contains("Signature is valid"),
         "{}",
@@ -382,14 +365,7 @@ fn files_kelp_signs_verify_with_wasmsign2() {
     );
 
     let stranger = Keys::generate();
-    let out = wasmsign2()
-        .arg("verify")
-        .arg("-i")
-        .arg(&signed)
-        .arg("-K")
-        .arg(stranger.public())
-        .output()
-        .unwrap();
+    let out = wasmsign2_verify(&signed, &stranger.public());
     assert!(!out.status.success(), "wasmsign2 trusted the wrong key");
 }
 
@@ -405,14 +381,6 @@ fn files_wasmsign2_signs_verify_with_kelp() {
         .arg(&pk)
         .output()
         .unwrap());
-    let verify = |file: &Path| {
-        kelp(&[
-            "verify".as_ref(),
-            "--public-key".as_ref(),
-            pk.as_os_str(),
-            file.as_os_str(),
-        ])
-    };
 
     // With a key id (`-K`) and without one.
     for (name, with_key_id) in [("with-id.wasm", true), ("without-id.wasm", false)] {
@@ -429,7 +397,7 @@ fn files_wasmsign2_signs_verify_with_kelp() {
             cmd.arg("-K").arg(&pk);
         }
         ok(cmd.output().unwrap());
-        let out = ok(verify(&signed));
+        let out = ok(verify(&[&pk], &signed));
         assert!(
             stdout(&out).contains("signed by key id"),
             "{}",
@@ -445,16 +413,9 @@ fn files_wasmsign2_signs_verify_with_kelp() {
         None,
         "both.wasm",
     );
-    ok(verify(&both));
+    ok(verify(&[&pk], &both));
     ok(keys.verify(&both));
-    ok(wasmsign2()
-        .arg("verify")
-        .arg("-i")
-        .arg(&both)
-        .arg("-K")
-        .arg(&pk)
-        .output()
-        .unwrap());
+    ok(wasmsign2_verify(&both, &pk));
 }
 
 #[test]
@@ -482,12 +443,7 @@ fn keys_kelp_generates_sign_with_wasmsign2() {
         .arg(&pk)
         .output()
         .unwrap());
-    ok(kelp(&[
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        pk.as_os_str(),
-        signed.as_os_str(),
-    ]));
+    ok(verify(&[&pk], &signed));
 }
 
 /// `kelp run --public-key` runs only what that key signed.
