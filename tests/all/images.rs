@@ -14,7 +14,7 @@ use std::time::Duration;
 use kelp_tests::artifacts::{HELLO, IDLE};
 
 use crate::kelpd::Device;
-use crate::registry::{TestCloud, kelp, sha256, text};
+use crate::registry::{TestCloud, kelp, pushed_digest, sha256, text};
 
 /// A key pair from `kelp key generate`, and files signed with it.
 pub(crate) struct Publisher {
@@ -70,13 +70,7 @@ pub(crate) fn push(cloud: &TestCloud, file: &Path, repo: &str) -> String {
         Some(&cloud.token),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let digest = text(&out.stdout)
-        .trim()
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
-    format!("{}/{repo}@{digest}", cloud.addr)
+    format!("{}/{repo}@{}", cloud.addr, pushed_digest(&out))
 }
 
 fn service(name: &str, image: &str) -> String {

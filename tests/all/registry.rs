@@ -98,6 +98,15 @@ pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The manifest digest a successful `kelp push` printed
+/// (`pushed <registry>/<repo>@sha256:…`).
+pub(crate) fn pushed_digest(out: &Output) -> String {
+    let pushed = text(&out.stdout);
+    let (_, digest) = pushed.trim().rsplit_once('@').unwrap();
+    assert!(digest.starts_with("sha256:"), "{pushed}");
+    digest.to_owned()
+}
+
 /// The path of a tool the test needs; a missing tool fails the test and says
 /// how to install it.
 fn require(tool: &str, package: &str) -> PathBuf {
@@ -149,9 +158,7 @@ fn kelp_push_then_kelp_pull_gives_back_the_same_bytes() {
         text(&out.stderr),
         "warning: pushing unsigned (no --key); devices that pin keys will refuse it\n"
     );
-    let pushed = text(&out.stdout);
-    let digest = pushed.trim().rsplit_once('@').unwrap().1.to_owned();
-    assert!(digest.starts_with("sha256:"), "{pushed}");
+    let digest = pushed_digest(&out);
 
     let wasm = std::fs::read(HELLO).unwrap();
     for reference in [to.clone(), format!("{}/kelp/hello@{digest}", cloud.addr)] {
@@ -645,12 +652,7 @@ fn kelp_pushes_to_and_pulls_from_the_reference_registry() {
     let to = format!("{}/kelp/hello:v1", registry.addr);
     let out = kelp(&["push", HELLO, "--to", &to], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let digest = text(&out.stdout)
-        .trim()
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
+    let digest = pushed_digest(&out);
 
     for reference in [to.clone(), format!("{}/kelp/hello@{digest}", registry.addr)] {
         let dest = dir.path().join("pulled.wasm");
@@ -717,12 +719,7 @@ fn a_pushed_crate_is_built_signed_and_runs_verified_after_pulling() {
         "{}",
         text(&out.stderr)
     );
-    let digest = text(&out.stdout)
-        .trim()
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
+    let digest = pushed_digest(&out);
 
     let pulled = dir.path().join("hello.wasm");
     let reference = format!("{}/kelp/hello@{digest}", cloud.addr);
