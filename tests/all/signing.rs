@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use kelp_tests::artifacts::{HELLO, HELLO_P1};
 use kelp_tests::binary;
-use sha2::Digest as _;
+
+use crate::registry::sha256;
 
 const HELLO_MANIFEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -152,7 +153,7 @@ fn signs_with_a_manifest_and_verifies_naming_the_signer() {
     ]));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bytes = std::fs::read(&signed).unwrap();
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    let digest = sha256(&bytes);
     assert_eq!(info["digest"], digest.as_str());
     assert_eq!(info["kind"], "component");
     assert_eq!(info["manifest"]["name"], "hello");
