@@ -639,15 +639,16 @@ fn chunk_range(
     Ok(Some(count))
 }
 
-/// Appends a chunk to an upload session. On any failure the session's file
-/// is cut back to where it was, so the client can send the chunk again.
+/// Appends a chunk to an upload session and returns the session's file,
+/// still open. On any failure the file is cut back to where it was, so the
+/// client can send the chunk again.
 async fn append_chunk(
     upload: &mut Upload,
     uuid: &Uuid,
     repo: &RepoName,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(), ApiError> {
+) -> Result<tokio::fs::File, ApiError> {
     let expected = chunk_range(headers, repo, uuid, upload.len)?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -674,7 +675,7 @@ async fn append_chunk(
             upload.hasher = hasher;
             upload.len += written;
             upload.touched = Instant::now();
-            Ok(())
+            Ok(file)
         }
         Err(e) => {
             file.set_len(upload.len)
@@ -717,15 +718,10 @@ async fn finish_upload(
         ));
     };
     let digest = parse_digest(digest)?;
-    append_chunk(&mut upload, &uuid, repo, headers, body).await?;
+    let file = append_chunk(&mut upload, &uuid, repo, headers, body).await?;
     // From here the session ends, whatever the outcome.
     reg.uploads().remove(&uuid);
     let guard = RemoveOnDrop(Some(upload.path.clone()));
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(&upload.path)
-        .await
-        .map_err(io_err("opening upload file"))?;
     let hasher = std::mem::take(&mut upload.hasher);
     seal(reg, file, &upload.path, hasher, digest).await?;
     guard.disarm();
