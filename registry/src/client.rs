@@ -296,12 +296,19 @@ impl Client {
         self.push_artifact(repo, tag, artifact).await
     }
 
-    /// Like [`Client::push_wasm`], streaming the `.wasm` from a file.
-    pub async fn push_wasm_file(&self, repo: &RepoName, tag: &Tag, path: &Path) -> Result<Digest> {
+    /// Like [`Client::push_wasm`], streaming the `.wasm` from a file; also
+    /// returns the size of the `.wasm` it pushed.
+    pub async fn push_wasm_file(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        path: &Path,
+    ) -> Result<(Digest, u64)> {
         let (digest, size) = self.push_blob_file(repo, path).await?;
         let artifact = WasmArtifact::of_layer(digest, size)
             .map_err(|e| ClientError::Manifest(format!("cannot encode the manifest: {e}")))?;
-        self.push_artifact(repo, tag, artifact).await
+        let manifest_digest = self.push_artifact(repo, tag, artifact).await?;
+        Ok((manifest_digest, size))
     }
 
     /// The config and manifest of an artifact whose layer is pushed.
@@ -858,10 +865,11 @@ mod against_the_server {
         let wasm: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let file = dir.path().join("big.wasm");
         std::fs::write(&file, &wasm).unwrap();
-        let manifest_digest = client
+        let (manifest_digest, size) = client
             .push_wasm_file(&repo, &Tag::parse("v1").unwrap(), &file)
             .await
             .unwrap();
+        assert_eq!(size, wasm.len() as u64);
         // The same manifest as pushing the bytes from memory.
         assert_eq!(
             manifest_digest,
