@@ -779,12 +779,7 @@ mod against_the_server {
             .push_wasm(&repo, &Tag::parse("v1").unwrap(), wasm.clone().into())
             .await
             .unwrap();
-        let desc = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: digest_of(&wasm),
-            size: wasm.len() as u64,
-            annotations: Default::default(),
-        };
+        let desc = WasmArtifact::new(&wasm).unwrap().layer;
         let dest = dir.path().join("m.wasm");
         std::fs::write(partial_path(&dest), &wasm[..123_456]).unwrap();
         client.pull_blob(&repo, &desc, &dest).await.unwrap();
@@ -812,10 +807,8 @@ mod against_the_server {
         let wasm = module();
         client.push_blob(&repo, wasm.clone().into()).await.unwrap();
         let desc = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: digest_of(&wasm),
             size: 1000,
-            annotations: Default::default(),
+            ..WasmArtifact::new(&wasm).unwrap().layer
         };
         let dest = dir.path().join("m.wasm");
         let err = client.pull_blob(&repo, &desc, &dest).await.unwrap_err();
@@ -887,12 +880,7 @@ mod against_the_server {
         );
 
         // A resumed pull starts from what the partial file holds.
-        let desc = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: digest_of(&wasm),
-            size: wasm.len() as u64,
-            annotations: Default::default(),
-        };
+        let desc = WasmArtifact::new(&wasm).unwrap().layer;
         let dest = dir.path().join("pulled.wasm");
         std::fs::write(partial_path(&dest), &wasm[..400_000]).unwrap();
         client.pull_blob(&repo, &desc, &dest).await.unwrap();
