@@ -14,7 +14,7 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kelp_registry::oci::{self, Descriptor};
+use kelp_registry::oci::WasmArtifact;
 use kelp_registry::{Client, ManifestRef, RepoName, Tag};
 use sha2::Digest as _;
 
@@ -112,15 +112,6 @@ fn copy_synced(src: &Path, dest: &Path) -> Duration {
     start.elapsed()
 }
 
-fn layer(wasm_digest: kelp_core::Digest, size: usize) -> Descriptor {
-    Descriptor {
-        media_type: oci::WASM_LAYER.into(),
-        digest: wasm_digest,
-        size: size as u64,
-        annotations: Default::default(),
-    }
-}
-
 async fn push_and_pull(client: &Client, dir: &Path, rows: &mut Vec<Row>) {
     let len = 20 * MIB;
     let repo = RepoName::parse("bench/big").unwrap();
@@ -132,7 +123,7 @@ async fn push_and_pull(client: &Client, dir: &Path, rows: &mut Vec<Row>) {
         let start = Instant::now();
         let (digest, size) = client.push_blob_file(&repo, &src).await.unwrap();
         push.push(start.elapsed());
-        pushed = Some(layer(digest, size as usize));
+        pushed = Some(WasmArtifact::of_layer(digest, size).unwrap().layer);
     }
     let desc = pushed.unwrap();
     let mut copy: Vec<Duration> = (0..RUNS)
