@@ -342,6 +342,23 @@ fn wasmsign2() -> Command {
     Command::new(bin)
 }
 
+/// `wasmsign2 sign` of `input` into `output` with the secret key `secret`,
+/// naming the key id of `public` (`-K`) when given.
+fn wasmsign2_sign(input: &Path, output: &Path, secret: &Path, public: Option<&Path>) -> Output {
+    let mut cmd = wasmsign2();
+    cmd.arg("sign")
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .arg("-k")
+        .arg(secret);
+    if let Some(public) = public {
+        cmd.arg("-K").arg(public);
+    }
+    cmd.output().unwrap()
+}
+
 /// `wasmsign2 verify` of `file` with the public key `public`.
 fn wasmsign2_verify(file: &Path, public: &Path) -> Output {
     wasmsign2()
@@ -386,18 +403,8 @@ fn files_wasmsign2_signs_verify_with_kelp() {
     // With a key id (`-K`) and without one.
     for (name, with_key_id) in [("with-id.wasm", true), ("without-id.wasm", false)] {
         let signed = dir.path().join(name);
-        let mut cmd = wasmsign2();
-        cmd.arg("sign")
-            .arg("-i")
-            .arg(HELLO)
-            .arg("-o")
-            .arg(&signed)
-            .arg("-k")
-            .arg(&sk);
-        if with_key_id {
-            cmd.arg("-K").arg(&pk);
-        }
-        ok(cmd.output().unwrap());
+        let key_id_from = with_key_id.then_some(pk.as_path());
+        ok(wasmsign2_sign(Path::new(HELLO), &signed, &sk, key_id_from));
         let out = ok(verify(&[&pk], &signed));
         assert!(
             stdout(&out).contains("signed by key id"),
@@ -432,18 +439,7 @@ fn keys_kelp_generates_sign_with_wasmsign2() {
         pk.as_os_str(),
     ]));
     let signed = dir.path().join("hello.wasm");
-    ok(wasmsign2()
-        .arg("sign")
-        .arg("-i")
-        .arg(HELLO)
-        .arg("-o")
-        .arg(&signed)
-        .arg("-k")
-        .arg(&sk)
-        .arg("-K")
-        .arg(&pk)
-        .output()
-        .unwrap());
+    ok(wasmsign2_sign(Path::new(HELLO), &signed, &sk, Some(&pk)));
     ok(verify(&[&pk], &signed));
 }
 
