@@ -839,77 +839,78 @@ fn check_manifest(
     store: &Store,
     content_type: Option<&str>,
     bytes: &[u8],
-) -> Result<Result<String, ApiError>, std::io::Error> {
+) -> Result<String, ApiError> {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
-        Err(e) => return Ok(Err(invalid_manifest(format!("manifest is not JSON: {e}")))),
+        Err(e) => return Err(invalid_manifest(format!("manifest is not JSON: {e}"))),
     };
     let declared = value.get("mediaType").and_then(|v| v.as_str());
     let media_type = match (content_type, declared) {
         (Some(c), Some(d)) if c != d => {
-            return Ok(Err(invalid_manifest(format!(
+            return Err(invalid_manifest(format!(
                 "Content-Type `{c}` does not match the manifest's mediaType `{d}`"
-            ))));
+            )));
         }
         (Some(c), _) => c.to_owned(),
         (None, Some(d)) => d.to_owned(),
         (None, None) => {
-            return Ok(Err(invalid_manifest(
+            return Err(invalid_manifest(
                 "the manifest has no mediaType and the request no Content-Type",
-            )));
+            ));
         }
     };
     if !oci::MANIFEST_TYPES.contains(&media_type.as_str()) {
-        return Ok(Err(invalid_manifest(format!(
+        return Err(invalid_manifest(format!(
             "manifest type `{media_type}` is not one of {}",
             oci::MANIFEST_TYPES.join(", ")
-        ))));
+        )));
     }
     if media_type == oci::OCI_INDEX || media_type == oci::DOCKER_MANIFEST_LIST {
-        return Ok(match serde_json::from_value::<ImageIndex>(value) {
+        return match serde_json::from_value::<ImageIndex>(value) {
             Ok(index) if index.schema_version == 2 => Ok(media_type),
             Ok(index) => Err(invalid_manifest(format!(
                 "schemaVersion is {}, not 2",
                 index.schema_version
             ))),
             Err(e) => Err(invalid_manifest(format!("not a valid image index: {e}"))),
-        });
+        };
     }
     let manifest = match serde_json::from_value::<ImageManifest>(value) {
         Ok(m) => m,
         Err(e) => {
-            return Ok(Err(invalid_manifest(format!(
-                "not a valid image manifest: {e}"
-            ))));
+            return Err(invalid_manifest(format!("not a valid image manifest: {e}")));
         }
     };
     if manifest.schema_version != 2 {
-        return Ok(Err(invalid_manifest(format!(
+        return Err(invalid_manifest(format!(
             "schemaVersion is {}, not 2",
             manifest.schema_version
-        ))));
+        )));
     }
     for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
-        match store.blob_size(&descriptor.digest)? {
+        let size = store
+            .blob_size(&descriptor.digest)
+            .map_err(io_err("reading blob size"))?;
+        match size {
             None => {
-                return Ok(Err(ApiError::bad_request(
+                return Err(ApiError::bad_request(
                     ErrorCode::ManifestBlobUnknown,
                     format!(
                         "the manifest references blob {}, which is not in the registry; push it first",
                         descriptor.digest
                     ),
-                )));
+                ));
             }
             Some(size) if size != descriptor.size => {
-                return Ok(Err(invalid_manifest(format!(
+                return Err(invalid_manifest(format!(
                     "the manifest says blob {} has {} bytes, but it has {size}",
                     descriptor.digest, descriptor.size
-                ))));
+                )));
             }
             Some(_) => {}
         }
     }
-    Ok(Ok(media_type))
+    Ok(media_type)
 }
 
 async fn put_manifest(
@@ -953,7 +954,7 @@ async fn put_manifest(
     let repo2 = repo.clone();
     let tags2 = tags.clone();
     blocking(move || {
-        let media_type = match check_manifest(&store, content_type.as_deref(), &bytes)? {
+        let media_type = match check_manifest(&store, content_type.as_deref(), &bytes) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
