@@ -490,8 +490,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An OCI image layout holding `wasm` as a Wasm artifact tagged `v1`,
-/// written by hand from the image spec (not by Kelp's code).
+/// The config blob of a Wasm artifact, as [`wasm_manifest`] names it.
+const WASM_CONFIG: &[u8] = br#"{"architecture":"wasm","os":"wasip2"}"#;
+
+/// The manifest of a Wasm artifact holding `wasm` (and [`WASM_CONFIG`]),
+/// in the layout `kelp push` writes, but written by hand from the image spec
+/// (not by Kelp's code).
+pub(crate) fn wasm_manifest(wasm: &[u8]) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.wasm.config.v0+json","config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":{}}}]}}"#,
+        sha256(WASM_CONFIG),
+        WASM_CONFIG.len(),
+        sha256(wasm),
+        wasm.len()
+    )
+    .into_bytes()
+}
+
+/// An OCI image layout holding `wasm` as a Wasm artifact tagged `v1`.
 fn oci_layout(dir: &Path, wasm: &[u8]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -500,15 +516,10 @@ fn oci_layout(dir: &Path, wasm: &[u8]) -> String {
         std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
         d
     };
-    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.wasm.config.v0+json","config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":{}}}]}}"#,
-        put(config),
-        config.len(),
-        put(wasm),
-        wasm.len()
-    );
-    let manifest_digest = put(manifest.as_bytes());
+    put(WASM_CONFIG);
+    put(wasm);
+    let manifest = wasm_manifest(wasm);
+    let manifest_digest = put(&manifest);
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     std::fs::write(
         dir.join("index.json"),
