@@ -22,6 +22,9 @@ use kelp_runtime::{
 };
 use kelp_tests::artifacts::{HELLO, HELLO_NATIVE, IDLE, SPIN};
 
+mod common;
+use common::percentile;
+
 const START_RUNS: usize = 2_000;
 const NATIVE_RUNS: usize = 300;
 const FAIR_RUNS: usize = 40;
@@ -63,11 +66,6 @@ fn runtime(slots: u32) -> Runtime {
         hardware: None,
     })
     .unwrap()
-}
-
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
 }
 
 fn us(d: Duration) -> String {
@@ -435,13 +433,6 @@ fn run_kelpd(
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = [
-        "measurement",
-        "kelp",
-        "baseline (same run)",
-        "target",
-        "met",
-    ];
     let cells: Vec<[String; 5]> = rows
         .iter()
         .map(|r| {
@@ -458,24 +449,14 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let mut widths = headers.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cols: &[String]| {
-        let padded: Vec<String> = cols
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
-    println!();
-    line(&headers.map(String::from));
-    println!("|{}|", widths.map(|w| "-".repeat(w + 2)).join("|"));
-    for row in &cells {
-        line(row);
-    }
+    common::print_table(
+        [
+            "measurement",
+            "kelp",
+            "baseline (same run)",
+            "target",
+            "met",
+        ],
+        &cells,
+    );
 }

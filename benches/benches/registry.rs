@@ -14,9 +14,12 @@
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use kelp_registry::oci::{self, Descriptor};
+use kelp_registry::oci::WasmArtifact;
 use kelp_registry::{Client, ManifestRef, RepoName, Tag};
 use sha2::Digest as _;
+
+mod common;
+use common::percentile;
 
 const MIB: usize = 1 << 20;
 /// Runs of each single transfer; the median is reported.
@@ -79,11 +82,6 @@ fn median(times: &mut [Duration]) -> Duration {
     times[times.len() / 2]
 }
 
-fn percentile(sorted: &[Duration], p: f64) -> Duration {
-    let i = ((sorted.len() as f64 - 1.0) * p).round() as usize;
-    sorted[i.min(sorted.len() - 1)]
-}
-
 fn ms(d: Duration) -> String {
     if d >= Duration::from_millis(1) {
         format!("{:.1} ms", d.as_secs_f64() * 1e3)
@@ -114,15 +112,6 @@ fn copy_synced(src: &Path, dest: &Path) -> Duration {
     start.elapsed()
 }
 
-fn layer(wasm_digest: kelp_core::Digest, size: usize) -> Descriptor {
-    Descriptor {
-        media_type: oci::WASM_LAYER.into(),
-        digest: wasm_digest,
-        size: size as u64,
-        annotations: Default::default(),
-    }
-}
-
 async fn push_and_pull(client: &Client, dir: &Path, rows: &mut Vec<Row>) {
     let len = 20 * MIB;
     let repo = RepoName::parse("bench/big").unwrap();
@@ -134,7 +123,7 @@ async fn push_and_pull(client: &Client, dir: &Path, rows: &mut Vec<Row>) {
         let start = Instant::now();
         let (digest, size) = client.push_blob_file(&repo, &src).await.unwrap();
         push.push(start.elapsed());
-        pushed = Some(layer(digest, size as usize));
+        pushed = Some(WasmArtifact::of_layer(digest, size).unwrap().layer);
     }
     let desc = pushed.unwrap();
     let mut copy: Vec<Duration> = (0..RUNS)
@@ -221,23 +210,24 @@ async fn concurrent_pulls(client: &Client, dir: &Path, rows: &mut Vec<Row>) {
     let copy_total = median(&mut copy_totals);
 
     let all = len * CONCURRENT;
+    // Total; median / p99 of each transfer; aggregate rate.
+    let summary = |total: Duration, each: &[Duration]| {
+        format!(
+            "{}; {} / {}; {:.0} MB/s",
+            ms(total),
+            ms(percentile(each, 0.5)),
+            ms(percentile(each, 0.99)),
+            rate(all, total)
+        )
+    };
     rows.push(Row {
         what: format!(
             "{CONCURRENT} concurrent pulls of a 1 MiB artifact (median of {ROUNDS} rounds): total, per pull median / p99, aggregate"
         ),
-        kelp: format!(
-            "{}; {} / {}; {:.0} MB/s",
-            ms(total),
-            ms(percentile(&each, 0.5)),
-            ms(percentile(&each, 0.99)),
-            rate(all, total)
-        ),
+        kelp: summary(total, &each),
         baseline: format!(
-            "{CONCURRENT} copies + fsync, one after another: {}; {} / {}; {:.0} MB/s",
-            ms(copy_total),
-            ms(percentile(&copies, 0.5)),
-            ms(percentile(&copies, 0.99)),
-            rate(all, copy_total)
+            "{CONCURRENT} copies + fsync, one after another: {}",
+            summary(copy_total, &copies)
         ),
         ratio: ratio(total, copy_total),
     });
@@ -312,7 +302,6 @@ fn sign_and_verify(rows: &mut Vec<Row>) {
 }
 
 fn print_table(rows: &[Row]) {
-    let headers = ["measurement", "kelp", "baseline (same run)", "ratio"];
     let cells: Vec<[String; 4]> = rows
         .iter()
         .map(|r| {
@@ -324,24 +313,8 @@ fn print_table(rows: &[Row]) {
             ]
         })
         .collect();
-    let mut widths = headers.map(|h| h.chars().count());
-    for row in &cells {
-        for (w, c) in widths.iter_mut().zip(row) {
-            *w = (*w).max(c.chars().count());
-        }
-    }
-    let line = |cols: &[String]| {
-        let padded: Vec<String> = cols
-            .iter()
-            .zip(widths)
-            .map(|(c, w)| format!("{c}{}", " ".repeat(w - c.chars().count())))
-            .collect();
-        println!("| {} |", padded.join(" | "));
-    };
-    println!();
-    line(&headers.map(String::from));
-    println!("|{}|", widths.map(|w| "-".repeat(w + 2)).join("|"));
-    for row in &cells {
-        line(row);
-    }
+    common::print_table(
+        ["measurement", "kelp", "baseline (same run)", "ratio"],
+        &cells,
+    );
 }

@@ -213,11 +213,14 @@ impl fmt::Debug for SecretKey {
 
 impl fmt::Display for KeyId {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        for b in self.0 {
-            write!(f, "{b:02x}")?;
-        }
-        Ok(())
+        f.write_str(&key_id_hex(&self.0))
     }
+}
+
+/// A key id as text: two lowercase hex digits a byte. Key ids read from a
+/// file are shown this way whatever their length.
+fn key_id_hex(id: &[u8]) -> String {
+    id.iter().map(|b| format!("{b:02x}")).collect()
 }
 
 impl fmt::Debug for KeyId {
@@ -513,7 +516,7 @@ fn signer_list(sets: &[SignedHashes]) -> String {
         .flat_map(|s| &s.signatures)
         .map(|s| match s.key_id.as_slice() {
             [] => "(none)".to_owned(),
-            id => id.iter().map(|b| format!("{b:02x}")).collect(),
+            id => key_id_hex(id),
         })
         .collect();
     if ids.is_empty() {
@@ -558,8 +561,7 @@ pub fn inspect(module: &[u8]) -> Result<Inspection, SignatureError> {
         .iter()
         .flat_map(|set| {
             set.signatures.iter().map(|sig| SignatureSummary {
-                key_id: (!sig.key_id.is_empty())
-                    .then(|| sig.key_id.iter().map(|b| format!("{b:02x}")).collect()),
+                key_id: (!sig.key_id.is_empty()).then(|| key_id_hex(&sig.key_id)),
                 covers_contents: set.hashes.contains(&hash),
             })
         })

@@ -296,12 +296,19 @@ impl Client {
         self.push_artifact(repo, tag, artifact).await
     }
 
-    /// Like [`Client::push_wasm`], streaming the `.wasm` from a file.
-    pub async fn push_wasm_file(&self, repo: &RepoName, tag: &Tag, path: &Path) -> Result<Digest> {
+    /// Like [`Client::push_wasm`], streaming the `.wasm` from a file; also
+    /// returns the size of the `.wasm` it pushed.
+    pub async fn push_wasm_file(
+        &self,
+        repo: &RepoName,
+        tag: &Tag,
+        path: &Path,
+    ) -> Result<(Digest, u64)> {
         let (digest, size) = self.push_blob_file(repo, path).await?;
         let artifact = WasmArtifact::of_layer(digest, size)
             .map_err(|e| ClientError::Manifest(format!("cannot encode the manifest: {e}")))?;
-        self.push_artifact(repo, tag, artifact).await
+        let manifest_digest = self.push_artifact(repo, tag, artifact).await?;
+        Ok((manifest_digest, size))
     }
 
     /// The config and manifest of an artifact whose layer is pushed.
@@ -338,21 +345,14 @@ impl Client {
     /// it twice (once for its digest, once to send it) rather than holding
     /// it in memory. Returns its digest and size.
     pub async fn push_blob_file(&self, repo: &RepoName, path: &Path) -> Result<(Digest, u64)> {
-        let io = |source| ClientError::Io {
-            path: path.to_owned(),
-            source,
-        };
-        let owned = path.to_owned();
-        // One trip to the blocking pool for the whole hash, not one a read.
-        let (digest, size) = tokio::task::spawn_blocking(move || hash_file(&owned))
+        let (hasher, size) = hash_file(path).await?;
+        let digest = Digest::from_bytes(hasher.finalize().into());
+        let file = tokio::fs::File::open(path)
             .await
-            .map_err(|e| {
-                io(std::io::Error::other(format!(
-                    "hashing did not finish: {e}"
-                )))
-            })?
-            .map_err(io)?;
-        let file = tokio::fs::File::open(path).await.map_err(io)?;
+            .map_err(|source| ClientError::Io {
+                path: path.to_owned(),
+                source,
+            })?;
         // The announced length bounds what is sent, should the file grow;
         // a file that changed is caught by the registry's digest check.
         let stream = tokio_util::io::ReaderStream::with_capacity(file.take(size), CHUNK);
@@ -394,10 +394,10 @@ impl Client {
         };
         url.push(if url.contains('?') { '&' } else { '?' });
         url.push_str(&format!("digest={digest}"));
+        let reporting = Reporting::start(self.progress.as_deref(), &digest, size, 0);
+        // The body stream outlives this call's borrows, so it holds its own
+        // handle on the progress.
         let progress = self.progress.clone();
-        if let Some(p) = &progress {
-            p.start(&digest, size, 0);
-        }
         let counted = body.map(move |piece| {
             if let (Ok(bytes), Some(p)) = (&piece, &progress) {
                 p.advance(bytes.len() as u64);
@@ -410,9 +410,7 @@ impl Client {
             .header(header::CONTENT_LENGTH, size)
             .body(reqwest::Body::wrap_stream(counted));
         let sent = self.send(&what, req).await;
-        if let Some(p) = &self.progress {
-            p.finish();
-        }
+        drop(reporting);
         self.expect(&what, sent?, &[StatusCode::CREATED]).await?;
         Ok(())
     }
@@ -546,17 +544,7 @@ impl Client {
         }
         if have > 0 {
             // Hash what is already there; the new bytes continue the hash.
-            let mut reader = tokio::fs::File::open(&partial)
-                .await
-                .map_err(io(&partial))?;
-            let mut buf = vec![0u8; 64 << 10];
-            loop {
-                let n = reader.read(&mut buf).await.map_err(io(&partial))?;
-                if n == 0 {
-                    break;
-                }
-                hasher.update(&buf[..n]);
-            }
+            (hasher, _) = hash_file(&partial).await?;
         }
         if have < desc.size {
             let url = format!("{}/v2/{repo}/blobs/{}", self.base, desc.digest);
@@ -640,21 +628,35 @@ impl Client {
     }
 }
 
-/// The sha256 and size of a file.
-fn hash_file(path: &Path) -> std::io::Result<(Digest, u64)> {
-    use std::io::Read as _;
-    let mut file = std::fs::File::open(path)?;
-    let mut hasher = Sha256::new();
-    let mut size = 0u64;
-    let mut buf = vec![0u8; FILE_BUFFER];
-    loop {
-        let n = file.read(&mut buf)?;
-        if n == 0 {
-            return Ok((Digest::from_bytes(hasher.finalize().into()), size));
+/// The sha256 of a file so far (a hasher that more bytes can continue) and
+/// its size, read in one trip to the blocking pool rather than one a read.
+async fn hash_file(path: &Path) -> Result<(Sha256, u64)> {
+    let owned = path.to_owned();
+    let hashed = tokio::task::spawn_blocking(move || {
+        use std::io::Read as _;
+        let mut file = std::fs::File::open(&owned)?;
+        let mut hasher = Sha256::new();
+        let mut size = 0u64;
+        let mut buf = vec![0u8; FILE_BUFFER];
+        loop {
+            let n = file.read(&mut buf)?;
+            if n == 0 {
+                return Ok((hasher, size));
+            }
+            hasher.update(&buf[..n]);
+            size += n as u64;
         }
-        hasher.update(&buf[..n]);
-        size += n as u64;
-    }
+    })
+    .await
+    .unwrap_or_else(|e| {
+        Err(std::io::Error::other(format!(
+            "hashing did not finish: {e}"
+        )))
+    });
+    hashed.map_err(|source| ClientError::Io {
+        path: path.to_owned(),
+        source,
+    })
 }
 
 fn partial_path(dest: &Path) -> PathBuf {
@@ -777,12 +779,7 @@ mod against_the_server {
             .push_wasm(&repo, &Tag::parse("v1").unwrap(), wasm.clone().into())
             .await
             .unwrap();
-        let desc = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: digest_of(&wasm),
-            size: wasm.len() as u64,
-            annotations: Default::default(),
-        };
+        let desc = WasmArtifact::new(&wasm).unwrap().layer;
         let dest = dir.path().join("m.wasm");
         std::fs::write(partial_path(&dest), &wasm[..123_456]).unwrap();
         client.pull_blob(&repo, &desc, &dest).await.unwrap();
@@ -810,10 +807,8 @@ mod against_the_server {
         let wasm = module();
         client.push_blob(&repo, wasm.clone().into()).await.unwrap();
         let desc = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: digest_of(&wasm),
             size: 1000,
-            annotations: Default::default(),
+            ..WasmArtifact::new(&wasm).unwrap().layer
         };
         let dest = dir.path().join("m.wasm");
         let err = client.pull_blob(&repo, &desc, &dest).await.unwrap_err();
@@ -863,10 +858,11 @@ mod against_the_server {
         let wasm: Vec<u8> = (0..1_000_000u32).map(|i| (i * 13 % 251) as u8).collect();
         let file = dir.path().join("big.wasm");
         std::fs::write(&file, &wasm).unwrap();
-        let manifest_digest = client
+        let (manifest_digest, size) = client
             .push_wasm_file(&repo, &Tag::parse("v1").unwrap(), &file)
             .await
             .unwrap();
+        assert_eq!(size, wasm.len() as u64);
         // The same manifest as pushing the bytes from memory.
         assert_eq!(
             manifest_digest,
@@ -884,12 +880,7 @@ mod against_the_server {
         );
 
         // A resumed pull starts from what the partial file holds.
-        let desc = Descriptor {
-            media_type: oci::WASM_LAYER.into(),
-            digest: digest_of(&wasm),
-            size: wasm.len() as u64,
-            annotations: Default::default(),
-        };
+        let desc = WasmArtifact::new(&wasm).unwrap().layer;
         let dest = dir.path().join("pulled.wasm");
         std::fs::write(partial_path(&dest), &wasm[..400_000]).unwrap();
         client.pull_blob(&repo, &desc, &dest).await.unwrap();

@@ -16,6 +16,7 @@ use futures_util::StreamExt as _;
 use kelp_core::Digest;
 use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
+use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
 
 use crate::auth::{Access, Auth};
@@ -558,11 +559,13 @@ async fn append_body(
     Ok(written)
 }
 
-fn find_upload(
+/// The upload session `id`, locked, if it is in progress in `repo`. A session
+/// of another repository is as unknown here as one that never existed.
+async fn find_upload(
     reg: &Registry,
     repo: &RepoName,
     id: &str,
-) -> Result<(Uuid, Arc<tokio::sync::Mutex<Upload>>), ApiError> {
+) -> Result<(Uuid, OwnedMutexGuard<Upload>), ApiError> {
     let unknown = || {
         ApiError::not_found(
             ErrorCode::BlobUploadUnknown,
@@ -571,18 +574,15 @@ fn find_upload(
     };
     let uuid = Uuid::parse_str(id).map_err(|_| unknown())?;
     let upload = reg.uploads().get(&uuid).cloned().ok_or_else(unknown)?;
+    let upload = upload.lock_owned().await;
+    if upload.repo != *repo {
+        return Err(unknown());
+    }
     Ok((uuid, upload))
 }
 
 async fn upload_status(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let upload = upload.lock().await;
-    if upload.repo != *repo {
-        return Err(ApiError::not_found(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload `{id}` is not in progress in `{repo}`"),
-        ));
-    }
+    let (uuid, upload) = find_upload(reg, repo, id).await?;
     Ok((
         StatusCode::NO_CONTENT,
         upload_headers(repo, &uuid, upload.len),
@@ -639,21 +639,16 @@ fn chunk_range(
     Ok(Some(count))
 }
 
-/// Appends a chunk to an upload session. On any failure the session's file
-/// is cut back to where it was, so the client can send the chunk again.
+/// Appends a chunk to an upload session and returns the session's file,
+/// still open. On any failure the file is cut back to where it was, so the
+/// client can send the chunk again.
 async fn append_chunk(
     upload: &mut Upload,
     uuid: &Uuid,
     repo: &RepoName,
     headers: &HeaderMap,
     body: Body,
-) -> Result<(), ApiError> {
-    if upload.repo != *repo {
-        return Err(ApiError::not_found(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload `{uuid}` is not in progress in `{repo}`"),
-        ));
-    }
+) -> Result<tokio::fs::File, ApiError> {
     let expected = chunk_range(headers, repo, uuid, upload.len)?;
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
@@ -680,7 +675,7 @@ async fn append_chunk(
             upload.hasher = hasher;
             upload.len += written;
             upload.touched = Instant::now();
-            Ok(())
+            Ok(file)
         }
         Err(e) => {
             file.set_len(upload.len)
@@ -698,8 +693,7 @@ async fn patch_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let mut upload = upload.lock().await;
+    let (uuid, mut upload) = find_upload(reg, repo, id).await?;
     append_chunk(&mut upload, &uuid, repo, headers, body).await?;
     Ok((
         StatusCode::ACCEPTED,
@@ -716,8 +710,7 @@ async fn finish_upload(
     headers: &HeaderMap,
     body: Body,
 ) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let mut upload = upload.lock().await;
+    let (uuid, mut upload) = find_upload(reg, repo, id).await?;
     let Some(digest) = query_value(query, "digest") else {
         return Err(ApiError::bad_request(
             ErrorCode::DigestInvalid,
@@ -725,15 +718,10 @@ async fn finish_upload(
         ));
     };
     let digest = parse_digest(digest)?;
-    append_chunk(&mut upload, &uuid, repo, headers, body).await?;
+    let file = append_chunk(&mut upload, &uuid, repo, headers, body).await?;
     // From here the session ends, whatever the outcome.
     reg.uploads().remove(&uuid);
     let guard = RemoveOnDrop(Some(upload.path.clone()));
-    let file = tokio::fs::OpenOptions::new()
-        .write(true)
-        .open(&upload.path)
-        .await
-        .map_err(io_err("opening upload file"))?;
     let hasher = std::mem::take(&mut upload.hasher);
     seal(reg, file, &upload.path, hasher, digest).await?;
     guard.disarm();
@@ -741,14 +729,7 @@ async fn finish_upload(
 }
 
 async fn cancel_upload(reg: &Registry, repo: &RepoName, id: &str) -> Result<Response, ApiError> {
-    let (uuid, upload) = find_upload(reg, repo, id)?;
-    let upload = upload.lock().await;
-    if upload.repo != *repo {
-        return Err(ApiError::not_found(
-            ErrorCode::BlobUploadUnknown,
-            format!("upload `{id}` is not in progress in `{repo}`"),
-        ));
-    }
+    let (uuid, upload) = find_upload(reg, repo, id).await?;
     reg.uploads().remove(&uuid);
     let _ = tokio::fs::remove_file(&upload.path).await;
     Ok(StatusCode::NO_CONTENT.into_response())
@@ -858,77 +839,78 @@ fn check_manifest(
     store: &Store,
     content_type: Option<&str>,
     bytes: &[u8],
-) -> Result<Result<String, ApiError>, std::io::Error> {
+) -> Result<String, ApiError> {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
-        Err(e) => return Ok(Err(invalid_manifest(format!("manifest is not JSON: {e}")))),
+        Err(e) => return Err(invalid_manifest(format!("manifest is not JSON: {e}"))),
     };
     let declared = value.get("mediaType").and_then(|v| v.as_str());
     let media_type = match (content_type, declared) {
         (Some(c), Some(d)) if c != d => {
-            return Ok(Err(invalid_manifest(format!(
+            return Err(invalid_manifest(format!(
                 "Content-Type `{c}` does not match the manifest's mediaType `{d}`"
-            ))));
+            )));
         }
         (Some(c), _) => c.to_owned(),
         (None, Some(d)) => d.to_owned(),
         (None, None) => {
-            return Ok(Err(invalid_manifest(
+            return Err(invalid_manifest(
                 "the manifest has no mediaType and the request no Content-Type",
-            )));
+            ));
         }
     };
     if !oci::MANIFEST_TYPES.contains(&media_type.as_str()) {
-        return Ok(Err(invalid_manifest(format!(
+        return Err(invalid_manifest(format!(
             "manifest type `{media_type}` is not one of {}",
             oci::MANIFEST_TYPES.join(", ")
-        ))));
+        )));
     }
     if media_type == oci::OCI_INDEX || media_type == oci::DOCKER_MANIFEST_LIST {
-        return Ok(match serde_json::from_value::<ImageIndex>(value) {
+        return match serde_json::from_value::<ImageIndex>(value) {
             Ok(index) if index.schema_version == 2 => Ok(media_type),
             Ok(index) => Err(invalid_manifest(format!(
                 "schemaVersion is {}, not 2",
                 index.schema_version
             ))),
             Err(e) => Err(invalid_manifest(format!("not a valid image index: {e}"))),
-        });
+        };
     }
     let manifest = match serde_json::from_value::<ImageManifest>(value) {
         Ok(m) => m,
         Err(e) => {
-            return Ok(Err(invalid_manifest(format!(
-                "not a valid image manifest: {e}"
-            ))));
+            return Err(invalid_manifest(format!("not a valid image manifest: {e}")));
         }
     };
     if manifest.schema_version != 2 {
-        return Ok(Err(invalid_manifest(format!(
+        return Err(invalid_manifest(format!(
             "schemaVersion is {}, not 2",
             manifest.schema_version
-        ))));
+        )));
     }
     for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
-        match store.blob_size(&descriptor.digest)? {
+        let size = store
+            .blob_size(&descriptor.digest)
+            .map_err(io_err("reading blob size"))?;
+        match size {
             None => {
-                return Ok(Err(ApiError::bad_request(
+                return Err(ApiError::bad_request(
                     ErrorCode::ManifestBlobUnknown,
                     format!(
                         "the manifest references blob {}, which is not in the registry; push it first",
                         descriptor.digest
                     ),
-                )));
+                ));
             }
             Some(size) if size != descriptor.size => {
-                return Ok(Err(invalid_manifest(format!(
+                return Err(invalid_manifest(format!(
                     "the manifest says blob {} has {} bytes, but it has {size}",
                     descriptor.digest, descriptor.size
-                ))));
+                )));
             }
             Some(_) => {}
         }
     }
-    Ok(Ok(media_type))
+    Ok(media_type)
 }
 
 async fn put_manifest(
@@ -972,7 +954,7 @@ async fn put_manifest(
     let repo2 = repo.clone();
     let tags2 = tags.clone();
     blocking(move || {
-        let media_type = match check_manifest(&store, content_type.as_deref(), &bytes)? {
+        let media_type = match check_manifest(&store, content_type.as_deref(), &bytes) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };

@@ -95,7 +95,8 @@ impl Store {
             Err(e) => return Err(e),
         };
         let mut hasher = Sha256::new();
-        let len = io::copy(&mut file, &mut HashWriter(&mut hasher))?;
+        // `Sha256` is an `io::Write` that hashes what it is given.
+        let len = io::copy(&mut file, &mut hasher)?;
         if Digest::from_bytes(hasher.finalize().into()) != *digest {
             tracing::error!(%digest, path = %path.display(), "stored blob does not match its digest; quarantined");
             self.quarantine(&path, digest)?;
@@ -229,19 +230,6 @@ impl Store {
         }
         tags.sort();
         Ok(Some(tags))
-    }
-}
-
-/// Feeds everything written into a hasher.
-pub(crate) struct HashWriter<'a>(pub &'a mut Sha256);
-
-impl Write for HashWriter<'_> {
-    fn write(&mut self, buf: &[u8]) -> io::Result<usize> {
-        self.0.update(buf);
-        Ok(buf.len())
-    }
-    fn flush(&mut self) -> io::Result<()> {
-        Ok(())
     }
 }
 

@@ -14,7 +14,7 @@ use std::time::Duration;
 use kelp_tests::artifacts::{HELLO, IDLE};
 
 use crate::kelpd::Device;
-use crate::registry::{TestCloud, kelp, sha256, text};
+use crate::registry::{TestCloud, kelp, pushed_digest, sha256, text, wasm_manifest};
 
 /// A key pair from `kelp key generate`, and files signed with it.
 pub(crate) struct Publisher {
@@ -70,13 +70,7 @@ pub(crate) fn push(cloud: &TestCloud, file: &Path, repo: &str) -> String {
         Some(&cloud.token),
     );
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let digest = text(&out.stdout)
-        .trim()
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
-    format!("{}/{repo}@{digest}", cloud.addr)
+    format!("{}/{repo}@{}", cloud.addr, pushed_digest(&out))
 }
 
 fn service(name: &str, image: &str) -> String {
@@ -201,19 +195,6 @@ impl Drop for LyingRegistry {
     }
 }
 
-/// A Wasm artifact manifest for `wasm`, in the layout `kelp push` writes.
-fn manifest_for(wasm: &[u8]) -> Vec<u8> {
-    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
-    format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.wasm.config.v0+json","config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":{}}}]}}"#,
-        sha256(config),
-        config.len(),
-        sha256(wasm),
-        wasm.len()
-    )
-    .into_bytes()
-}
-
 #[test]
 fn a_bad_image_is_refused_with_its_reason_and_the_running_version_stays() {
     let dir = tempfile::tempdir().unwrap();
@@ -278,7 +259,7 @@ fn a_bad_image_is_refused_with_its_reason_and_the_running_version_stays() {
     let real = std::fs::read(&damaged).unwrap();
     let mut lie = real.clone();
     lie[200] ^= 0x01;
-    let manifest = manifest_for(&real);
+    let manifest = wasm_manifest(&real);
     let liar = LyingRegistry::start(manifest.clone(), lie.clone());
     let lying_image = format!("{}/kelp/lie@{}", liar.addr, sha256(&manifest));
 

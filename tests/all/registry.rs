@@ -98,6 +98,15 @@ pub(crate) fn sha256(bytes: &[u8]) -> String {
     format!("sha256:{}", hex::encode(Sha256::digest(bytes)))
 }
 
+/// The manifest digest a successful `kelp push` printed
+/// (`pushed <registry>/<repo>@sha256:…`).
+pub(crate) fn pushed_digest(out: &Output) -> String {
+    let pushed = text(&out.stdout);
+    let (_, digest) = pushed.trim().rsplit_once('@').unwrap();
+    assert!(digest.starts_with("sha256:"), "{pushed}");
+    digest.to_owned()
+}
+
 /// The path of a tool the test needs; a missing tool fails the test and says
 /// how to install it.
 fn require(tool: &str, package: &str) -> PathBuf {
@@ -149,9 +158,7 @@ fn kelp_push_then_kelp_pull_gives_back_the_same_bytes() {
         text(&out.stderr),
         "warning: pushing unsigned (no --key); devices that pin keys will refuse it\n"
     );
-    let pushed = text(&out.stdout);
-    let digest = pushed.trim().rsplit_once('@').unwrap().1.to_owned();
-    assert!(digest.starts_with("sha256:"), "{pushed}");
+    let digest = pushed_digest(&out);
 
     let wasm = std::fs::read(HELLO).unwrap();
     for reference in [to.clone(), format!("{}/kelp/hello@{digest}", cloud.addr)] {
@@ -483,8 +490,24 @@ fn free_port() -> u16 {
         .port()
 }
 
-/// An OCI image layout holding `wasm` as a Wasm artifact tagged `v1`,
-/// written by hand from the image spec (not by Kelp's code).
+/// The config blob of a Wasm artifact, as [`wasm_manifest`] names it.
+const WASM_CONFIG: &[u8] = br#"{"architecture":"wasm","os":"wasip2"}"#;
+
+/// The manifest of a Wasm artifact holding `wasm` (and [`WASM_CONFIG`]),
+/// in the layout `kelp push` writes, but written by hand from the image spec
+/// (not by Kelp's code).
+pub(crate) fn wasm_manifest(wasm: &[u8]) -> Vec<u8> {
+    format!(
+        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.wasm.config.v0+json","config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":{}}}]}}"#,
+        sha256(WASM_CONFIG),
+        WASM_CONFIG.len(),
+        sha256(wasm),
+        wasm.len()
+    )
+    .into_bytes()
+}
+
+/// An OCI image layout holding `wasm` as a Wasm artifact tagged `v1`.
 fn oci_layout(dir: &Path, wasm: &[u8]) -> String {
     let blobs = dir.join("blobs/sha256");
     std::fs::create_dir_all(&blobs).unwrap();
@@ -493,15 +516,10 @@ fn oci_layout(dir: &Path, wasm: &[u8]) -> String {
         std::fs::write(blobs.join(d.trim_start_matches("sha256:")), bytes).unwrap();
         d
     };
-    let config = br#"{"architecture":"wasm","os":"wasip2"}"#;
-    let manifest = format!(
-        r#"{{"schemaVersion":2,"mediaType":"application/vnd.oci.image.manifest.v1+json","artifactType":"application/vnd.wasm.config.v0+json","config":{{"mediaType":"application/vnd.wasm.config.v0+json","digest":"{}","size":{}}},"layers":[{{"mediaType":"application/wasm","digest":"{}","size":{}}}]}}"#,
-        put(config),
-        config.len(),
-        put(wasm),
-        wasm.len()
-    );
-    let manifest_digest = put(manifest.as_bytes());
+    put(WASM_CONFIG);
+    put(wasm);
+    let manifest = wasm_manifest(wasm);
+    let manifest_digest = put(&manifest);
     std::fs::write(dir.join("oci-layout"), r#"{"imageLayoutVersion":"1.0.0"}"#).unwrap();
     std::fs::write(
         dir.join("index.json"),
@@ -645,12 +663,7 @@ fn kelp_pushes_to_and_pulls_from_the_reference_registry() {
     let to = format!("{}/kelp/hello:v1", registry.addr);
     let out = kelp(&["push", HELLO, "--to", &to], None);
     assert!(out.status.success(), "{}", text(&out.stderr));
-    let digest = text(&out.stdout)
-        .trim()
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
+    let digest = pushed_digest(&out);
 
     for reference in [to.clone(), format!("{}/kelp/hello@{digest}", registry.addr)] {
         let dest = dir.path().join("pulled.wasm");
@@ -717,12 +730,7 @@ fn a_pushed_crate_is_built_signed_and_runs_verified_after_pulling() {
         "{}",
         text(&out.stderr)
     );
-    let digest = text(&out.stdout)
-        .trim()
-        .rsplit_once('@')
-        .unwrap()
-        .1
-        .to_owned();
+    let digest = pushed_digest(&out);
 
     let pulled = dir.path().join("hello.wasm");
     let reference = format!("{}/kelp/hello@{digest}", cloud.addr);

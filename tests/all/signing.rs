@@ -6,7 +6,8 @@ use std::process::{Command, Output};
 
 use kelp_tests::artifacts::{HELLO, HELLO_P1};
 use kelp_tests::binary;
-use sha2::Digest as _;
+
+use crate::registry::sha256;
 
 const HELLO_MANIFEST: &str = concat!(
     env!("CARGO_MANIFEST_DIR"),
@@ -101,30 +102,40 @@ impl Keys {
 
     /// Signs `input` into the key's directory as `name`, with `manifest`.
     fn sign(&self, input: &str, manifest: Option<&str>, name: &str) -> PathBuf {
-        let out = self.path(name);
+        ok(self.sign_with(&self.secret(), input, manifest.map(Path::new), name));
+        self.path(name)
+    }
+
+    /// `kelp sign --key <key>` of `input` into the key's directory as
+    /// `name`, with `manifest`, whatever the outcome.
+    fn sign_with(&self, key: &Path, input: &str, manifest: Option<&Path>, name: &str) -> Output {
         let mut args: Vec<std::ffi::OsString> = vec![
             "sign".into(),
             "--key".into(),
-            self.secret().into(),
+            key.into(),
             input.into(),
             "-o".into(),
-            out.clone().into(),
+            self.path(name).into(),
         ];
         if let Some(m) = manifest {
             args.extend(["--manifest".into(), m.into()]);
         }
-        ok(kelp(&args));
-        out
+        kelp(&args)
     }
 
     fn verify(&self, file: &Path) -> Output {
-        kelp(&[
-            "verify".as_ref(),
-            "--public-key".as_ref(),
-            self.public().as_os_str(),
-            file.as_os_str(),
-        ])
+        verify(&[&self.public()], file)
     }
+}
+
+/// `kelp verify` of `file` with every one of `public_keys`.
+fn verify(public_keys: &[&Path], file: &Path) -> Output {
+    let mut args: Vec<&std::ffi::OsStr> = vec!["verify".as_ref()];
+    for key in public_keys {
+        args.extend(["--public-key".as_ref(), key.as_os_str()]);
+    }
+    args.push(file.as_os_str());
+    kelp(&args)
 }
 
 #[test]
@@ -142,7 +153,7 @@ fn signs_with_a_manifest_and_verifies_naming_the_signer() {
     ]));
     let info: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
     let bytes = std::fs::read(&signed).unwrap();
-    let digest = format!("sha256:{}", hex::encode(sha2::Sha256::digest(&bytes)));
+    let digest = sha256(&bytes);
     assert_eq!(info["digest"], digest.as_str());
     assert_eq!(info["kind"], "component");
     assert_eq!(info["manifest"]["name"], "hello");
@@ -195,16 +206,12 @@ fn another_public_key_does_not_verify() {
 fn a_manifest_of_the_wrong_kind_is_refused() {
     let keys = Keys::generate();
     // Signing a component with a core module's manifest.
-    let out = kelp(&[
-        "sign".as_ref(),
-        "--key".as_ref(),
-        keys.secret().as_os_str(),
-        HELLO.as_ref(),
-        "-o".as_ref(),
-        keys.path("x.wasm").as_os_str(),
-        "--manifest".as_ref(),
-        HELLO_P1_MANIFEST.as_ref(),
-    ]);
+    let out = keys.sign_with(
+        &keys.secret(),
+        HELLO,
+        Some(Path::new(HELLO_P1_MANIFEST)),
+        "x.wasm",
+    );
     fails_with(out, &["manifest says core module but file is a component"]);
     assert!(!keys.path("x.wasm").exists());
 
@@ -257,14 +264,7 @@ fn a_second_signer_adds_a_signature() {
     let (a, b) = (Keys::generate(), Keys::generate());
     let once = a.sign(HELLO, Some(HELLO_MANIFEST), "once.wasm");
     let twice = b.sign(once.to_str().unwrap(), None, "twice.wasm");
-    let out = ok(kelp(&[
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        a.public().as_os_str(),
-        "--public-key".as_ref(),
-        b.public().as_os_str(),
-        twice.as_os_str(),
-    ]));
+    let out = ok(verify(&[&a.public(), &b.public()], &twice));
     assert!(stdout(&out).contains(&a.key_id), "{}", stdout(&out));
     assert!(stdout(&out).contains(&b.key_id), "{}", stdout(&out));
     ok(a.verify(&twice));
@@ -300,21 +300,9 @@ fn bad_inputs_get_one_clear_error() {
     );
 
     // A public key where the secret one belongs, and the other way round.
-    let out = kelp(&[
-        "sign".as_ref(),
-        "--key".as_ref(),
-        keys.public().as_os_str(),
-        HELLO.as_ref(),
-        "-o".as_ref(),
-        keys.path("x.wasm").as_os_str(),
-    ]);
+    let out = keys.sign_with(&keys.public(), HELLO, None, "x.wasm");
     fails_with(out, &["kelp.pub", "not a secret key file"]);
-    let out = kelp(&[
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        keys.secret().as_os_str(),
-        signed.as_os_str(),
-    ]);
+    let out = verify(&[&keys.secret()], &signed);
     fails_with(out, &["kelp.key", "not a public key file"]);
 
     let bad_manifest = keys.path("kelp.toml");
@@ -323,16 +311,7 @@ fn bad_inputs_get_one_clear_error() {
         "name = \"hello\"\nversion = \"1\"\nkind = \"component\"\nmemroy = \"1MiB\"\n",
     )
     .unwrap();
-    let out = kelp(&[
-        "sign".as_ref(),
-        "--key".as_ref(),
-        keys.secret().as_os_str(),
-        HELLO.as_ref(),
-        "-o".as_ref(),
-        keys.path("x.wasm").as_os_str(),
-        "--manifest".as_ref(),
-        bad_manifest.as_os_str(),
-    ]);
+    let out = keys.sign_with(&keys.secret(), HELLO, Some(&bad_manifest), "x.wasm");
     fails_with(out, &["kelp.toml", "memroy"]);
 
     // Keys are never overwritten.
@@ -363,18 +342,40 @@ fn wasmsign2() -> Command {
     Command::new(bin)
 }
 
+/// `wasmsign2 sign` of `input` into `output` with the secret key `secret`,
+/// naming the key id of `public` (`-K`) when given.
+fn wasmsign2_sign(input: &Path, output: &Path, secret: &Path, public: Option<&Path>) -> Output {
+    let mut cmd = wasmsign2();
+    cmd.arg("sign")
+        .arg("-i")
+        .arg(input)
+        .arg("-o")
+        .arg(output)
+        .arg("-k")
+        .arg(secret);
+    if let Some(public) = public {
+        cmd.arg("-K").arg(public);
+    }
+    cmd.output().unwrap()
+}
+
+/// `wasmsign2 verify` of `file` with the public key `public`.
+fn wasmsign2_verify(file: &Path, public: &Path) -> Output {
+    wasmsign2()
+        .arg("verify")
+        .arg("-i")
+        .arg(file)
+        .arg("-K")
+        .arg(public)
+        .output()
+        .unwrap()
+}
+
 #[test]
 fn files_kelp_signs_verify_with_wasmsign2() {
     let keys = Keys::generate();
     let signed = keys.sign(HELLO, Some(HELLO_MANIFEST), "hello.wasm");
-    let out = ok(wasmsign2()
-        .arg("verify")
-        .arg("-i")
-        .arg(&signed)
-        .arg("-K")
-        .arg(keys.public())
-        .output()
-        .unwrap());
+    let out = ok(wasmsign2_verify(&signed, &keys.public()));
     assert!(
         stdout(&out).contains("Signature is valid"),
         "{}",
@@ -382,14 +383,7 @@ fn files_kelp_signs_verify_with_wasmsign2() {
     );
 
     let stranger = Keys::generate();
-    let out = wasmsign2()
-        .arg("verify")
-        .arg("-i")
-        .arg(&signed)
-        .arg("-K")
-        .arg(stranger.public())
-        .output()
-        .unwrap();
+    let out = wasmsign2_verify(&signed, &stranger.public());
     assert!(!out.status.success(), "wasmsign2 trusted the wrong key");
 }
 
@@ -405,31 +399,13 @@ fn files_wasmsign2_signs_verify_with_kelp() {
         .arg(&pk)
         .output()
         .unwrap());
-    let verify = |file: &Path| {
-        kelp(&[
-            "verify".as_ref(),
-            "--public-key".as_ref(),
-            pk.as_os_str(),
-            file.as_os_str(),
-        ])
-    };
 
     // With a key id (`-K`) and without one.
     for (name, with_key_id) in [("with-id.wasm", true), ("without-id.wasm", false)] {
         let signed = dir.path().join(name);
-        let mut cmd = wasmsign2();
-        cmd.arg("sign")
-            .arg("-i")
-            .arg(HELLO)
-            .arg("-o")
-            .arg(&signed)
-            .arg("-k")
-            .arg(&sk);
-        if with_key_id {
-            cmd.arg("-K").arg(&pk);
-        }
-        ok(cmd.output().unwrap());
-        let out = ok(verify(&signed));
+        let key_id_from = with_key_id.then_some(pk.as_path());
+        ok(wasmsign2_sign(Path::new(HELLO), &signed, &sk, key_id_from));
+        let out = ok(verify(&[&pk], &signed));
         assert!(
             stdout(&out).contains("signed by key id"),
             "{}",
@@ -445,16 +421,9 @@ fn files_wasmsign2_signs_verify_with_kelp() {
         None,
         "both.wasm",
     );
-    ok(verify(&both));
+    ok(verify(&[&pk], &both));
     ok(keys.verify(&both));
-    ok(wasmsign2()
-        .arg("verify")
-        .arg("-i")
-        .arg(&both)
-        .arg("-K")
-        .arg(&pk)
-        .output()
-        .unwrap());
+    ok(wasmsign2_verify(&both, &pk));
 }
 
 #[test]
@@ -470,24 +439,8 @@ fn keys_kelp_generates_sign_with_wasmsign2() {
         pk.as_os_str(),
     ]));
     let signed = dir.path().join("hello.wasm");
-    ok(wasmsign2()
-        .arg("sign")
-        .arg("-i")
-        .arg(HELLO)
-        .arg("-o")
-        .arg(&signed)
-        .arg("-k")
-        .arg(&sk)
-        .arg("-K")
-        .arg(&pk)
-        .output()
-        .unwrap());
-    ok(kelp(&[
-        "verify".as_ref(),
-        "--public-key".as_ref(),
-        pk.as_os_str(),
-        signed.as_os_str(),
-    ]));
+    ok(wasmsign2_sign(Path::new(HELLO), &signed, &sk, Some(&pk)));
+    ok(verify(&[&pk], &signed));
 }
 
 /// `kelp run --public-key` runs only what that key signed.

@@ -55,12 +55,7 @@ impl PushArgs {
         let (digest, size) = if manifest.is_none() && self.key.is_none() {
             // Pushed as it is: streamed from the file, never held whole.
             warn_unsigned();
-            let size = tokio::fs::metadata(&path)
-                .await
-                .with_context(|| format!("cannot read {}", path.display()))?
-                .len();
-            let digest = client.push_wasm_file(&self.to.repo, tag, &path).await?;
-            (digest, size)
+            client.push_wasm_file(&self.to.repo, tag, &path).await?
         } else {
             // Embedding and signing rewrite the file: it is held in memory.
             let mut wasm = tokio::fs::read(&path)
