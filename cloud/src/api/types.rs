@@ -116,21 +116,15 @@ pub fn check_word(field: &str, word: &str) -> Result<(), ApiError> {
     }
 }
 
-/// A service name, as a manifest spells it: lowercase letters, digits, `-`
-/// and `_`, at most 63.
+/// A service name, by the rule manifests and devices use.
 pub fn check_service_name(field: &str, name: &str) -> Result<(), ApiError> {
-    let ok = !name.is_empty()
-        && name.len() <= 63
-        && name
-            .bytes()
-            .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b == b'-' || b == b'_');
-    if ok {
+    if kelp_core::valid_service_name(name) {
         Ok(())
     } else {
         Err(ApiError::field(
             field,
             format!(
-                "service name `{}` is not 1 to 63 lowercase letters, digits, `-` and `_`",
+                "service name `{}` is not 1 to 63 lowercase letters, digits, `-` and `_`, starting with a letter or digit",
                 shown(name)
             ),
         ))
