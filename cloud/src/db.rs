@@ -391,16 +391,6 @@ impl Db {
         Ok(row.map(|r| r.try_get("id")).transpose()?)
     }
 
-    /// Whether a token with this hash was revoked.
-    pub async fn token_revoked(&self, hash: &str) -> Result<bool, DbError> {
-        let row =
-            sqlx::query("SELECT id FROM api_tokens WHERE hash = $1 AND revoked_at IS NOT NULL")
-                .bind(hash)
-                .fetch_optional(&self.pool)
-                .await?;
-        Ok(row.is_some())
-    }
-
     pub async fn revoke_token(&self, id: &str) -> Result<Revoke, DbError> {
         let mut tx = self.begin().await?;
         if let Some(lock) = self.serialize_writes("api_tokens") {

@@ -18,7 +18,6 @@
 mod api;
 mod changes;
 mod db;
-mod registry_auth;
 mod secret;
 
 pub use api::{
@@ -30,12 +29,13 @@ pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
 
 use std::fs;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::Context as _;
 use axum::Router;
 use kelp_core::fsutil::{write_atomic, write_atomic_private};
-use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash};
+use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash, Tokens};
 
 /// Longest any request may take. Long enough to upload the largest blob the
 /// registry accepts ([`kelp_registry::MAX_BLOB_SIZE`], 512 MiB) at about
@@ -162,27 +162,52 @@ pub fn app_with_fleet(
     pull: PullPolicy,
     cp: ControlPlane,
 ) -> anyhow::Result<Router> {
-    let registry = registry_router(data, pull)?.layer(axum::middleware::from_fn_with_state(
-        cp.db.clone(),
-        registry_auth::refuse_revoked,
-    ));
+    let registry = registry_router(data, pull, Arc::new(ApiTokens(cp.db.clone())))?;
     Ok(with_limits(registry.merge(api::router(cp))))
 }
 
 /// The registry alone under `/v2/`, with body limits and timeouts on every
 /// route.
 pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
-    Ok(with_limits(registry_router(data, pull)?))
+    Ok(with_limits(registry_router(
+        data,
+        pull,
+        Arc::new(data.tokens.clone()),
+    )?))
 }
 
-fn registry_router(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
+/// The fleet API's token table as the registry's tokens: a token is valid
+/// on `/v2/` while it is live there, so revoking one through the API refuses
+/// it on the registry at the next request, and one created there works on
+/// the registry too.
+struct ApiTokens(Db);
+
+impl std::fmt::Debug for ApiTokens {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the fleet API's tokens")
+    }
+}
+
+#[async_trait::async_trait]
+impl Tokens for ApiTokens {
+    async fn accepts(&self, token: &str) -> std::io::Result<bool> {
+        self.0
+            .token_by_hash(&secret::hash(token))
+            .await
+            .map(|id| id.is_some())
+            .map_err(std::io::Error::other)
+    }
+}
+
+fn registry_router(
+    data: &DataDir,
+    pull: PullPolicy,
+    tokens: Arc<dyn Tokens>,
+) -> anyhow::Result<Router> {
     let store_dir = data.root.join("registry");
     let store = Store::open(&store_dir)
         .with_context(|| format!("cannot open the registry store in {}", store_dir.display()))?;
-    let auth = Auth {
-        pull,
-        tokens: data.tokens.clone(),
-    };
+    let auth = Auth { pull, tokens };
     Ok(kelp_registry::router(Registry::new(store, auth)))
 }
 

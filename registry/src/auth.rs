@@ -9,6 +9,7 @@
 
 use std::fmt;
 use std::str::FromStr;
+use std::sync::Arc;
 
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use base64::Engine as _;
@@ -81,11 +82,40 @@ impl FromStr for TokenHash {
     }
 }
 
+/// Where a registry's valid tokens come from: a fixed list of hashes, or
+/// something that is asked each time (the fleet API's token table, where a
+/// token revoked is refused on the next request).
+#[async_trait::async_trait]
+pub trait Tokens: Send + Sync + fmt::Debug {
+    /// Whether `token` is valid now.
+    async fn accepts(&self, token: &str) -> std::io::Result<bool>;
+}
+
+#[async_trait::async_trait]
+impl Tokens for Vec<TokenHash> {
+    async fn accepts(&self, token: &str) -> std::io::Result<bool> {
+        let presented = TokenHash::of(token);
+        // Check every hash, so the time taken does not say which one matched.
+        Ok(self.iter().fold(false, |found, known| {
+            found | bool::from(known.0.as_bytes().ct_eq(presented.0.as_bytes()))
+        }))
+    }
+}
+
 /// The access rules of one registry.
-#[derive(Clone, Debug, Default)]
+#[derive(Clone, Debug)]
 pub struct Auth {
     pub pull: PullPolicy,
-    pub tokens: Vec<TokenHash>,
+    pub tokens: Arc<dyn Tokens>,
+}
+
+impl Default for Auth {
+    fn default() -> Self {
+        Auth {
+            pull: PullPolicy::default(),
+            tokens: Arc::new(Vec::<TokenHash>::new()),
+        }
+    }
 }
 
 /// What a request may do.
@@ -96,20 +126,21 @@ pub(crate) enum Access {
 }
 
 impl Auth {
-    /// Whether `token` is one of the registry's tokens.
-    pub fn accepts(&self, token: &str) -> bool {
-        let presented = TokenHash::of(token);
-        // Check every hash, so the time taken does not say which one matched.
-        self.tokens.iter().fold(false, |found, known| {
-            found | bool::from(known.0.as_bytes().ct_eq(presented.0.as_bytes()))
-        })
-    }
-
     /// Allows or refuses a request for `access`, from its headers.
-    pub(crate) fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
+    pub(crate) async fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
         match presented_token(headers) {
-            Presented::Token(token) if self.accepts(&token) => Ok(()),
-            Presented::Token(_) => Err(unauthorized("the token presented is not valid")),
+            Presented::Token(token) => {
+                let valid = self
+                    .tokens
+                    .accepts(&token)
+                    .await
+                    .map_err(|e| ApiError::internal("checking a token", e))?;
+                if valid {
+                    Ok(())
+                } else {
+                    Err(unauthorized("the token presented is not valid"))
+                }
+            }
             Presented::Malformed => Err(unauthorized(
                 "the Authorization header is neither `Bearer <token>` nor basic auth",
             )),
@@ -177,40 +208,53 @@ mod tests {
         h
     }
 
-    #[test]
-    fn tokens_are_accepted_as_bearer_or_basic_password() {
+    #[tokio::test]
+    async fn tokens_are_accepted_as_bearer_or_basic_password() {
         let auth = Auth {
             pull: PullPolicy::Token,
-            tokens: vec![TokenHash::of("s3cret")],
+            tokens: Arc::new(vec![TokenHash::of("s3cret")]),
         };
-        assert!(auth.check(&headers("Bearer s3cret"), Access::Push).is_ok());
+        assert!(
+            auth.check(&headers("Bearer s3cret"), Access::Push)
+                .await
+                .is_ok()
+        );
         let basic = base64::engine::general_purpose::STANDARD.encode("anyone:s3cret");
         assert!(
             auth.check(&headers(&format!("Basic {basic}")), Access::Push)
+                .await
                 .is_ok()
         );
         let err = auth
             .check(&headers("Bearer wrong"), Access::Pull)
+            .await
             .unwrap_err();
         assert_eq!(err.code(), Some(ErrorCode::Unauthorized));
         assert!(err.to_string().contains("not valid"), "{err}");
-        let err = auth.check(&HeaderMap::new(), Access::Pull).unwrap_err();
+        let err = auth
+            .check(&HeaderMap::new(), Access::Pull)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("pulling"), "{err}");
     }
 
-    #[test]
-    fn anonymous_pull_still_needs_a_token_to_push() {
+    #[tokio::test]
+    async fn anonymous_pull_still_needs_a_token_to_push() {
         let auth = Auth {
             pull: PullPolicy::Anonymous,
-            tokens: vec![TokenHash::of("t")],
+            tokens: Arc::new(vec![TokenHash::of("t")]),
         };
-        assert!(auth.check(&HeaderMap::new(), Access::Pull).is_ok());
+        assert!(auth.check(&HeaderMap::new(), Access::Pull).await.is_ok());
         let empty = base64::engine::general_purpose::STANDARD.encode(":");
         assert!(
             auth.check(&headers(&format!("Basic {empty}")), Access::Pull)
+                .await
                 .is_ok()
         );
-        let err = auth.check(&HeaderMap::new(), Access::Push).unwrap_err();
+        let err = auth
+            .check(&HeaderMap::new(), Access::Push)
+            .await
+            .unwrap_err();
         assert!(err.to_string().contains("pushing needs a token"), "{err}");
     }
 }

@@ -716,7 +716,7 @@ mod against_the_server {
         let store = Store::open(dir.path().join("store")).unwrap();
         let auth = Auth {
             pull: PullPolicy::Token,
-            tokens: vec![TokenHash::of("t")],
+            tokens: std::sync::Arc::new(vec![TokenHash::of("t")]),
         };
         let ranges = Arc::new(Mutex::new(Vec::new()));
         let seen = ranges.clone();

@@ -11,7 +11,7 @@
 //! use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash, router};
 //!
 //! let store = Store::open("/var/lib/kelp-cloud/registry")?;
-//! let auth = Auth { pull: PullPolicy::Anonymous, tokens: vec![TokenHash::of("s3cret")] };
+//! let auth = Auth { pull: PullPolicy::Anonymous, tokens: std::sync::Arc::new(vec![TokenHash::of("s3cret")]) };
 //! let app = router(Registry::new(store, auth));
 //! let listener = tokio::net::TcpListener::bind("127.0.0.1:5000").await?;
 //! axum::serve(listener, app).await?;
@@ -31,7 +31,7 @@ mod server;
 mod store;
 
 #[cfg(feature = "server")]
-pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash};
+pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash, Tokens};
 pub use client::{Client, ClientError, Pulled, Reference};
 #[cfg(feature = "server")]
 pub use error::ApiError;

@@ -117,7 +117,7 @@ async fn api_version(mut response: Response) -> Response {
 /// this endpoint challenged them, so answering 200 to a client without
 /// credentials would leave it unable to push.
 async fn base(State(reg): State<Registry>, headers: HeaderMap) -> Response {
-    match reg.inner.auth.check(&headers, Access::Push) {
+    match reg.inner.auth.check(&headers, Access::Push).await {
         Ok(()) => (
             [(header::CONTENT_TYPE, "application/json")],
             "{}".to_owned(),
@@ -188,7 +188,7 @@ async fn dispatch(
         }
         _ => Access::Push,
     };
-    reg.inner.auth.check(&headers, access)?;
+    reg.inner.auth.check(&headers, access).await?;
     let repo = RepoName::parse(name)
         .map_err(|e| ApiError::bad_request(ErrorCode::NameInvalid, e.to_string()))?;
     let head = method == Method::HEAD;
@@ -1068,7 +1068,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         let auth = Auth {
             pull,
-            tokens: vec![TokenHash::of(TOKEN)],
+            tokens: std::sync::Arc::new(vec![TokenHash::of(TOKEN)]),
         };
         T {
             app: router(Registry::new(store, auth)),
