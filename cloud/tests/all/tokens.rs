@@ -117,6 +117,9 @@ async fn the_last_token_cannot_be_revoked_and_a_revoked_admin_token_stays_revoke
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
         let r = send(&app, Method::GET, "/api/v1/fleets", Some(&other), None, &[]).await;
         assert_eq!(r.status, StatusCode::OK);
+        // A token made through the API is a registry token too.
+        let r = send(&app, Method::GET, "/v2/", Some(&other), None, &[]).await;
+        assert_eq!(r.status, StatusCode::OK);
     }
 }
 
