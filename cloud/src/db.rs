@@ -135,6 +135,17 @@ pub struct DeviceRow {
     pub current_release: Option<String>,
     pub created_at: i64,
     pub last_seen: i64,
+    pub update: Option<UpdateRow>,
+}
+
+/// How a device's last update went, as it reported it.
+#[derive(Clone, Debug)]
+pub struct UpdateRow {
+    pub state: String,
+    /// The release's id.
+    pub release: String,
+    pub reason: Option<String>,
+    pub at: i64,
 }
 
 /// One service as a device last reported it.
@@ -197,7 +208,8 @@ const FLEET_COLUMNS: &str = "name, created_at, pinned_release";
 const ENV_COLUMNS: &str = "device, service, name, value";
 const RELEASE_COLUMNS: &str = "id, fleet, seq, version, services, created_at";
 const DEVICE_COLUMNS: &str = "uuid, fleet, name, arch, agent_version, pinned_release, \
-     current_release, created_at, last_seen";
+     current_release, created_at, last_seen, update_state, update_release, update_reason, \
+     update_at";
 
 fn release_row(row: &sqlx::any::AnyRow) -> Result<ReleaseRow, sqlx::Error> {
     Ok(ReleaseRow {
@@ -221,6 +233,17 @@ fn device_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow, sqlx::Error> {
         current_release: row.try_get("current_release")?,
         created_at: row.try_get("created_at")?,
         last_seen: row.try_get("last_seen")?,
+        update: match row.try_get::<Option<String>, _>("update_state")? {
+            Some(state) => Some(UpdateRow {
+                state,
+                release: row
+                    .try_get::<Option<String>, _>("update_release")?
+                    .unwrap_or_default(),
+                reason: row.try_get("update_reason")?,
+                at: row.try_get::<Option<i64>, _>("update_at")?.unwrap_or(0),
+            }),
+            None => None,
+        },
     })
 }
 
@@ -887,6 +910,7 @@ impl Db {
         uuid: &str,
         release: Option<&str>,
         services: &[ReportedService],
+        update: Option<(&str, &str, Option<&str>)>,
     ) -> Result<(), DbError> {
         let mut tx = self.begin().await?;
         let at = now();
@@ -899,6 +923,19 @@ impl Db {
         .bind(uuid)
         .execute(&mut *tx)
         .await?;
+        if let Some((state, release, reason)) = update {
+            sqlx::query(
+                "UPDATE devices SET update_state = $1, update_release = $2, update_reason = $3, \
+                 update_at = $4 WHERE uuid = $5",
+            )
+            .bind(state)
+            .bind(release)
+            .bind(reason)
+            .bind(at)
+            .bind(uuid)
+            .execute(&mut *tx)
+            .await?;
+        }
         for ReportedService { service, status } in services {
             match status {
                 Some((state, memory)) => {

@@ -100,6 +100,20 @@ pub struct DeviceView {
     pub current_release: Option<String>,
     /// Each service as the device last reported it.
     pub services: BTreeMap<String, ServiceStatusView>,
+    /// How the device's last update went, once it has said.
+    #[serde(default)]
+    pub update: Option<UpdateView>,
+}
+
+/// The outcome of a device's last update, as the user API shows it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct UpdateView {
+    pub state: UpdateState,
+    /// The version of the release the outcome is about.
+    pub release: Option<String>,
+    /// Why, for `rolled-back` and `failed`.
+    pub reason: Option<String>,
+    pub at: i64,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
@@ -121,6 +135,62 @@ pub struct CurrentState {
     /// Services whose state changed; null for one it no longer runs.
     #[serde(default)]
     pub services: BTreeMap<String, Option<ServiceReport>>,
+    /// How applying its target went, when that changed.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub update: Option<UpdateReport>,
+}
+
+/// Where a device stands with the release it was last given.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum UpdateState {
+    /// Running it, within its health window.
+    Applying,
+    /// It ran its health window without a service failing.
+    Healthy,
+    /// A service failed within the window: the device went back to the
+    /// last healthy release, and does not try this one again until its
+    /// target changes.
+    RolledBack,
+    /// A service failed within the window and there was no healthy release
+    /// to go back to.
+    Failed,
+}
+
+impl std::fmt::Display for UpdateState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            UpdateState::Applying => "applying",
+            UpdateState::Healthy => "healthy",
+            UpdateState::RolledBack => "rolled-back",
+            UpdateState::Failed => "failed",
+        })
+    }
+}
+
+impl std::str::FromStr for UpdateState {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        Ok(match s {
+            "applying" => UpdateState::Applying,
+            "healthy" => UpdateState::Healthy,
+            "rolled-back" => UpdateState::RolledBack,
+            "failed" => UpdateState::Failed,
+            _ => return Err(format!("`{s}` is not an update state")),
+        })
+    }
+}
+
+/// `update` in a device's report.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpdateReport {
+    pub state: UpdateState,
+    /// Id of the release the outcome is about (for a rollback, the release
+    /// left, not the one gone back to).
+    pub release: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]

@@ -370,6 +370,16 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
     let target = cp.db.target_release(&d).await?;
     let pinned = version_of(cp, d.pinned_release.as_deref(), target.as_ref()).await?;
     let current = version_of(cp, d.current_release.as_deref(), target.as_ref()).await?;
+    // Only this server writes the state, from the same enum it parses to.
+    let update = match d.update.and_then(|u| Some((u.state.parse().ok()?, u))) {
+        Some((state, u)) => Some(UpdateView {
+            state,
+            release: version_of(cp, Some(&u.release), target.as_ref()).await?,
+            reason: u.reason,
+            at: u.at,
+        }),
+        None => None,
+    };
     let services = cp
         .db
         .device_services(&d.uuid)
@@ -397,6 +407,7 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
         target_release: target.map(|r| r.version),
         current_release: current,
         services,
+        update,
     })
 }
 
@@ -690,17 +701,7 @@ async fn report_state(
     JsonBody(body): JsonBody<CurrentState>,
 ) -> Result<Response, ApiError> {
     if let Some(id) = &body.release {
-        check_id("release", id)?;
-        let known = match cp.db.release_by_id(id).await? {
-            Some(r) => r.fleet == row.fleet,
-            None => false,
-        };
-        if !known {
-            return Err(ApiError::field(
-                "release",
-                "not the id of a release of this device's fleet",
-            ));
-        }
+        check_release_of(&cp, &row.fleet, "release", id).await?;
     }
     if body.services.len() > MAX_SERVICES {
         return Err(ApiError::field(
@@ -728,10 +729,58 @@ async fn report_state(
             status: report,
         });
     }
+    if let Some(update) = &body.update {
+        check_release_of(&cp, &row.fleet, "update.release", &update.release).await?;
+        if let Some(reason) = &update.reason
+            && reason.len() > MAX_REASON
+        {
+            return Err(ApiError::field(
+                "update.reason",
+                format!("a reason is at most {MAX_REASON} bytes"),
+            ));
+        }
+    }
+    let update = body.update.as_ref().map(|u| {
+        (
+            u.state.to_string(),
+            u.release.as_str(),
+            u.reason.as_deref(),
+        )
+    });
     cp.db
-        .report_state(&row.uuid, body.release.as_deref(), &services)
+        .report_state(
+            &row.uuid,
+            body.release.as_deref(),
+            &services,
+            update.as_ref().map(|(s, r, why)| (s.as_str(), *r, *why)),
+        )
         .await?;
     Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// Longest reason a device may give for an update's outcome.
+const MAX_REASON: usize = 4096;
+
+/// Refuses `id` unless it names a release of `fleet`.
+async fn check_release_of(
+    cp: &ControlPlane,
+    fleet: &str,
+    field: &str,
+    id: &str,
+) -> Result<(), ApiError> {
+    check_id(field, id)?;
+    let known = match cp.db.release_by_id(id).await? {
+        Some(r) => r.fleet == fleet,
+        None => false,
+    };
+    if known {
+        Ok(())
+    } else {
+        Err(ApiError::field(
+            field,
+            "not the id of a release of this device's fleet",
+        ))
+    }
 }
 
 /// `POST /device/v1/logs`: a batch of the calling device's log lines.

@@ -257,6 +257,64 @@ async fn a_device_reports_only_what_changed_and_the_user_sees_it() {
 }
 
 #[tokio::test]
+async fn a_rollback_and_its_reason_reach_the_user() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("pier").await;
+        cloud.fleet("quay").await;
+        let key = cloud.device(&pk, "winch").await;
+        let good = cloud.release("pier", "2.0", json!({})).await;
+        let bad = cloud.release("pier", "3.0", json!({})).await;
+        let foreign = cloud.release("quay", "1.0", json!({})).await;
+        let d = cloud.get("/api/v1/devices/winch", &cloud.admin).await.body;
+        assert!(d["update"].is_null(), "nothing said yet: {d}");
+
+        let patch = |body: serde_json::Value| {
+            let (cloud, key) = (&cloud, &key);
+            async move {
+                cloud
+                    .send(Method::PATCH, "/device/v1/state", Some(key), Some(body))
+                    .await
+            }
+        };
+        let r = patch(json!({
+            "release": good["id"],
+            "update": { "state": "rolled-back", "release": bad["id"],
+                        "reason": "service `web` is crash-looping" }
+        }))
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let d = cloud.get("/api/v1/devices/winch", &cloud.admin).await.body;
+        assert_eq!(d["current_release"], "2.0");
+        assert_eq!(d["target_release"], "3.0");
+        assert_eq!(d["update"]["state"], "rolled-back", "{d}");
+        assert_eq!(d["update"]["release"], "3.0");
+        assert_eq!(d["update"]["reason"], "service `web` is crash-looping");
+
+        for (body, field) in [
+            (
+                json!({ "update": { "state": "healthy", "release": foreign["id"] } }),
+                "update.release",
+            ),
+            (
+                json!({ "update": { "state": "fine", "release": good["id"] } }),
+                "update.state",
+            ),
+            (
+                json!({ "update": { "state": "failed", "release": good["id"],
+                                    "reason": "x".repeat(5000) } }),
+                "update.reason",
+            ),
+        ] {
+            let r = patch(body.clone()).await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+            assert_eq!(r.field(), field, "{}", r.body);
+        }
+        let d = cloud.get("/api/v1/devices/winch", &cloud.admin).await.body;
+        assert_eq!(d["update"]["state"], "rolled-back", "a refused report changes nothing");
+    }
+}
+
+#[tokio::test]
 async fn log_lines_arrive_in_batches_and_only_the_newest_are_kept() {
     for cloud in TestCloud::all().await {
         let pk = cloud.fleet("noisy").await;
