@@ -740,13 +740,10 @@ async fn report_state(
             ));
         }
     }
-    let update = body.update.as_ref().map(|u| {
-        (
-            u.state.to_string(),
-            u.release.as_str(),
-            u.reason.as_deref(),
-        )
-    });
+    let update = body
+        .update
+        .as_ref()
+        .map(|u| (u.state.to_string(), u.release.as_str(), u.reason.as_deref()));
     cp.db
         .report_state(
             &row.uuid,

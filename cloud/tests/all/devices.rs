@@ -310,7 +310,10 @@ async fn a_rollback_and_its_reason_reach_the_user() {
             assert_eq!(r.field(), field, "{}", r.body);
         }
         let d = cloud.get("/api/v1/devices/winch", &cloud.admin).await.body;
-        assert_eq!(d["update"]["state"], "rolled-back", "a refused report changes nothing");
+        assert_eq!(
+            d["update"]["state"], "rolled-back",
+            "a refused report changes nothing"
+        );
     }
 }
 

@@ -26,6 +26,8 @@
 //! last applied target is what the device runs when it starts without the
 //! cloud; its images are already in the blob store.
 
+pub mod outbox;
+
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -517,6 +519,7 @@ pub fn changes(
     CurrentState {
         release: release.map(str::to_owned),
         services: changed,
+        update: None,
     }
 }
 
