@@ -1,25 +1,17 @@
 //! `kelpd`, the Kelp device supervisor.
 
-use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use kelp_core::api::ServiceReport;
 use kelp_runtime::images::ImageStore;
+use kelp_runtime::node::{LogSinks, Node};
 use kelp_runtime::{
-    AllocatorChoice, EngineConfig, LogEvent, Runtime, RuntimeConfig, ServiceHandle, Stream,
-    Supervisor, agent, local,
+    AllocatorChoice, EngineConfig, Runtime, RuntimeConfig, Supervisor, agent, local, local_api,
 };
-use tokio::io::AsyncWriteExt;
 use tokio::signal::unix::{SignalKind, signal};
-
-/// Status is written at most this often, so a crash-looping service does not
-/// wear out a device's flash.
-const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
 
 /// The Kelp device supervisor: runs WebAssembly services side by side.
 #[derive(Parser, Debug)]
@@ -165,12 +157,9 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         .iter()
         .map(|path| read_public_key(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let device = Arc::new(Device {
-        images: (!trusted_keys.is_empty())
-            .then(|| ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone())),
-        refused: Arc::default(),
-    });
-    if device.images.is_none() {
+    let images = (!trusted_keys.is_empty())
+        .then(|| ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone()));
+    if images.is_none() {
         tracing::warn!(
             "no --trusted-key given: module signatures are not checked, and services from a registry do not run"
         );
@@ -210,30 +199,45 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         }
         (None, None) => {}
     }
-    let supervisor = Arc::new(Supervisor::new(runtime).on_start(forward_logs));
+    let logs = LogSinks::new();
+    let supervisor = Arc::new(Supervisor::new(runtime).on_start(logs.forwarder()));
+    let node = Node::new(
+        supervisor.clone(),
+        images,
+        logs.clone(),
+        args.data_dir.join("status.json"),
+    );
+    let socket = args.data_dir.join(local_api::SOCKET);
+    let local_api = local_api::serve(node.clone(), &socket)
+        .with_context(|| format!("cannot serve the local API on `{}`", socket.display()))?;
 
     let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
     let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
     let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
 
-    let status_path = args.data_dir.join("status.json");
-    let status_writer = tokio::spawn(write_status(
-        supervisor.clone(),
-        device.refused.clone(),
-        status_path.clone(),
-    ));
+    let status_writer = tokio::spawn(node.clone().write_status());
 
-    let mut following = fleet.map(|(config, store, uuid)| {
-        tokio::spawn(follow_cloud(Agent {
-            config,
-            store,
-            uuid,
-            supervisor: supervisor.clone(),
-            device: device.clone(),
-            services_dir: services_dir.clone(),
-            status_path: status_path.clone(),
-        }))
-    });
+    let mut following = match fleet {
+        Some((config, store, uuid)) => {
+            let logs_dir = store.logs_dir();
+            let outbox = agent::outbox::Outbox::open(&logs_dir, config.log_buffer)
+                .with_context(|| format!("cannot open the log outbox `{}`", logs_dir.display()))?;
+            let outbox = Arc::new(outbox);
+            logs.send_to(outbox.clone());
+            Some(tokio::spawn(
+                agent::follow::Agent {
+                    config,
+                    store,
+                    uuid,
+                    node: node.clone(),
+                    services_dir: services_dir.clone(),
+                    outbox,
+                }
+                .run(),
+            ))
+        }
+        None => None,
+    };
     let mut next = target;
     let mut failed = None;
     loop {
@@ -242,9 +246,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             // request does not wait for it (a partial download resumes on
             // the next start).
             tokio::select! {
-                () = device.apply(&supervisor, target) => {
-                    save_status(&supervisor, &device.refused, &status_path);
-                }
+                _ = node.apply(target) => {}
                 _ = terminate.recv() => break,
                 _ = interrupt.recv() => break,
             }
@@ -271,7 +273,7 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
                 following = None;
                 failed = Some(match ended {
                     Ok(Ok(())) => anyhow::anyhow!("stopped following the cloud"),
-                    Ok(Err(e)) => e,
+                    Ok(Err(e)) => e.into(),
                     Err(e) => anyhow::anyhow!("the cloud agent failed: {e}"),
                 });
                 break;
@@ -287,210 +289,12 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
     tracing::info!("stopping services");
     supervisor.shutdown().await;
     status_writer.abort();
-    save_status(&supervisor, &device.refused, &status_path);
+    local_api.abort();
+    let _ = std::fs::remove_file(&socket);
+    node.save_status();
     match failed {
         Some(e) => Err(e),
         None => Ok(()),
-    }
-}
-
-/// What the agent that follows the cloud works with.
-struct Agent {
-    config: agent::Config,
-    store: agent::Store,
-    uuid: String,
-    supervisor: Arc<Supervisor>,
-    device: Arc<Device>,
-    services_dir: PathBuf,
-    status_path: PathBuf,
-}
-
-/// Follows the cloud: registers if the device has no key yet, then runs
-/// each new target the cloud gives and reports what runs. The cloud being
-/// unreachable only delays this: services keep running, and it tries again
-/// after a backoff. Returns only on an error no retry can fix.
-async fn follow_cloud(agent: Agent) -> anyhow::Result<()> {
-    let Agent {
-        config,
-        store,
-        uuid,
-        supervisor,
-        device,
-        services_dir,
-        status_path,
-    } = agent;
-    let cloud = agent::Cloud::new(&config.cloud)?;
-    // What ran last, from disk: the cloud may be out of reach for a while.
-    let mut current = match store.target() {
-        Ok(saved) => saved,
-        Err(e) => {
-            tracing::error!(error = %e, "not starting the last target");
-            None
-        }
-    };
-    if let Some(saved) = &current {
-        tracing::info!(release = ?saved.target.release, "starting the last target applied");
-        device
-            .apply_cloud(&supervisor, &saved.target, &services_dir)
-            .await;
-        save_status(&supervisor, &device.refused, &status_path);
-    }
-    let mut key = store.key()?;
-    let mut told = BTreeMap::new();
-    let mut told_release: Option<String> = None;
-    let mut failures = 0u32;
-    let changes = supervisor.changes();
-    loop {
-        if failures > 0 {
-            tokio::time::sleep(agent::retry_after(failures - 1)).await;
-        }
-        let device_key = match &key {
-            Some(k) => k.clone(),
-            None => {
-                let Some(provisioning) = &config.provisioning_key else {
-                    return Err(agent::AgentError::NoProvisioningKey.into());
-                };
-                match cloud
-                    .register(provisioning, &uuid, config.device_name.as_deref())
-                    .await
-                {
-                    Ok(registered) => {
-                        if let Some(want) = &config.fleet
-                            && *want != registered.fleet
-                        {
-                            return Err(agent::AgentError::WrongFleet {
-                                want: want.clone(),
-                                got: registered.fleet,
-                            }
-                            .into());
-                        }
-                        store.save_key(&registered.device_key)?;
-                        tracing::info!(%uuid, fleet = %registered.fleet, "registered");
-                        key = Some(registered.device_key.clone());
-                        registered.device_key
-                    }
-                    Err(e) => {
-                        failures += 1;
-                        tracing::warn!(error = %e, "cannot register; trying again");
-                        continue;
-                    }
-                }
-            }
-        };
-        // Say what changed since the last report.
-        let release = current
-            .as_ref()
-            .and_then(|c| c.target.release.as_ref())
-            .map(|r| r.id.clone());
-        let now: BTreeMap<String, ServiceReport> = supervisor
-            .status()
-            .into_iter()
-            .map(|s| {
-                let report = ServiceReport {
-                    state: s.state,
-                    memory: Some(s.memory_bytes),
-                };
-                (s.name, report)
-            })
-            .collect();
-        let report = agent::changes(release.as_deref(), &now, &told);
-        if !report.services.is_empty() || (release.is_some() && release != told_release) {
-            match cloud.report(&device_key, &report).await {
-                Ok(()) => {
-                    told = now;
-                    told_release = release;
-                }
-                Err(e) => {
-                    failures += 1;
-                    if matches!(e, agent::AgentError::KeyRefused) {
-                        forget_key(&config, &mut key);
-                    }
-                    tracing::warn!(error = %e, "cannot report the device's state; trying again");
-                    continue;
-                }
-            }
-        }
-        let etag = current.as_ref().map(|c| c.etag.clone());
-        let poll = tokio::select! {
-            poll = cloud.target(&device_key, etag.as_deref(), agent::POLL_WAIT) => poll,
-            // A service changed: report it (a moment later, so a burst of
-            // changes is one report), then ask again.
-            () = changes.notified() => {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-                continue;
-            }
-        };
-        match poll {
-            Ok(agent::Poll::Unchanged) => failures = 0,
-            Ok(agent::Poll::Changed(saved)) => {
-                failures = 0;
-                tracing::info!(release = ?saved.target.release, "new target from the cloud");
-                device
-                    .apply_cloud(&supervisor, &saved.target, &services_dir)
-                    .await;
-                save_status(&supervisor, &device.refused, &status_path);
-                if let Err(e) = store.save_target(&saved) {
-                    tracing::error!(error = %e, "cannot keep the target for the next start");
-                }
-                current = Some(saved);
-            }
-            Err(e) => {
-                failures += 1;
-                if matches!(e, agent::AgentError::KeyRefused) {
-                    forget_key(&config, &mut key);
-                }
-                tracing::warn!(error = %e, "cannot get the target; trying again");
-            }
-        }
-    }
-}
-
-/// After the cloud refused the device key: register again, if the config
-/// gives a provisioning key to do it with.
-fn forget_key(config: &agent::Config, key: &mut Option<String>) {
-    if config.provisioning_key.is_some() {
-        *key = None;
-    }
-}
-
-/// Services of the target that do not run as it says, with why: for
-/// status.json, beside the services that run.
-type Refused = Arc<Mutex<BTreeMap<String, String>>>;
-
-struct Device {
-    /// `None` without a trusted key: such a device runs no images.
-    images: Option<ImageStore>,
-    refused: Refused,
-}
-
-impl Device {
-    async fn apply(&self, supervisor: &Supervisor, target: Vec<local::TargetService>) {
-        let (report, refused) = local::apply(supervisor, self.images.as_ref(), target).await;
-        log_report(&report);
-        // Rejected, kept on its old version, or its image refused.
-        for (name, why) in &refused {
-            tracing::error!(service = %name, %why, "refused");
-        }
-        *self.refused.lock().unwrap_or_else(|p| p.into_inner()) = refused;
-    }
-
-    /// Applies a target from the cloud; services it names wrongly are
-    /// refused, with why, beside those [`Device::apply`] refuses.
-    async fn apply_cloud(
-        &self,
-        supervisor: &Supervisor,
-        target: &kelp_core::api::TargetState,
-        services_dir: &Path,
-    ) {
-        let (services, bad) = agent::services(target, services_dir);
-        self.apply(supervisor, services).await;
-        for (name, why) in &bad {
-            tracing::error!(service = %name, %why, "refused");
-        }
-        self.refused
-            .lock()
-            .unwrap_or_else(|p| p.into_inner())
-            .extend(bad);
     }
 }
 
@@ -504,77 +308,4 @@ fn read_public_key(path: &Path) -> anyhow::Result<kelp_core::PublicKey> {
         .with_context(|| format!("cannot read trusted key `{}`", path.display()))?;
     kelp_core::PublicKey::from_bytes(&bytes)
         .with_context(|| format!("trusted key `{}`", path.display()))
-}
-
-fn log_report(report: &kelp_runtime::ApplyReport) {
-    tracing::info!(
-        started = ?report.started,
-        stopped = ?report.stopped,
-        restarted = ?report.restarted,
-        unchanged = ?report.unchanged,
-        "applied target"
-    );
-}
-
-/// Prints a service's output on kelpd's stdout, one line per line, as
-/// `<time> <service> | <text>`.
-fn forward_logs(service: &ServiceHandle) {
-    let name = service.name().to_owned();
-    let logs = service.logs();
-    tokio::spawn(async move {
-        let mut out = tokio::io::stdout();
-        while let Some(events) = logs.next().await {
-            let mut text = String::new();
-            for event in events {
-                match event {
-                    LogEvent::Line(line) => {
-                        let stamp = humantime::format_rfc3339_millis(line.at);
-                        let mark = if line.stream == Stream::Stderr {
-                            '!'
-                        } else {
-                            '|'
-                        };
-                        text.push_str(&format!("{stamp} {name} {mark} {}\n", line.text));
-                    }
-                    LogEvent::Dropped(n) => {
-                        text.push_str(&format!(
-                            "{name} ! kelp: {n} lines dropped (output faster than delivery)\n"
-                        ));
-                    }
-                }
-            }
-            if out.write_all(text.as_bytes()).await.is_err() || out.flush().await.is_err() {
-                return;
-            }
-        }
-    });
-}
-
-async fn write_status(supervisor: Arc<Supervisor>, refused: Refused, path: PathBuf) {
-    let changes = supervisor.changes();
-    loop {
-        changes.notified().await;
-        tokio::time::sleep(STATUS_DEBOUNCE).await;
-        save_status(&supervisor, &refused, &path);
-    }
-}
-
-fn save_status(supervisor: &Supervisor, refused: &Refused, path: &Path) {
-    let refused: Vec<serde_json::Value> = refused
-        .lock()
-        .unwrap_or_else(|p| p.into_inner())
-        .iter()
-        .map(|(name, reason)| serde_json::json!({ "name": name, "reason": reason }))
-        .collect();
-    let status = serde_json::json!({
-        "allocator": supervisor.runtime().allocator(),
-        "services": supervisor.status(),
-        "refused": refused,
-    });
-    let result = serde_json::to_vec_pretty(&status)
-        .map_err(std::io::Error::other)
-        .and_then(|bytes| kelp_core::fsutil::write_atomic(path, &bytes));
-    if let Err(error) = result {
-        tracing::warn!(%error, path = %path.display(), "cannot write status");
-    }
 }

@@ -7,7 +7,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use kelp_core::{ByteSize, Digest, ExitReason, RestartPolicy, ServiceState, ServiceStatus};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 
 use crate::Runtime;
 use crate::instance::{self, InstanceIo};
@@ -92,11 +92,11 @@ pub(crate) struct Shared {
     pub(crate) logs: Arc<LogBuffer>,
     meter: Arc<MemoryMeter>,
     next_start: Mutex<Option<Instant>>,
-    changed: Arc<Notify>,
+    changed: Arc<watch::Sender<u64>>,
 }
 
 impl Shared {
-    pub(crate) fn new(spec: &ServiceSpec, changed: Arc<Notify>) -> Arc<Self> {
+    pub(crate) fn new(spec: &ServiceSpec, changed: Arc<watch::Sender<u64>>) -> Arc<Self> {
         let status = ServiceStatus {
             name: spec.name.clone(),
             state: ServiceState::Starting,
@@ -119,7 +119,7 @@ impl Shared {
 
     fn update(&self, f: impl FnOnce(&mut ServiceStatus)) {
         self.status.send_modify(f);
-        self.changed.notify_one();
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
     }
 
     fn set_next_start(&self, at: Option<Instant>) {

@@ -5,7 +5,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 
 use kelp_core::{Digest, ServiceStatus};
 use sha2::{Digest as _, Sha256};
-use tokio::sync::{Notify, watch};
+use tokio::sync::watch;
 use tokio::task::JoinHandle;
 
 use crate::Runtime;
@@ -64,7 +64,7 @@ pub struct Supervisor {
     runtime: Runtime,
     backoff: Backoff,
     services: Mutex<BTreeMap<String, Entry>>,
-    changed: Arc<Notify>,
+    changed: Arc<watch::Sender<u64>>,
     on_start: Option<OnStart>,
 }
 
@@ -81,7 +81,7 @@ impl Supervisor {
             runtime,
             backoff,
             services: Mutex::default(),
-            changed: Arc::new(Notify::new()),
+            changed: Arc::new(watch::Sender::new(0)),
             on_start: None,
         }
     }
@@ -100,9 +100,10 @@ impl Supervisor {
         self.services.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Woken whenever any service's status changes.
-    pub fn changes(&self) -> Arc<Notify> {
-        self.changed.clone()
+    /// Changes whenever any service's status changes (or services are
+    /// added): each receiver sees every change, however many there are.
+    pub fn changes(&self) -> watch::Receiver<u64> {
+        self.changed.subscribe()
     }
 
     fn check(&self, spec: &ServiceSpec) -> Result<(), SupervisorError> {
@@ -172,7 +173,7 @@ impl Supervisor {
             self.backoff,
             stop_rx,
         ));
-        self.changed.notify_one();
+        self.changed.send_modify(|n| *n = n.wrapping_add(1));
         Entry {
             handle: ServiceHandle { spec, shared },
             module_digest,

@@ -17,7 +17,7 @@ use crate::registry::{TestCloud, text};
 const GREETING: &str = "Hello, world! Greetings from a WebAssembly component.";
 
 /// One fleet API request as the admin; the status and the JSON answer.
-fn api(
+pub(crate) fn api(
     cloud: &TestCloud,
     method: reqwest::Method,
     path: &str,
@@ -57,7 +57,12 @@ fn release(cloud: &TestCloud, version: &str, services: Value) {
 }
 
 /// Waits until the cloud's view of device `uuid` passes `ok`.
-fn wait_for_cloud(cloud: &TestCloud, uuid: &str, what: &str, ok: impl Fn(&Value) -> bool) {
+pub(crate) fn wait_for_cloud(
+    cloud: &TestCloud,
+    uuid: &str,
+    what: &str,
+    ok: impl Fn(&Value) -> bool,
+) {
     let start = Instant::now();
     loop {
         let (status, device) = api(

@@ -43,6 +43,15 @@ impl Publisher {
         self.dir.path().join("kelp.pub")
     }
 
+    pub(crate) fn secret(&self) -> PathBuf {
+        self.dir.path().join("kelp.key")
+    }
+
+    /// A scratch directory beside the keys.
+    pub(crate) fn dir(&self) -> &Path {
+        self.dir.path()
+    }
+
     /// `input` signed with this key, as a new file named `name`.
     pub(crate) fn sign(&self, input: &Path, name: &str) -> PathBuf {
         let out_path = self.dir.path().join(name);

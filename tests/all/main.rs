@@ -6,6 +6,7 @@ mod support;
 
 mod agent;
 mod engine;
+mod fleet;
 mod hardware;
 mod images;
 mod kelp_run;

@@ -22,6 +22,12 @@ pub(crate) struct TestCloud {
 
 impl TestCloud {
     pub(crate) fn start(data: &Path, args: &[&str]) -> TestCloud {
+        TestCloud::start_at(data, "127.0.0.1:0", args)
+    }
+
+    /// Starts `kelp-cloud serve` listening on `addr` (a cloud coming back
+    /// where its devices look for it).
+    pub(crate) fn start_at(data: &Path, addr: &str, args: &[&str]) -> TestCloud {
         let log = std::fs::OpenOptions::new()
             .create(true)
             .append(true)
@@ -30,7 +36,7 @@ impl TestCloud {
         let mut child = Command::new(binary("kelp-cloud"))
             .args(["serve", "--data"])
             .arg(data)
-            .args(["--listen", "127.0.0.1:0"])
+            .args(["--listen", addr])
             .args(args)
             .env("KELP_LOG", "info")
             .stdout(Stdio::piped())

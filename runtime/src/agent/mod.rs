@@ -10,6 +10,9 @@
 //! hardware-map = "hardware.toml"       # optional
 //! hardware = "linux"                   # or "sim"; default linux
 //! data-dir = "/var/lib/kelp"           # default: kelpd's --data-dir
+//! health-window = "30s"                # how long a new release must run without
+//!                                      # a service failing before it counts as healthy
+//! log-buffer = "8MiB"                  # log lines kept on disk while the cloud is away
 //! ```
 //!
 //! On its first start the device makes up a uuid, registers it with the
@@ -19,13 +22,17 @@
 //! ```text
 //! <data-dir>/device/uuid        this device's uuid
 //! <data-dir>/device/key         its device key (mode 0600)
-//! <data-dir>/device/target.json the target it last applied, and its ETag
+//! <data-dir>/device/state.json  the cloud's last target, the last healthy one,
+//!                               and the one given up on (see `health`)
+//! <data-dir>/device/logs/       log lines not yet delivered (see `outbox`)
 //! ```
 //!
 //! Later starts use the stored key and never need the provisioning key. The
-//! last applied target is what the device runs when it starts without the
-//! cloud; its images are already in the blob store.
+//! state is what the device runs when it starts without the cloud; its
+//! images are already in the blob store.
 
+pub mod follow;
+pub mod health;
 pub mod outbox;
 
 use std::collections::BTreeMap;
@@ -96,6 +103,8 @@ struct ConfigFile {
     hardware_map: Option<PathBuf>,
     hardware: Option<String>,
     data_dir: Option<PathBuf>,
+    health_window: Option<String>,
+    log_buffer: Option<kelp_core::ByteSize>,
 }
 
 /// A device's config, its paths made relative to the config file.
@@ -110,7 +119,14 @@ pub struct Config {
     pub hardware_map: Option<PathBuf>,
     pub hardware: Option<kelp_hostcalls::BackendKind>,
     pub data_dir: Option<PathBuf>,
+    /// How long a new target must run without a service failing.
+    pub health_window: Duration,
+    /// Bytes of log lines kept on disk for the cloud.
+    pub log_buffer: u64,
 }
+
+/// Log lines kept on disk for the cloud unless the config file says.
+pub const DEFAULT_LOG_BUFFER: u64 = 8 << 20;
 
 impl Config {
     pub fn load(path: &Path) -> Result<Config, AgentError> {
@@ -153,6 +169,11 @@ impl Config {
                     .map_err(|e: String| invalid(format!("`hardware`: {e}")))
             })
             .transpose()?;
+        let health_window = match &file.health_window {
+            Some(text) => humantime::parse_duration(text)
+                .map_err(|e| invalid(format!("`health-window = {text:?}`: {e}")))?,
+            None => health::DEFAULT_HEALTH_WINDOW,
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {
             cloud,
@@ -163,6 +184,8 @@ impl Config {
             hardware_map: file.hardware_map.map(|m| base.join(m)),
             hardware,
             data_dir: file.data_dir.map(|d| base.join(d)),
+            health_window,
+            log_buffer: file.log_buffer.map_or(DEFAULT_LOG_BUFFER, |b| b.bytes()),
         })
     }
 }
@@ -242,29 +265,34 @@ impl Store {
             .map_err(|error| AgentError::Io { path, error })
     }
 
-    /// The target last applied, if any.
-    pub fn target(&self) -> Result<Option<SavedTarget>, AgentError> {
-        let path = self.dir.join("target.json");
+    /// What the device last knew of its targets.
+    pub fn rollout(&self) -> Result<health::Rollout, AgentError> {
+        let path = self.dir.join("state.json");
         let bytes = match std::fs::read(&path) {
             Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Ok(health::Rollout::default());
+            }
             Err(error) => return Err(AgentError::Io { path, error }),
         };
-        serde_json::from_slice(&bytes)
-            .map(Some)
-            .map_err(|e| AgentError::Damaged {
-                path,
-                message: e.to_string(),
-            })
+        serde_json::from_slice(&bytes).map_err(|e| AgentError::Damaged {
+            path,
+            message: e.to_string(),
+        })
     }
 
-    pub fn save_target(&self, saved: &SavedTarget) -> Result<(), AgentError> {
-        let path = self.dir.join("target.json");
-        let bytes = serde_json::to_vec_pretty(saved).map_err(|e| AgentError::Io {
+    pub fn save_rollout(&self, rollout: &health::Rollout) -> Result<(), AgentError> {
+        let path = self.dir.join("state.json");
+        let bytes = serde_json::to_vec_pretty(rollout).map_err(|e| AgentError::Io {
             path: path.clone(),
             error: std::io::Error::other(e),
         })?;
         fsutil::write_atomic(&path, &bytes).map_err(|error| AgentError::Io { path, error })
+    }
+
+    /// Where log lines wait for the cloud.
+    pub fn logs_dir(&self) -> PathBuf {
+        self.dir.join("logs")
     }
 }
 
@@ -413,6 +441,37 @@ impl Cloud {
             .bearer_auth(key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
             .body(serde_json::to_vec(state).map_err(|e| self.err(path, e))?)
+            .send()
+            .await
+            .map_err(|e| self.err(path, e))?;
+        let status = res.status();
+        if status == reqwest::StatusCode::UNAUTHORIZED {
+            return Err(AgentError::KeyRefused);
+        }
+        let bytes = self.read(path, res).await?;
+        if !status.is_success() {
+            return Err(self.err(path, refusal(status, &bytes)));
+        }
+        Ok(())
+    }
+
+    /// Delivers a batch of log lines.
+    pub async fn send_logs(
+        &self,
+        key: &str,
+        lines: &[kelp_core::api::LogLine],
+    ) -> Result<(), AgentError> {
+        let path = "/device/v1/logs";
+        #[derive(Serialize)]
+        struct Batch<'a> {
+            lines: &'a [kelp_core::api::LogLine],
+        }
+        let res = self
+            .http
+            .post(format!("{}{path}", self.base))
+            .bearer_auth(key)
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(serde_json::to_vec(&Batch { lines }).map_err(|e| self.err(path, e))?)
             .send()
             .await
             .map_err(|e| self.err(path, e))?;

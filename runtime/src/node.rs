@@ -1,0 +1,299 @@
+//! One device as kelpd runs it: its supervisor, the images it may fetch,
+//! what it refused and why, which release runs and how its update went,
+//! and where each service's output goes.
+//!
+//! Both ways of running kelpd share it: a local target file and a cloud's
+//! target state are applied the same way, and the local device API and
+//! `status.json` read it.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
+use std::time::Duration;
+
+use kelp_core::api::{LogLine as CloudLine, LogStream, TargetState, UpdateState};
+use serde::Serialize;
+use tokio::io::AsyncWriteExt as _;
+
+use crate::agent::outbox::Outbox;
+use crate::images::ImageStore;
+use crate::local::{self, TargetService};
+use crate::{ApplyReport, LogEvent, ServiceHandle, Stream, Supervisor};
+
+/// Status is written at most this often, so a crash-looping service does not
+/// wear out a device's flash.
+const STATUS_DEBOUNCE: Duration = Duration::from_millis(200);
+
+/// Recent lines kept per service for the local device API.
+pub const RECENT_LINES: usize = 1000;
+
+/// The release a device runs and how its last update went, as status shows
+/// them.
+#[derive(Clone, Debug, Default, Serialize)]
+pub struct Release {
+    /// Version and id of the release running, if the cloud gave one.
+    pub version: Option<String>,
+    pub id: Option<String>,
+    pub update: Option<Update>,
+}
+
+#[derive(Clone, Debug, Serialize)]
+pub struct Update {
+    pub state: UpdateState,
+    /// Version of the release the outcome is about.
+    pub release: Option<String>,
+    pub reason: Option<String>,
+}
+
+/// One line of a service's recent output.
+#[derive(Clone, Debug, Serialize)]
+pub struct RecentLine {
+    /// Milliseconds since the Unix epoch.
+    pub time: i64,
+    pub stream: Stream,
+    pub line: String,
+}
+
+/// Where services' output goes: kelpd's stdout, a short history per service
+/// for the local API, and the cloud's outbox once the device follows one.
+pub struct LogSinks {
+    recent: Mutex<BTreeMap<String, VecDeque<RecentLine>>>,
+    outbox: OnceLock<Arc<Outbox>>,
+}
+
+impl LogSinks {
+    pub fn new() -> Arc<LogSinks> {
+        Arc::new(LogSinks {
+            recent: Mutex::default(),
+            outbox: OnceLock::new(),
+        })
+    }
+
+    /// From now on lines also go to the cloud through `outbox`.
+    pub fn send_to(&self, outbox: Arc<Outbox>) {
+        let _ = self.outbox.set(outbox);
+    }
+
+    fn recent_lock(&self) -> MutexGuard<'_, BTreeMap<String, VecDeque<RecentLine>>> {
+        self.recent.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// The newest `n` lines of `service`, oldest first; `None` for a service
+    /// that never wrote or ran.
+    pub fn recent(&self, service: &str, n: usize) -> Option<Vec<RecentLine>> {
+        let recent = self.recent_lock();
+        let lines = recent.get(service)?;
+        Some(
+            lines
+                .iter()
+                .skip(lines.len().saturating_sub(n))
+                .cloned()
+                .collect(),
+        )
+    }
+
+    fn keep(&self, service: &str, line: RecentLine) {
+        if let Some(outbox) = self.outbox.get() {
+            let sent = CloudLine {
+                time: line.time,
+                service: service.to_owned(),
+                stream: match line.stream {
+                    Stream::Stdout => LogStream::Stdout,
+                    Stream::Stderr => LogStream::Stderr,
+                },
+                line: line.line.clone(),
+            };
+            if let Err(error) = outbox.push(sent) {
+                tracing::warn!(%error, "cannot keep a log line for the cloud");
+            }
+        }
+        let mut recent = self.recent_lock();
+        let lines = recent.entry(service.to_owned()).or_default();
+        if lines.len() == RECENT_LINES {
+            lines.pop_front();
+        }
+        lines.push_back(line);
+    }
+
+    /// The supervisor's start hook: each service's output is printed on
+    /// kelpd's stdout as `<time> <service> | <text>` (`!` for stderr) and
+    /// kept as above.
+    pub fn forwarder(self: &Arc<Self>) -> impl Fn(&ServiceHandle) + Send + Sync + 'static {
+        let sinks = self.clone();
+        move |service: &ServiceHandle| {
+            let name = service.name().to_owned();
+            let logs = service.logs();
+            let sinks = sinks.clone();
+            tokio::spawn(async move {
+                let mut out = tokio::io::stdout();
+                let mut stdout_open = true;
+                while let Some(events) = logs.next().await {
+                    let mut text = String::new();
+                    for event in events {
+                        let line = match event {
+                            LogEvent::Line(line) => {
+                                let stamp = humantime::format_rfc3339_millis(line.at);
+                                let mark = if line.stream == Stream::Stderr {
+                                    '!'
+                                } else {
+                                    '|'
+                                };
+                                text.push_str(&format!("{stamp} {name} {mark} {}\n", line.text));
+                                RecentLine {
+                                    time: millis(line.at),
+                                    stream: line.stream,
+                                    line: line.text,
+                                }
+                            }
+                            LogEvent::Dropped(n) => {
+                                let note = format!(
+                                    "kelp: {n} lines dropped (output faster than delivery)"
+                                );
+                                text.push_str(&format!("{name} ! {note}\n"));
+                                RecentLine {
+                                    time: millis(std::time::SystemTime::now()),
+                                    stream: Stream::Stderr,
+                                    line: note,
+                                }
+                            }
+                        };
+                        sinks.keep(&name, line);
+                    }
+                    if stdout_open
+                        && (out.write_all(text.as_bytes()).await.is_err()
+                            || out.flush().await.is_err())
+                    {
+                        // Lines still go to the cloud and the local API.
+                        stdout_open = false;
+                    }
+                }
+            });
+        }
+    }
+}
+
+fn millis(at: std::time::SystemTime) -> i64 {
+    at.duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+/// Services of the target that do not run as it says, with why.
+type Refused = BTreeMap<String, String>;
+
+pub struct Node {
+    pub supervisor: Arc<Supervisor>,
+    /// `None` without a trusted key: such a device runs no images.
+    images: Option<ImageStore>,
+    refused: Mutex<Refused>,
+    release: Mutex<Release>,
+    pub logs: Arc<LogSinks>,
+    status_path: PathBuf,
+}
+
+impl Node {
+    pub fn new(
+        supervisor: Arc<Supervisor>,
+        images: Option<ImageStore>,
+        logs: Arc<LogSinks>,
+        status_path: PathBuf,
+    ) -> Arc<Node> {
+        Arc::new(Node {
+            supervisor,
+            images,
+            refused: Mutex::default(),
+            release: Mutex::default(),
+            logs,
+            status_path,
+        })
+    }
+
+    fn refused_lock(&self) -> MutexGuard<'_, Refused> {
+        self.refused.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn release_lock(&self) -> MutexGuard<'_, Release> {
+        self.release.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Services of the last target applied that do not run as it says.
+    pub fn refused(&self) -> Refused {
+        self.refused_lock().clone()
+    }
+
+    pub fn release(&self) -> Release {
+        self.release_lock().clone()
+    }
+
+    pub fn set_release(&self, release: Release) {
+        *self.release_lock() = release;
+        self.save_status();
+    }
+
+    /// Moves the device to `target` (see [`local::apply`]) and notes what
+    /// it refused.
+    pub async fn apply(&self, target: Vec<TargetService>) -> ApplyReport {
+        let (report, refused) = local::apply(&self.supervisor, self.images.as_ref(), target).await;
+        tracing::info!(
+            started = ?report.started,
+            stopped = ?report.stopped,
+            restarted = ?report.restarted,
+            unchanged = ?report.unchanged,
+            "applied target"
+        );
+        // Rejected, kept on its old version, or its image refused.
+        for (name, why) in &refused {
+            tracing::error!(service = %name, %why, "refused");
+        }
+        *self.refused_lock() = refused;
+        self.save_status();
+        report
+    }
+
+    /// Applies a target from the cloud; services it names wrongly are
+    /// refused, with why, beside those [`Node::apply`] refuses.
+    pub async fn apply_cloud(&self, target: &TargetState, services_dir: &Path) {
+        let (services, bad) = crate::agent::services(target, services_dir);
+        self.apply(services).await;
+        for (name, why) in &bad {
+            tracing::error!(service = %name, %why, "refused");
+        }
+        self.refused_lock().extend(bad);
+        self.save_status();
+    }
+
+    /// What `status.json` and the local API's status say.
+    pub fn status(&self) -> serde_json::Value {
+        let refused: Vec<serde_json::Value> = self
+            .refused_lock()
+            .iter()
+            .map(|(name, reason)| serde_json::json!({ "name": name, "reason": reason }))
+            .collect();
+        serde_json::json!({
+            "allocator": self.supervisor.runtime().allocator(),
+            "release": self.release(),
+            "services": self.supervisor.status(),
+            "refused": refused,
+        })
+    }
+
+    pub fn save_status(&self) {
+        let result = serde_json::to_vec_pretty(&self.status())
+            .map_err(std::io::Error::other)
+            .and_then(|bytes| kelp_core::fsutil::write_atomic(&self.status_path, &bytes));
+        if let Err(error) = result {
+            tracing::warn!(%error, path = %self.status_path.display(), "cannot write status");
+        }
+    }
+
+    /// Keeps `status.json` current as services change, until dropped.
+    pub async fn write_status(self: Arc<Self>) {
+        let mut changes = self.supervisor.changes();
+        loop {
+            if changes.changed().await.is_err() {
+                return;
+            }
+            tokio::time::sleep(STATUS_DEBOUNCE).await;
+            self.save_status();
+        }
+    }
+}

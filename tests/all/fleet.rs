@@ -1,0 +1,307 @@
+//! The balena loop with real processes: one `kelp-cloud`, three `kelpd`
+//! devices in one fleet. Releases reach every device; one whose service
+//! crashes at start is rolled back everywhere, with why; the devices ride
+//! out the cloud's absence and a power cut, and catch up when it returns.
+
+use std::io::{Read as _, Write as _};
+use std::os::unix::net::UnixStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use kelp_tests::artifacts::{CRASHY, HELLO, IDLE};
+use serde_json::{Value, json};
+
+use crate::agent::{api, wait_for_cloud};
+use crate::images::{Publisher, push};
+use crate::kelpd::Device;
+use crate::registry::{TestCloud, kelp, text};
+
+const DEVICES: usize = 3;
+
+fn greeting(name: &str) -> String {
+    format!("Hello, {name}! Greetings from a WebAssembly component.")
+}
+
+/// `file` signed with a manifest of this name and version: a distinct
+/// artifact per version.
+fn sign_as(publisher: &Publisher, file: &str, version: &str, restart: &str) -> std::path::PathBuf {
+    let manifest = publisher.dir().join(format!("{version}.toml"));
+    std::fs::write(
+        &manifest,
+        format!(
+            "name = \"hello\"\nversion = \"{version}\"\nkind = \"component\"\nrestart = \"{restart}\"\n"
+        ),
+    )
+    .unwrap();
+    let out = publisher.dir().join(format!("hello-{version}.wasm"));
+    let signed = kelp(
+        &[
+            "sign",
+            "--key",
+            publisher.secret().to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            file,
+            "-o",
+            out.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(signed.status.success(), "{}", text(&signed.stderr));
+    out
+}
+
+fn release(cloud: &TestCloud, version: &str, services: Value) -> Value {
+    let (status, answer) = api(
+        cloud,
+        reqwest::Method::POST,
+        "/api/v1/fleets/garden/releases",
+        Some(json!({ "version": version, "services": services })),
+    );
+    assert_eq!(status, 201, "{answer}");
+    answer
+}
+
+/// The cloud's log lines of device `uuid` that are exactly `line`.
+fn cloud_lines(cloud: &TestCloud, uuid: &str, line: &str) -> usize {
+    let (status, logs) = api(
+        cloud,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{uuid}/logs?limit=1000"),
+        None,
+    );
+    assert_eq!(status, 200, "{logs}");
+    logs.as_array()
+        .unwrap_or_else(|| panic!("not a list of lines: {logs}"))
+        .iter()
+        .filter(|l| l["line"] == line)
+        .count()
+}
+
+fn uuid_of(device: &Device) -> String {
+    device.wait_until("the device to have a uuid", |d| {
+        d.var().join("device/uuid").exists()
+    });
+    std::fs::read_to_string(device.var().join("device/uuid"))
+        .unwrap()
+        .trim()
+        .to_owned()
+}
+
+/// One request to a device's local API on its Unix socket.
+fn local_api(device: &Device, method: &str, path: &str) -> (u16, Value) {
+    let mut stream = UnixStream::connect(device.var().join("kelpd.sock")).unwrap();
+    write!(
+        stream,
+        "{method} {path} HTTP/1.1\r\nhost: kelpd\r\ncontent-length: 0\r\nconnection: close\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = String::new();
+    stream.read_to_string(&mut answer).unwrap();
+    let status = answer
+        .split_whitespace()
+        .nth(1)
+        .and_then(|s| s.parse().ok())
+        .unwrap();
+    let body = answer.split_once("\r\n\r\n").map_or("", |(_, b)| b);
+    (status, serde_json::from_str(body).unwrap_or(Value::Null))
+}
+
+#[test]
+fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud_dir = dir.path().join("cloud");
+    let cloud = TestCloud::start(&cloud_dir, &["--pull", "anonymous"]);
+    let publisher = Publisher::new();
+    let idle = push(
+        &cloud,
+        &publisher.sign(Path::new(IDLE), "idle.wasm"),
+        "kelp/idle",
+    );
+    let v1 = push(
+        &cloud,
+        &sign_as(&publisher, HELLO, "1.0.0", "never"),
+        "kelp/hello",
+    );
+    let v2 = push(
+        &cloud,
+        &sign_as(&publisher, HELLO, "2.0.0", "never"),
+        "kelp/hello",
+    );
+    let v3 = push(
+        &cloud,
+        &sign_as(&publisher, CRASHY, "3.0.0", "always"),
+        "kelp/hello",
+    );
+    assert!(v1 != v2 && v2 != v3, "each version is its own artifact");
+    let (status, fleet) = api(
+        &cloud,
+        reqwest::Method::POST,
+        "/api/v1/fleets",
+        Some(json!({ "name": "garden" })),
+    );
+    assert_eq!(status, 201, "{fleet}");
+    let provisioning_key = fleet["provisioning_key"].as_str().unwrap().to_owned();
+
+    let config = format!(
+        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
+         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"4s\"\n",
+        cloud.addr,
+        publisher.public()
+    );
+    let mut devices: Vec<Device> = (0..DEVICES)
+        .map(|_| Device::start_in_fleet(&config))
+        .collect();
+    let uuids: Vec<String> = devices.iter().map(uuid_of).collect();
+
+    let hello = |image: &str, name: &str| json!({ "image": image, "restart": "never", "env": { "NAME": name } });
+    // v1 everywhere, proved healthy.
+    release(
+        &cloud,
+        "1.0",
+        json!({ "idle": { "image": idle }, "hello": hello(&v1, "v1") }),
+    );
+    for (device, uuid) in devices.iter().zip(&uuids) {
+        device.wait_until("v1 to run", |d| d.lines_of("hello", &greeting("v1")) == 1);
+        wait_for_cloud(&cloud, uuid, "v1 healthy", |d| {
+            d["current_release"] == "1.0"
+                && d["update"]["state"] == "healthy"
+                && d["services"]["idle"]["state"] == "running"
+        });
+    }
+
+    // The local API on the device itself: status, logs, a restart.
+    let (status, local) = local_api(&devices[0], "GET", "/v1/status");
+    assert_eq!(status, 200, "{local}");
+    assert_eq!(local["release"]["version"], "1.0", "{local}");
+    let (status, logs) = local_api(&devices[0], "GET", "/v1/services/hello/logs?lines=10");
+    assert_eq!(status, 200);
+    assert_eq!(logs["lines"][0]["line"], greeting("v1"), "{logs}");
+    let (status, _) = local_api(&devices[0], "POST", "/v1/services/idle/restart");
+    assert_eq!(status, 200);
+    devices[0].wait_until("idle to restart", |d| {
+        d.lines_of("idle", "idle: ready") == 2
+    });
+    let (status, err) = local_api(&devices[0], "POST", "/v1/services/nope/restart");
+    assert_eq!(
+        (status, err["error"].as_str()),
+        (404, Some("no service named `nope`"))
+    );
+
+    // v2 everywhere.
+    release(
+        &cloud,
+        "2.0",
+        json!({ "idle": { "image": idle }, "hello": hello(&v2, "v2") }),
+    );
+    for (device, uuid) in devices.iter().zip(&uuids) {
+        device.wait_until("v2 to run", |d| d.lines_of("hello", &greeting("v2")) == 1);
+        wait_for_cloud(&cloud, uuid, "v2 healthy", |d| {
+            d["current_release"] == "2.0" && d["update"]["state"] == "healthy"
+        });
+    }
+
+    // A variable reaches the service within one long poll.
+    let set = Instant::now();
+    let (status, answer) = api(
+        &cloud,
+        reqwest::Method::PUT,
+        "/api/v1/fleets/garden/env/NAME?service=hello",
+        Some(json!({ "value": "garden" })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    for device in &devices {
+        device.wait_until("the variable to arrive", |d| {
+            d.lines_of("hello", &greeting("garden")) == 1
+        });
+    }
+    assert!(
+        set.elapsed() < Duration::from_secs(30),
+        "the variable took {:?}",
+        set.elapsed()
+    );
+    for (device, uuid) in devices.iter().zip(&uuids) {
+        wait_for_cloud(&cloud, uuid, "the new variable healthy", |d| {
+            d["update"]["state"] == "healthy"
+        });
+        assert_eq!(
+            device.lines_of("idle", "idle: ready"),
+            if uuid == &uuids[0] { 2 } else { 1 }
+        );
+    }
+
+    // v3 crashes at start: every device goes back to v2 and says why.
+    release(
+        &cloud,
+        "3.0",
+        json!({ "idle": { "image": idle }, "hello": { "image": v3, "env": { "CRASH_AFTER_MS": "10" } } }),
+    );
+    for (device, uuid) in devices.iter().zip(&uuids) {
+        wait_for_cloud(&cloud, uuid, "v3 rolled back", |d| {
+            d["update"]["state"] == "rolled-back"
+                && d["update"]["release"] == "3.0"
+                && d["current_release"] == "2.0"
+                && d["update"]["reason"]
+                    .as_str()
+                    .is_some_and(|r| r.contains("`hello` is crash-looping"))
+        });
+        device.wait_until("v2 to run again", |d| {
+            d.lines_of("hello", &greeting("garden")) == 2
+        });
+        assert!(device.lines_of("hello", "crashy: up, failing in 10 ms") >= 3);
+    }
+    // And does not try v3 again while the target stays as it is.
+    let crashes: Vec<usize> = devices
+        .iter()
+        .map(|d| d.lines_of("hello", "crashy: up, failing in 10 ms"))
+        .collect();
+    for (device, uuid) in devices.iter().zip(&uuids) {
+        wait_for_cloud(&cloud, uuid, "its logs to arrive", |_| {
+            cloud_lines(&cloud, uuid, &greeting("garden")) == 2
+        });
+        assert_eq!(device.service_state("idle").as_deref(), Some("running"));
+    }
+    std::thread::sleep(Duration::from_secs(2));
+    let again: Vec<usize> = devices
+        .iter()
+        .map(|d| d.lines_of("hello", "crashy: up, failing in 10 ms"))
+        .collect();
+    assert_eq!(crashes, again, "v3 was tried again");
+
+    // Without the cloud, services run on.
+    let addr = cloud.addr.clone();
+    drop(cloud);
+    std::thread::sleep(Duration::from_secs(1));
+    for device in &devices {
+        assert_eq!(device.service_state("idle").as_deref(), Some("running"));
+    }
+    // A power cut with the cloud still away: v2 comes back from disk (not
+    // v3), and what it prints waits on disk for the cloud.
+    devices[0].power_cycle();
+    devices[0].wait_until("v2 to come back from disk", |d| {
+        d.lines_of("hello", &greeting("garden")) == 1
+            && d.service_state("idle").as_deref() == Some("running")
+    });
+    assert_eq!(
+        devices[0].lines_of("hello", "crashy: up, failing in 10 ms"),
+        0
+    );
+    let (_, local) = local_api(&devices[0], "GET", "/v1/status");
+    assert_eq!(local["release"]["version"], "2.0", "{local}");
+    assert_eq!(
+        local["release"]["update"]["state"], "rolled-back",
+        "{local}"
+    );
+
+    // The cloud comes back on its address: the buffered line arrives, and
+    // the device's state is current.
+    let cloud = TestCloud::start_at(&cloud_dir, &addr, &["--pull", "anonymous"]);
+    wait_for_cloud(&cloud, &uuids[0], "the buffered logs", |d| {
+        d["online"] == true && cloud_lines(&cloud, &uuids[0], &greeting("garden")) == 3
+    });
+    wait_for_cloud(&cloud, &uuids[0], "its state", |d| {
+        d["current_release"] == "2.0"
+            && d["update"]["state"] == "rolled-back"
+            && d["services"]["idle"]["state"] == "running"
+    });
+}
