@@ -157,6 +157,9 @@ pub struct ReportedService {
 /// One log line as stored.
 #[derive(Clone, Debug)]
 pub struct LogRow {
+    /// The line's number among its device's lines, in arrival order
+    /// (ignored when adding: the database numbers them).
+    pub seq: i64,
     pub time_ms: i64,
     pub service: String,
     pub stream: String,
@@ -784,6 +787,16 @@ impl Db {
         Ok(())
     }
 
+    /// Gives a device a new name (the uuid, its key, stays).
+    pub async fn rename_device(&self, uuid: &str, name: &str) -> Result<(), DbError> {
+        sqlx::query("UPDATE devices SET name = $1 WHERE uuid = $2")
+            .bind(name)
+            .bind(uuid)
+            .execute(&self.pool)
+            .await?;
+        Ok(())
+    }
+
     /// Pins a device to a release id, or with `None` lets it follow its fleet.
     pub async fn pin_device(&self, uuid: &str, release: Option<&str>) -> Result<(), DbError> {
         sqlx::query("UPDATE devices SET pinned_release = $1 WHERE uuid = $2")
@@ -949,20 +962,38 @@ impl Db {
             .collect()
     }
 
-    /// Stores a batch of log lines in order, then drops the device's oldest
-    /// beyond [`KEPT_LOG_LINES`].
+    /// Stores a batch of log lines in order, numbering them after the
+    /// device's last line, then drops the device's oldest beyond
+    /// [`KEPT_LOG_LINES`].
     pub async fn add_logs(&self, uuid: &str, lines: &[LogRow]) -> Result<(), DbError> {
+        if lines.is_empty() {
+            return Ok(());
+        }
         let mut tx = self.begin().await?;
         let received = now_ms();
+        let count = i64::try_from(lines.len()).unwrap_or(i64::MAX);
+        // Updating the device's row takes its numbers and, on PostgreSQL,
+        // holds the row until this batch commits: another batch of the same
+        // device waits here, so lines become visible in number order.
+        let last: i64 = sqlx::query(
+            "UPDATE devices SET log_seq = log_seq + $1 WHERE uuid = $2 RETURNING log_seq",
+        )
+        .bind(count)
+        .bind(uuid)
+        .fetch_one(&mut *tx)
+        .await?
+        .try_get("log_seq")?;
+        let first = last - count + 1;
         for (idx, l) in (0_i64..).zip(lines) {
             sqlx::query(
-                "INSERT INTO device_logs (id, uuid, received_ms, idx, time_ms, service, stream, \
-                 line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                "INSERT INTO device_logs (id, uuid, received_ms, idx, seq, time_ms, service, \
+                 stream, line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
             )
             .bind(uuid::Uuid::new_v4().to_string())
             .bind(uuid)
             .bind(received)
             .bind(idx)
+            .bind(first + idx)
             .bind(l.time_ms)
             .bind(&l.service)
             .bind(&l.stream)
@@ -970,28 +1001,36 @@ impl Db {
             .execute(&mut *tx)
             .await?;
         }
-        // LIMIT with the largest BIGINT is "no limit" in both dialects
-        // (SQLite wants a LIMIT before an OFFSET).
-        sqlx::query(
-            "DELETE FROM device_logs WHERE id IN (SELECT id FROM device_logs WHERE uuid = $1 \
-             ORDER BY received_ms DESC, idx DESC LIMIT $2 OFFSET $3)",
-        )
-        .bind(uuid)
-        .bind(i64::MAX)
-        .bind(KEPT_LOG_LINES)
-        .execute(&mut *tx)
-        .await?;
+        // Numbers run without gaps, so the lines beyond the newest
+        // KEPT_LOG_LINES are those numbered at or below the last minus it.
+        sqlx::query("DELETE FROM device_logs WHERE uuid = $1 AND seq <= $2")
+            .bind(uuid)
+            .bind(last - KEPT_LOG_LINES)
+            .execute(&mut *tx)
+            .await?;
         tx.commit().await?;
         Ok(())
     }
 
-    /// A device's newest `limit` log lines, oldest first.
-    pub async fn logs(&self, uuid: &str, limit: i64) -> Result<Vec<LogRow>, DbError> {
-        let rows = sqlx::query(
-            "SELECT time_ms, service, stream, line, received_ms, idx FROM device_logs \
-             WHERE uuid = $1 ORDER BY received_ms DESC, idx DESC LIMIT $2",
-        )
+    /// A device's log lines, oldest first: with `after`, the first `limit`
+    /// numbered after it; without, the newest `limit`. With `service`
+    /// non-empty, that service's lines alone.
+    pub async fn logs(
+        &self,
+        uuid: &str,
+        service: &str,
+        after: Option<i64>,
+        limit: i64,
+    ) -> Result<Vec<LogRow>, DbError> {
+        let order = if after.is_some() { "ASC" } else { "DESC" };
+        let rows = sqlx::query(&format!(
+            "SELECT seq, time_ms, service, stream, line FROM device_logs \
+             WHERE uuid = $1 AND ($2 = '' OR service = $2) AND seq > $3 \
+             ORDER BY seq {order} LIMIT $4"
+        ))
         .bind(uuid)
+        .bind(service)
+        .bind(after.unwrap_or(0))
         .bind(limit)
         .fetch_all(&self.pool)
         .await?;
@@ -999,6 +1038,7 @@ impl Db {
             .iter()
             .map(|r| {
                 Ok(LogRow {
+                    seq: r.try_get("seq")?,
                     time_ms: r.try_get("time_ms")?,
                     service: r.try_get("service")?,
                     stream: r.try_get("stream")?,
@@ -1006,7 +1046,9 @@ impl Db {
                 })
             })
             .collect::<Result<Vec<_>, DbError>>()?;
-        lines.reverse();
+        if after.is_none() {
+            lines.reverse();
+        }
         Ok(lines)
     }
 }
