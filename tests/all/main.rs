@@ -6,6 +6,7 @@ mod support;
 
 mod agent;
 mod engine;
+mod fleet_cli;
 mod hardware;
 mod images;
 mod kelp_run;
