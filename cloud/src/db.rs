@@ -1072,4 +1072,86 @@ mod tests {
             .collect();
         assert_eq!(names, [std::ffi::OsString::from("odd ?#% name")]);
     }
+
+    /// Lines stored before lines had numbers get them, on SQLite and (when
+    /// `KELP_TEST_POSTGRES` names a server) on PostgreSQL.
+    #[tokio::test]
+    async fn log_lines_kept_from_before_numbering_are_numbered_in_arrival_order() {
+        let dir = tempfile::tempdir().unwrap();
+        numbers_old_log_lines(&sqlite_url(dir.path()).unwrap()).await;
+        if let Ok(base) = std::env::var("KELP_TEST_POSTGRES") {
+            use sqlx::Connection as _;
+            let schema = format!("kelp_unit_{}", uuid::Uuid::new_v4().simple());
+            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
+            sqlx::query(&format!("CREATE SCHEMA {schema}"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+            let sep = if base.contains('?') { '&' } else { '?' };
+            numbers_old_log_lines(&format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
+            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
+                .execute(&mut conn)
+                .await
+                .unwrap();
+        }
+    }
+
+    async fn numbers_old_log_lines(url: &str) {
+        // A database at the schema before log lines had numbers, with lines.
+        let before = tempfile::tempdir().unwrap();
+        let all = Path::new(env!("CARGO_MANIFEST_DIR")).join("migrations");
+        for entry in std::fs::read_dir(&all).unwrap() {
+            let entry = entry.unwrap();
+            if entry.file_name().to_str().unwrap() < "0004" {
+                std::fs::copy(entry.path(), before.path().join(entry.file_name())).unwrap();
+            }
+        }
+        sqlx::any::install_default_drivers();
+        let pool = AnyPool::connect(url).await.unwrap();
+        sqlx::migrate::Migrator::new(before.path())
+            .await
+            .unwrap()
+            .run(&pool)
+            .await
+            .unwrap();
+        sqlx::raw_sql(
+            "INSERT INTO fleets (name, created_at) VALUES ('f', 0); \
+             INSERT INTO devices (uuid, fleet, name, arch, agent_version, key_hash, created_at, \
+             last_seen) VALUES ('d', 'f', 'd', 'x86_64', '1', 'h', 0, 0); \
+             INSERT INTO device_logs (id, uuid, received_ms, idx, time_ms, service, stream, line) \
+             VALUES ('1', 'd', 2000, 0, 0, 'web', 'stdout', 'c'), \
+             ('2', 'd', 1000, 1, 0, 'web', 'stdout', 'b'), \
+             ('3', 'd', 1000, 0, 0, 'web', 'stdout', 'a');",
+        )
+        .execute(&pool)
+        .await
+        .unwrap();
+        pool.close().await;
+
+        let db = Db::connect(url).await.unwrap();
+        let numbered = |lines: Vec<LogRow>| -> Vec<(i64, String)> {
+            lines.into_iter().map(|l| (l.seq, l.line)).collect()
+        };
+        let kept = db.logs("d", "", None, 10).await.unwrap();
+        assert_eq!(
+            numbered(kept),
+            [
+                (1, "a".to_owned()),
+                (2, "b".to_owned()),
+                (3, "c".to_owned())
+            ]
+        );
+        // New lines go on from the last number.
+        let line = LogRow {
+            seq: 0,
+            time_ms: 0,
+            service: "web".to_owned(),
+            stream: "stdout".to_owned(),
+            line: "d".to_owned(),
+        };
+        db.add_logs("d", &[line]).await.unwrap();
+        let new = db.logs("d", "", Some(3), 10).await.unwrap();
+        assert_eq!(numbered(new), [(4, "d".to_owned())]);
+        db.close().await;
+    }
 }
