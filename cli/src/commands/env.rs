@@ -11,8 +11,9 @@ use serde_json::json;
 use crate::cloud::{Cloud, decode};
 use crate::output::{self, OutputArg};
 
-/// Set, unset and list environment variables. A device's services see the
-/// release's env with variables over it, from the weakest scope to the
+/// Set, unset and list environment variables.
+///
+/// A device's services see the release's env with variables over it, from the weakest scope to the
 /// strongest: fleet, fleet and service, device, device and service.
 #[derive(Args, Debug)]
 pub struct EnvArgs {

@@ -6,11 +6,11 @@ use clap::Args;
 
 use crate::cloud::{self, Cloud, Login};
 
-/// Log in to a Kelp cloud: check an API token against it, then store the
-/// URL and token (readable by you only) for the fleet commands.
+/// Log in to a Kelp cloud, for the fleet commands.
 ///
-/// They are stored in `$XDG_CONFIG_HOME/kelp/config.toml` (by default
-/// `~/.config/kelp/config.toml`); `KELP_URL` and `KELP_TOKEN` override them.
+/// Checks an API token against the cloud, then stores the URL and the token,
+/// readable by you only, in `$XDG_CONFIG_HOME/kelp/config.toml` (by default
+/// `~/.config/kelp/config.toml`). `KELP_URL` and `KELP_TOKEN` override them.
 #[derive(Args, Debug)]
 pub struct LoginArgs {
     /// The cloud's URL, e.g. http://127.0.0.1:8080.

@@ -18,8 +18,11 @@ const MAX_LINES: u32 = 1000;
 /// seldom enough that a terminal left open costs the cloud little.
 const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 
-/// Print a device's log lines, oldest first, as `TIME SERVICE LINE`
-/// (stderr lines marked `[stderr]`).
+/// Print a device's log lines, and with `--follow` the new ones.
+///
+/// Lines are printed oldest first as `TIME SERVICE LINE`, stderr lines
+/// marked `[stderr]`. With `--output json` they are the API's JSON: one
+/// array, or with `--follow` one object a line, so it can go on printing.
 #[derive(Args, Debug)]
 pub struct LogsArgs {
     /// The device's uuid.
@@ -37,8 +40,6 @@ pub struct LogsArgs {
     #[arg(long, short = 'n', default_value_t = 100)]
     lines: u32,
 
-    /// With `json`, each line is printed as the API's JSON object, one per
-    /// line (so `--follow` can go on printing).
     #[command(flatten)]
     output: OutputArg,
 }

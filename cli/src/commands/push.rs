@@ -14,8 +14,10 @@ use reqwest::Method;
 use crate::cloud::{Cloud, decode};
 
 /// Build (given a crate), sign and push a service to a registry as a Wasm
-/// OCI artifact; with `--fleet`, also create a release of it for that fleet
-/// (using the login from `kelp login`).
+/// OCI artifact.
+///
+/// With `--fleet`, also create a release of it for that fleet (using the
+/// login from `kelp login`).
 #[derive(Args, Debug)]
 pub struct PushArgs {
     /// A service crate (a directory with Cargo.toml and kelp.toml), which is
