@@ -42,32 +42,37 @@ pub fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
 
 /// Prints `rows` under `headers`, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
+    print!("{}", render_table(headers, rows));
+}
+
+fn render_table(headers: &[&str], rows: &[Vec<String>]) -> String {
     let mut widths: Vec<usize> = headers.iter().map(|h| h.chars().count()).collect();
     for row in rows {
         for (w, cell) in widths.iter_mut().zip(row) {
             *w = (*w).max(cell.chars().count());
         }
     }
-    let line = |cells: &mut dyn Iterator<Item = &str>| {
-        let mut out = String::new();
+    let mut out = String::new();
+    let mut line = |cells: &mut dyn Iterator<Item = &str>| {
+        let mut text = String::new();
         for (i, (cell, w)) in cells.zip(&widths).enumerate() {
             if i > 0 {
-                out.push_str("  ");
+                text.push_str("  ");
             }
-            out.push_str(cell);
-            if i + 1 < widths.len() {
-                out.extend(std::iter::repeat_n(
-                    ' ',
-                    w.saturating_sub(cell.chars().count()),
-                ));
-            }
+            text.push_str(cell);
+            text.extend(std::iter::repeat_n(
+                ' ',
+                w.saturating_sub(cell.chars().count()),
+            ));
         }
-        println!("{}", out.trim_end());
+        out.push_str(text.trim_end());
+        out.push('\n');
     };
     line(&mut headers.iter().copied());
     for row in rows {
         line(&mut row.iter().map(String::as_str));
     }
+    out
 }
 
 /// Prints `name: value` lines with the values aligned.
@@ -102,4 +107,34 @@ pub fn time_ms(ms: i64) -> String {
 /// A value or `-` for none.
 pub fn or_dash(value: Option<&str>) -> String {
     value.unwrap_or("-").to_owned()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn columns_line_up_however_wide_their_characters() {
+        let rows = vec![
+            vec![
+                "pump-1".to_owned(),
+                "Pompe près du lac".to_owned(),
+                "x".to_owned(),
+            ],
+            vec!["a".to_owned(), "-".to_owned(), "".to_owned()],
+        ];
+        assert_eq!(
+            render_table(&["UUID", "NAME", "LAST"], &rows),
+            "UUID    NAME               LAST\n\
+             pump-1  Pompe près du lac  x\n\
+             a       -\n"
+        );
+    }
+
+    #[test]
+    fn times_are_utc_and_a_negative_one_is_shown_as_it_is() {
+        assert_eq!(time(1_764_130_000), "2025-11-26T04:06:40Z");
+        assert_eq!(time_ms(1_764_130_000_123), "2025-11-26T04:06:40.123Z");
+        assert_eq!(time(-5), "-5");
+    }
 }

@@ -263,3 +263,22 @@ impl RenameArgs {
         Ok(())
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_join_into_one_array_as_they_came() {
+        let pages = [
+            br#"[{"uuid":"a"},{"uuid":"b"}]"#.to_vec(),
+            b" [ ] ".to_vec(),
+            br#"[{"uuid":"c"}]"#.to_vec(),
+        ];
+        assert_eq!(
+            join_arrays(&pages),
+            br#"[{"uuid":"a"},{"uuid":"b"},{"uuid":"c"}]"#
+        );
+        assert_eq!(join_arrays(&[]), b"[]");
+    }
+}
