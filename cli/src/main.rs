@@ -6,7 +6,9 @@ use anyhow::Context as _;
 use clap::{Parser, Subcommand};
 
 mod build;
+mod cloud;
 mod commands;
+mod output;
 mod progress;
 
 /// Build, sign, ship and run WebAssembly services on fleets of devices.
@@ -26,6 +28,13 @@ enum Command {
     Inspect(commands::inspect::InspectArgs),
     Push(commands::push::PushArgs),
     Pull(commands::pull::PullArgs),
+    Login(commands::login::LoginArgs),
+    Logout(commands::login::LogoutArgs),
+    Fleet(commands::fleet::FleetArgs),
+    Device(commands::device::DeviceArgs),
+    Release(commands::release::ReleaseArgs),
+    Env(commands::env::EnvArgs),
+    Logs(commands::logs::LogsArgs),
 }
 
 fn main() -> ExitCode {
@@ -35,6 +44,13 @@ fn main() -> ExitCode {
         Command::Run(args) => block_on(args.run()),
         Command::Push(args) => block_on(args.run()),
         Command::Pull(args) => block_on(args.run()),
+        Command::Login(args) => block_on(args.run()),
+        Command::Logout(args) => args.run(),
+        Command::Fleet(args) => block_on(args.run()),
+        Command::Device(args) => block_on(args.run()),
+        Command::Release(args) => block_on(args.run()),
+        Command::Env(args) => block_on(args.run()),
+        Command::Logs(args) => block_on(args.run()),
         Command::Key(args) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Sign(args) => args.run().map(|()| ExitCode::SUCCESS),
         Command::Verify(args) => args.run().map(|()| ExitCode::SUCCESS),

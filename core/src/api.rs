@@ -202,7 +202,7 @@ pub struct ServiceReport {
     pub memory: Option<u64>,
 }
 
-#[derive(Clone, Copy, Debug, Default, Serialize, Deserialize)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum LogStream {
     #[default]
@@ -226,6 +226,30 @@ pub struct LogLine {
     #[serde(default)]
     pub stream: LogStream,
     pub line: String,
+}
+
+/// A log line as the cloud keeps it: numbered, so that a reader following
+/// the log asks for the lines after the last one it saw.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct StoredLogLine {
+    /// The line's number among its device's lines, in the order they
+    /// arrived: a later line has a larger one.
+    pub id: i64,
+    /// When the device wrote it, in milliseconds since the Unix epoch.
+    pub time: i64,
+    pub service: String,
+    pub stream: LogStream,
+    pub line: String,
+}
+
+/// `PATCH /api/v1/devices/{uuid}`: what to change about a device. Absent
+/// fields keep their value.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DeviceUpdate {
+    /// The name people see; the uuid stays.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
 }
 
 /// How a device replaces a running service with its new version.

@@ -39,6 +39,10 @@ impl Publisher {
         Publisher { dir, key_id }
     }
 
+    pub(crate) fn secret(&self) -> PathBuf {
+        self.dir.path().join("kelp.key")
+    }
+
     pub(crate) fn public(&self) -> PathBuf {
         self.dir.path().join("kelp.pub")
     }

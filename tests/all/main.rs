@@ -7,6 +7,7 @@ mod support;
 mod agent;
 mod engine;
 mod fleet;
+mod fleet_cli;
 mod hardware;
 mod images;
 mod kelp_run;

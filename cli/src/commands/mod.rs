@@ -1,7 +1,13 @@
+pub mod device;
+pub mod env;
+pub mod fleet;
 pub mod inspect;
 pub mod key;
+pub mod login;
+pub mod logs;
 pub mod pull;
 pub mod push;
+pub mod release;
 pub mod run;
 pub mod sign;
 pub mod verify;

@@ -76,7 +76,10 @@ pub fn router(cp: ControlPlane) -> Router {
             put(set_fleet_env).delete(delete_fleet_env),
         )
         .route("/api/v1/devices", get(list_devices))
-        .route("/api/v1/devices/{uuid}", get(show_device))
+        .route(
+            "/api/v1/devices/{uuid}",
+            get(show_device).patch(update_device),
+        )
         .route("/api/v1/devices/{uuid}/pin", put(pin_device))
         .route("/api/v1/devices/{uuid}/env", get(list_device_env))
         .route(
@@ -465,6 +468,24 @@ async fn show_device(
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
 }
 
+/// `PATCH /api/v1/devices/{uuid}`: renames a device. The name is only
+/// shown to people, so no device's target changes.
+async fn update_device(
+    State(cp): State<ControlPlane>,
+    user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<DeviceUpdate>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    if let Some(name) = &body.name {
+        check_text("name", name)?;
+        cp.db.rename_device(&device.uuid, name).await?;
+        tracing::info!(by = %user.token_id, uuid = %device.uuid, name = %name, "device renamed");
+    }
+    let device = find_device(&cp, &device.uuid).await?;
+    Ok(axum::Json(device_view(&cp, device).await?).into_response())
+}
+
 async fn pin_device(
     State(cp): State<ControlPlane>,
     user: User,
@@ -813,6 +834,7 @@ async fn upload_logs(
             l.line
         };
         rows.push(db::LogRow {
+            seq: 0,
             time_ms: l.time,
             service: l.service,
             stream: stream.to_owned(),
@@ -827,10 +849,15 @@ async fn upload_logs(
 #[serde(deny_unknown_fields)]
 struct LogQuery {
     limit: Option<i64>,
+    /// Only lines numbered after this one: the last `id` the caller saw.
+    after: Option<i64>,
+    /// Only this service's lines.
+    service: Option<String>,
 }
 
-/// `GET /api/v1/devices/{uuid}/logs[?limit=N]`: the newest lines, oldest
-/// first.
+/// `GET /api/v1/devices/{uuid}/logs[?limit=N][&after=ID][&service=NAME]`:
+/// the newest lines, or with `after` the first lines after that one; oldest
+/// first either way.
 async fn device_logs(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -838,19 +865,34 @@ async fn device_logs(
     q: Result<Query<LogQuery>, QueryRejection>,
 ) -> Result<Response, ApiError> {
     let device = find_device(&cp, &path(uuid)?).await?;
-    let limit = query(q)?.limit.unwrap_or(DEFAULT_LOG_READ);
+    let q = query(q)?;
+    let limit = q.limit.unwrap_or(DEFAULT_LOG_READ);
     if !(1..=MAX_LOG_READ).contains(&limit) {
         return Err(ApiError::field(
             "limit",
             format!("limit must be 1 to {MAX_LOG_READ}"),
         ));
     }
-    let lines: Vec<LogLine> = cp
+    if q.after.is_some_and(|a| a < 0) {
+        return Err(ApiError::field(
+            "after",
+            "after is the id of a log line, 0 or more",
+        ));
+    }
+    let service = match &q.service {
+        Some(s) => {
+            check_service_name("service", s)?;
+            s.as_str()
+        }
+        None => "",
+    };
+    let lines: Vec<StoredLogLine> = cp
         .db
-        .logs(&device.uuid, limit)
+        .logs(&device.uuid, service, q.after, limit)
         .await?
         .into_iter()
-        .map(|l| LogLine {
+        .map(|l| StoredLogLine {
+            id: l.seq,
             time: l.time_ms,
             service: l.service,
             stream: if l.stream == "stderr" {

@@ -487,3 +487,204 @@ async fn the_device_list_comes_in_pages() {
         assert_eq!(r.field(), "limit");
     }
 }
+
+#[tokio::test]
+async fn a_device_is_renamed_and_a_bad_name_is_refused_naming_the_field() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("renames").await;
+        let key = cloud.device(&pk, "pump-1").await;
+        let uri = "/api/v1/devices/pump-1";
+        let r = cloud
+            .send(
+                Method::PATCH,
+                uri,
+                Some(&cloud.admin),
+                Some(json!({ "name": "Pump by the shed ☂" })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["name"], "Pump by the shed ☂");
+        assert_eq!(r.body["uuid"], "pump-1");
+        assert_eq!(
+            cloud.get(uri, &cloud.admin).await.body["name"],
+            "Pump by the shed ☂"
+        );
+
+        for bad in [json!(""), json!("a\nb"), json!("x".repeat(65)), json!(7)] {
+            let r = cloud
+                .send(
+                    Method::PATCH,
+                    uri,
+                    Some(&cloud.admin),
+                    Some(json!({ "name": bad })),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{bad}: {}", r.body);
+            assert_eq!(r.field(), "name", "{bad}");
+        }
+        let r = cloud
+            .send(
+                Method::PATCH,
+                uri,
+                Some(&cloud.admin),
+                Some(json!({ "fleet": "other" })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST);
+        assert_eq!(r.field(), "fleet");
+        // 64 characters is the most; the name is what was set last.
+        let longest = "é".repeat(64);
+        let r = cloud
+            .send(
+                Method::PATCH,
+                uri,
+                Some(&cloud.admin),
+                Some(json!({ "name": longest })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(cloud.get(uri, &cloud.admin).await.body["name"], longest);
+
+        let r = cloud
+            .send(
+                Method::PATCH,
+                "/api/v1/devices/nobody",
+                Some(&cloud.admin),
+                Some(json!({ "name": "x" })),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        // The device's own key renames nothing.
+        let r = cloud
+            .send(Method::PATCH, uri, Some(&key), Some(json!({ "name": "x" })))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+        assert_eq!(cloud.get(uri, &cloud.admin).await.body["name"], longest);
+    }
+}
+
+#[tokio::test]
+async fn a_log_reader_asks_for_the_lines_after_the_last_it_saw() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("cursor").await;
+        let key = cloud.device(&pk, "talker").await;
+        let other = cloud.device(&pk, "quiet").await;
+        let send = |key: String, lines: Vec<(&'static str, &'static str)>| {
+            let lines: Vec<_> = lines
+                .into_iter()
+                .map(|(service, line)| json!({ "time": 1, "service": service, "line": line }))
+                .collect();
+            let cloud = &cloud;
+            async move {
+                let r = cloud
+                    .post("/device/v1/logs", &key, json!({ "lines": lines }))
+                    .await;
+                assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+            }
+        };
+        let logs = |q: &'static str| {
+            let cloud = &cloud;
+            async move {
+                let r = cloud
+                    .get(&format!("/api/v1/devices/talker/logs{q}"), &cloud.admin)
+                    .await;
+                assert_eq!(r.status, StatusCode::OK, "{q}: {}", r.body);
+                r.body
+            }
+        };
+        send(key.clone(), vec![("web", "a"), ("db", "b"), ("web", "c")]).await;
+        // Another device's lines take none of this one's numbers.
+        send(other.clone(), vec![("web", "elsewhere")]).await;
+        let all = logs("").await;
+        assert_eq!(strings(&all, "line"), ["a", "b", "c"]);
+        let ids: Vec<i64> = all
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|l| l["id"].as_i64().unwrap())
+            .collect();
+        assert!(ids.windows(2).all(|w| w[0] < w[1]), "{ids:?}");
+        let last = ids[2];
+
+        // Nothing new yet: an empty page, not an error.
+        let q = format!("?after={last}").leak();
+        assert_eq!(logs(q).await, json!([]));
+        send(key.clone(), vec![("web", "d"), ("web", "e")]).await;
+        let new = logs(q).await;
+        assert_eq!(strings(&new, "line"), ["d", "e"]);
+        assert!(new[0]["id"].as_i64().unwrap() > last);
+
+        // `after` pages forwards, oldest first, `limit` at a time.
+        let first = format!("?after={}&limit=2", ids[0]).leak();
+        assert_eq!(strings(&logs(first).await, "line"), ["b", "c"]);
+        // `service` picks one service's lines, with and without a cursor.
+        assert_eq!(strings(&logs("?service=db").await, "line"), ["b"]);
+        assert_eq!(
+            strings(&logs("?service=web&limit=2").await, "line"),
+            ["d", "e"]
+        );
+        let web_after = format!("?service=web&after={}", ids[0]).leak();
+        assert_eq!(strings(&logs(web_after).await, "line"), ["c", "d", "e"]);
+
+        for (q, field) in [
+            ("?after=-1", "after"),
+            ("?after=x", "query"),
+            ("?service=No!", "service"),
+        ] {
+            let r = cloud
+                .get(&format!("/api/v1/devices/talker/logs{q}"), &cloud.admin)
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{q}");
+            assert_eq!(r.field(), field, "{q}");
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn batches_sent_at_once_get_distinct_increasing_ids() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("busy").await;
+        let key = cloud.device(&pk, "talker").await;
+        let mut tasks = Vec::new();
+        for batch in 0..8 {
+            let (app, key) = (cloud.app.clone(), key.clone());
+            tasks.push(tokio::spawn(async move {
+                let lines: Vec<_> = (0..10)
+                    .map(|i| json!({ "time": i, "service": "web", "line": format!("{batch}.{i}") }))
+                    .collect();
+                crate::send(
+                    &app,
+                    Method::POST,
+                    "/device/v1/logs",
+                    Some(&key),
+                    Some(json!({ "lines": lines })),
+                    &[],
+                )
+                .await
+                .status
+            }));
+        }
+        for t in tasks {
+            assert_eq!(t.await.unwrap(), StatusCode::NO_CONTENT);
+        }
+        let all = cloud
+            .get("/api/v1/devices/talker/logs?limit=1000", &cloud.admin)
+            .await
+            .body;
+        let lines = all.as_array().unwrap();
+        let ids: Vec<i64> = lines.iter().map(|l| l["id"].as_i64().unwrap()).collect();
+        assert_eq!(ids, (1..=80).collect::<Vec<_>>());
+        // Each batch's lines are together and in their order.
+        for chunk in lines.chunks(10) {
+            let batch = chunk[0]["line"]
+                .as_str()
+                .unwrap()
+                .split('.')
+                .next()
+                .unwrap();
+            let texts: Vec<_> = chunk.iter().map(|l| l["line"].as_str().unwrap()).collect();
+            let want: Vec<_> = (0..10).map(|i| format!("{batch}.{i}")).collect();
+            assert_eq!(texts, want);
+        }
+    }
+}

@@ -1,0 +1,284 @@
+//! `kelp device`: list, show, pin and rename devices.
+
+use std::process::ExitCode;
+
+use clap::{Args, Subcommand};
+use kelp_core::api::DeviceView;
+use reqwest::Method;
+use serde_json::json;
+
+use crate::cloud::{Cloud, decode};
+use crate::output::{self, OutputArg, or_dash};
+
+/// Most devices the cloud answers with in one page (its own limit).
+const PAGE: u32 = 500;
+
+/// Manage devices.
+#[derive(Args, Debug)]
+pub struct DeviceArgs {
+    #[command(subcommand)]
+    command: DeviceCommand,
+}
+
+#[derive(Subcommand, Debug)]
+enum DeviceCommand {
+    List(ListArgs),
+    Show(ShowArgs),
+    Pin(PinArgs),
+    Rename(RenameArgs),
+}
+
+/// List devices, of every fleet or of one.
+#[derive(Args, Debug)]
+struct ListArgs {
+    /// Only this fleet's devices.
+    #[arg(long)]
+    fleet: Option<String>,
+    #[command(flatten)]
+    output: OutputArg,
+    /// Devices asked for per request.
+    #[arg(long, hide = true, default_value_t = PAGE, value_parser = clap::value_parser!(u32).range(1..=i64::from(PAGE)))]
+    page_size: u32,
+}
+
+/// Show one device: its releases and each service as it last reported.
+#[derive(Args, Debug)]
+struct ShowArgs {
+    uuid: String,
+    #[command(flatten)]
+    output: OutputArg,
+}
+
+/// Pin a device to a release of its fleet, or let it follow its fleet again.
+#[derive(Args, Debug)]
+struct PinArgs {
+    uuid: String,
+    /// The release version to pin to.
+    #[arg(required_unless_present = "fleet")]
+    version: Option<String>,
+    /// Follow the fleet's release instead of a pinned one.
+    #[arg(long, conflicts_with = "version")]
+    fleet: bool,
+}
+
+/// Give a device a new name (its uuid stays).
+#[derive(Args, Debug)]
+struct RenameArgs {
+    uuid: String,
+    /// 1 to 64 characters, no control characters.
+    name: String,
+}
+
+impl DeviceArgs {
+    pub async fn run(self) -> anyhow::Result<ExitCode> {
+        let cloud = Cloud::from_session()?;
+        match self.command {
+            DeviceCommand::List(args) => args.run(&cloud).await?,
+            DeviceCommand::Show(args) => args.run(&cloud).await?,
+            DeviceCommand::Pin(args) => args.run(&cloud).await?,
+            DeviceCommand::Rename(args) => args.run(&cloud).await?,
+        }
+        Ok(ExitCode::SUCCESS)
+    }
+}
+
+impl ListArgs {
+    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+        // Page after page, each after the last uuid of the one before,
+        // until an empty one. The pages' JSON is kept as it came, to print
+        // as one array.
+        let limit = self.page_size.to_string();
+        let mut devices: Vec<DeviceView> = Vec::new();
+        let mut pages: Vec<Vec<u8>> = Vec::new();
+        loop {
+            let mut query = vec![("limit", limit.as_str())];
+            if let Some(fleet) = &self.fleet {
+                query.push(("fleet", fleet));
+            }
+            let after = devices.last().map(|d| d.uuid.clone());
+            if let Some(after) = &after {
+                query.push(("after", after));
+            }
+            let page = cloud.get(&["api", "v1", "devices"], &query).await?;
+            let views: Vec<DeviceView> = decode(&page)?;
+            if views.is_empty() {
+                break;
+            }
+            devices.extend(views);
+            pages.push(page);
+        }
+        if self.output.json() {
+            return output::print_json(&join_arrays(&pages));
+        }
+        let rows: Vec<_> = devices
+            .iter()
+            .map(|d| {
+                vec![
+                    d.uuid.clone(),
+                    d.name.clone(),
+                    d.fleet.clone(),
+                    online(d).to_owned(),
+                    or_dash(d.target_release.as_deref()),
+                    or_dash(d.current_release.as_deref()),
+                    output::time(d.last_seen),
+                ]
+            })
+            .collect();
+        output::table(
+            &[
+                "UUID",
+                "NAME",
+                "FLEET",
+                "STATUS",
+                "TARGET",
+                "CURRENT",
+                "LAST SEEN",
+            ],
+            &rows,
+        );
+        Ok(())
+    }
+}
+
+/// JSON arrays as they came, joined into one: `[a,b]` and `[c]` make
+/// `[a,b,c]`.
+fn join_arrays(pages: &[Vec<u8>]) -> Vec<u8> {
+    let mut out = b"[".to_vec();
+    let mut first = true;
+    for page in pages {
+        let text = page.trim_ascii();
+        let inner = text
+            .strip_prefix(b"[")
+            .and_then(|t| t.strip_suffix(b"]"))
+            .unwrap_or(text)
+            .trim_ascii();
+        if inner.is_empty() {
+            continue;
+        }
+        if !first {
+            out.push(b',');
+        }
+        out.extend_from_slice(inner);
+        first = false;
+    }
+    out.push(b']');
+    out
+}
+
+fn online(d: &DeviceView) -> &'static str {
+    if d.online { "online" } else { "offline" }
+}
+
+impl ShowArgs {
+    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+        let device = cloud
+            .get(&["api", "v1", "devices", &self.uuid], &[])
+            .await?;
+        if self.output.json() {
+            return output::print_json(&device);
+        }
+        show(decode(&device)?);
+        Ok(())
+    }
+}
+
+fn show(d: DeviceView) {
+    let status = online(&d).to_owned();
+    output::fields(&[
+        ("uuid", d.uuid),
+        ("name", d.name),
+        ("fleet", d.fleet),
+        ("status", status),
+        ("arch", d.arch),
+        ("agent", d.agent_version),
+        (
+            "pinned release",
+            d.pinned_release
+                .unwrap_or_else(|| "none (follows its fleet)".to_owned()),
+        ),
+        ("target release", or_dash(d.target_release.as_deref())),
+        ("current release", or_dash(d.current_release.as_deref())),
+        ("last seen", output::time(d.last_seen)),
+        ("registered", output::time(d.created_at)),
+    ]);
+    if d.services.is_empty() {
+        return;
+    }
+    println!();
+    let rows: Vec<_> = d
+        .services
+        .iter()
+        .map(|(name, s)| {
+            vec![
+                name.clone(),
+                s.state.clone(),
+                s.memory.and_then(|m| u64::try_from(m).ok()).map_or_else(
+                    || "-".to_owned(),
+                    |m| kelp_core::ByteSize::bytes_exact(m).to_string(),
+                ),
+                output::time(s.updated_at),
+            ]
+        })
+        .collect();
+    output::table(&["SERVICE", "STATE", "MEMORY", "UPDATED"], &rows);
+}
+
+impl PinArgs {
+    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+        let release = if self.fleet { None } else { self.version };
+        let device = cloud
+            .call(
+                Method::PUT,
+                &["api", "v1", "devices", &self.uuid, "pin"],
+                &[],
+                Some(json!({ "release": release })),
+            )
+            .await?;
+        let d: DeviceView = decode(&device)?;
+        match &d.pinned_release {
+            Some(v) => println!("device {} pinned to release {v}", d.uuid),
+            None => println!(
+                "device {} follows fleet {} (release {})",
+                d.uuid,
+                d.fleet,
+                or_dash(d.target_release.as_deref())
+            ),
+        }
+        Ok(())
+    }
+}
+
+impl RenameArgs {
+    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+        let device = cloud
+            .call(
+                Method::PATCH,
+                &["api", "v1", "devices", &self.uuid],
+                &[],
+                Some(json!({ "name": self.name })),
+            )
+            .await?;
+        let d: DeviceView = decode(&device)?;
+        println!("device {} is now named {}", d.uuid, d.name);
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pages_join_into_one_array_as_they_came() {
+        let pages = [
+            br#"[{"uuid":"a"},{"uuid":"b"}]"#.to_vec(),
+            b" [ ] ".to_vec(),
+            br#"[{"uuid":"c"}]"#.to_vec(),
+        ];
+        assert_eq!(
+            join_arrays(&pages),
+            br#"[{"uuid":"a"},{"uuid":"b"},{"uuid":"c"}]"#
+        );
+        assert_eq!(join_arrays(&[]), b"[]");
+    }
+}
