@@ -47,10 +47,6 @@ impl Publisher {
         self.dir.path().join("kelp.pub")
     }
 
-    pub(crate) fn secret(&self) -> PathBuf {
-        self.dir.path().join("kelp.key")
-    }
-
     /// A scratch directory beside the keys.
     pub(crate) fn dir(&self) -> &Path {
         self.dir.path()
