@@ -250,6 +250,21 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
         });
         assert!(device.lines_of("hello", "crashy: up, failing in 10 ms") >= 3);
     }
+    // The user sees it with the CLI.
+    let shown = std::process::Command::new(kelp_tests::binary("kelp"))
+        .args(["device", "show", &uuids[1]])
+        .env("KELP_URL", cloud.url(""))
+        .env("KELP_TOKEN", &cloud.token)
+        .env("XDG_CONFIG_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(shown.status.success(), "{}", text(&shown.stderr));
+    let shown = text(&shown.stdout);
+    assert!(
+        shown.contains("3.0 rolled-back: service `hello` is crash-looping"),
+        "{shown}"
+    );
+
     // And does not try v3 again while the target stays as it is.
     let crashes: Vec<usize> = devices
         .iter()

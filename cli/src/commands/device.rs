@@ -184,6 +184,18 @@ impl ShowArgs {
 
 fn show(d: DeviceView) {
     let status = online(&d).to_owned();
+    // How the last update went: `3.0 rolled-back: service `web` is crash-looping`.
+    let update = d.update.as_ref().map_or_else(
+        || "-".to_owned(),
+        |u| {
+            let mut text = format!("{} {}", u.release.as_deref().unwrap_or("-"), u.state);
+            if let Some(reason) = &u.reason {
+                text.push_str(": ");
+                text.push_str(reason);
+            }
+            text
+        },
+    );
     output::fields(&[
         ("uuid", d.uuid),
         ("name", d.name),
@@ -198,6 +210,7 @@ fn show(d: DeviceView) {
         ),
         ("target release", or_dash(d.target_release.as_deref())),
         ("current release", or_dash(d.current_release.as_deref())),
+        ("last update", update),
         ("last seen", output::time(d.last_seen)),
         ("registered", output::time(d.created_at)),
     ]);
