@@ -320,3 +320,159 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
             && d["services"]["idle"]["state"] == "running"
     });
 }
+
+/// A schema of its own on the PostgreSQL server `KELP_TEST_POSTGRES`
+/// names, dropped afterwards.
+struct Schema {
+    base: String,
+    name: String,
+}
+
+impl Schema {
+    fn create(base: &str) -> Schema {
+        let name = format!("kelp_e2e_{}", std::process::id());
+        Schema::run(
+            base,
+            &format!("DROP SCHEMA IF EXISTS {name} CASCADE; CREATE SCHEMA {name}"),
+        );
+        Schema {
+            base: base.to_owned(),
+            name,
+        }
+    }
+
+    /// The URL a server given it works in this schema.
+    fn url(&self) -> String {
+        let sep = if self.base.contains('?') { '&' } else { '?' };
+        format!("{}{sep}options=-c%20search_path%3D{}", self.base, self.name)
+    }
+
+    fn run(base: &str, sql: &str) {
+        use sqlx::Connection as _;
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
+            sqlx::raw_sql(sql).execute(&mut conn).await.unwrap();
+        });
+    }
+}
+
+impl Drop for Schema {
+    fn drop(&mut self) {
+        Schema::run(
+            &self.base,
+            &format!("DROP SCHEMA IF EXISTS {} CASCADE", self.name),
+        );
+    }
+}
+
+#[test]
+fn two_clouds_on_one_postgresql_wake_each_others_devices_at_once() {
+    let Ok(base) = std::env::var("KELP_TEST_POSTGRES") else {
+        eprintln!("skipped: KELP_TEST_POSTGRES names no PostgreSQL server");
+        return;
+    };
+    let schema = Schema::create(&base);
+    let dir = tempfile::tempdir().unwrap();
+    let database = schema.url();
+    // Two processes behind one load balancer share the database and the
+    // blob volume.
+    let data = dir.path().join("cloud");
+    let first = TestCloud::start(&data, &["--database", &database]);
+    let second = TestCloud::start(&data, &["--database", &database]);
+    assert_eq!(first.token, second.token);
+    let (status, fleet) = api(
+        &first,
+        reqwest::Method::POST,
+        "/api/v1/fleets",
+        Some(json!({ "name": "garden" })),
+    );
+    assert_eq!(status, 201, "{fleet}");
+    let provisioning_key = fleet["provisioning_key"].as_str().unwrap().to_owned();
+
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let http = reqwest::Client::new();
+    let (device_key, etag) = rt.block_on(async {
+        let registered: Value = http
+            .post(first.url("/device/v1/register"))
+            .bearer_auth(&provisioning_key)
+            .header("content-type", "application/json")
+            .body(json!({ "uuid": "roamer", "arch": "x86_64", "agent_version": "1" }).to_string())
+            .send()
+            .await
+            .unwrap()
+            .bytes()
+            .await
+            .map(|b| serde_json::from_slice(&b).unwrap())
+            .unwrap();
+        let key = registered["device_key"].as_str().unwrap().to_owned();
+        let state = http
+            .get(first.url("/device/v1/state"))
+            .bearer_auth(&key)
+            .send()
+            .await
+            .unwrap();
+        let etag = state.headers()["etag"].to_str().unwrap().to_owned();
+        (key, etag)
+    });
+
+    // The device long-polls the first; the release is made through the
+    // second.
+    let poll = {
+        let (url, key, etag) = (first.url("/device/v1/state?wait=60"), device_key, etag);
+        std::thread::spawn(move || {
+            let rt = tokio::runtime::Builder::new_current_thread()
+                .enable_all()
+                .build()
+                .unwrap();
+            rt.block_on(async {
+                let res = reqwest::Client::new()
+                    .get(url)
+                    .bearer_auth(key)
+                    .header("if-none-match", etag)
+                    .send()
+                    .await
+                    .unwrap();
+                let status = res.status().as_u16();
+                (
+                    status,
+                    res.bytes()
+                        .await
+                        .ok()
+                        .and_then(|b| serde_json::from_slice(&b).ok())
+                        .unwrap_or(Value::Null),
+                    Instant::now(),
+                )
+            })
+        })
+    };
+    std::thread::sleep(Duration::from_millis(500));
+    assert!(
+        !poll.is_finished(),
+        "the poll was answered before anything changed"
+    );
+    let made = Instant::now();
+    let (status, answer) = api(
+        &second,
+        reqwest::Method::POST,
+        "/api/v1/fleets/garden/releases",
+        Some(json!({ "version": "1.0", "services": {} })),
+    );
+    assert_eq!(status, 201, "{answer}");
+    let (status, target, answered) = poll.join().unwrap();
+    assert_eq!(status, 200, "{target}");
+    assert_eq!(target["release"]["version"], "1.0");
+    // The first process looks again on its own only every 5 seconds; it
+    // answered because PostgreSQL told it.
+    let waited = answered.saturating_duration_since(made);
+    assert!(
+        waited < Duration::from_secs(2),
+        "woke {waited:?} after the release"
+    );
+}
