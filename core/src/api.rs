@@ -256,12 +256,17 @@ pub struct DeviceUpdate {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateStrategy {
-    /// Fetch and load the new version, then stop the old one (the shortest
-    /// gap; both are in memory for a moment).
+    /// Fetch and load the new version, then stop the old one and start the
+    /// new (a short gap; both are in memory for a moment).
     #[default]
     DownloadThenKill,
-    /// Stop the old version first (for a device short of memory).
+    /// Stop the old version first, then fetch and start the new (for a
+    /// device short of memory or disk).
     KillThenDownload,
+    /// Fetch the new version and start it beside the old, which stops once
+    /// the new one runs (no gap; both run for a moment, so they must not
+    /// need the same hardware line).
+    HandOver,
 }
 
 /// One service of a release, as created and as stored.

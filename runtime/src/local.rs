@@ -17,6 +17,7 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
+use kelp_core::api::UpdateStrategy;
 use kelp_core::{ByteSize, RestartPolicy};
 use serde::Deserialize;
 
@@ -62,6 +63,8 @@ struct LocalService {
     restart: Option<RestartPolicy>,
     #[serde(default, with = "humantime_serde_opt")]
     stop_grace: Option<Duration>,
+    /// `download-then-kill` (default), `kill-then-download` or `hand-over`.
+    update: Option<kelp_core::api::UpdateStrategy>,
 }
 
 mod humantime_serde_opt {
@@ -138,7 +141,8 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetServ
             };
             let spec = ServiceSpec {
                 module,
-                version: s.version,
+                // Without a version of its own, the image names it.
+                version: s.version.or_else(|| image.as_ref().map(ToString::to_string)),
                 args: s.args,
                 env: s.env,
                 restart: s.restart.unwrap_or_default(),
@@ -146,6 +150,7 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetServ
                 data_dir: Some(data_root.join(&name)),
                 stop_grace: s.stop_grace.unwrap_or(DEFAULT_STOP_GRACE),
                 grants: None,
+                update: s.update.unwrap_or_default(),
                 name,
             };
             Ok(TargetService { spec, image })
@@ -177,6 +182,15 @@ pub async fn apply(
             continue;
         };
         let name = spec.name.clone();
+        // Asked to make room first: the running version stops before the
+        // new one is fetched.
+        if spec.update == UpdateStrategy::KillThenDownload
+            && let Some(running) = supervisor.service(&name)
+            && running.spec().version != spec.version
+        {
+            tracing::info!(service = %name, "stopping before fetching its new version (kill-then-download)");
+            let _ = supervisor.stop(&name).await;
+        }
         let fetched = match images {
             Some(store) => store.fetch(&image).await.map_err(|e| e.to_string()),
             None => Err(format!(

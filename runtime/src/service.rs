@@ -6,6 +6,7 @@ use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use kelp_core::api::UpdateStrategy;
 use kelp_core::{ByteSize, Digest, ExitReason, RestartPolicy, ServiceState, ServiceStatus};
 use tokio::sync::watch;
 
@@ -40,6 +41,8 @@ pub struct ServiceSpec {
     /// manifest: for running an unsigned module during development
     /// (`kelp run --manifest`). `None` uses the manifest's.
     pub grants: Option<kelp_core::Grants>,
+    /// How a new version of it replaces a running one.
+    pub update: UpdateStrategy,
 }
 
 impl ServiceSpec {
@@ -56,6 +59,7 @@ impl ServiceSpec {
             data_dir: None,
             stop_grace: DEFAULT_STOP_GRACE,
             grants: None,
+            update: UpdateStrategy::DownloadThenKill,
         }
     }
 }

@@ -2,8 +2,10 @@
 
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard};
+use std::time::Duration;
 
-use kelp_core::{Digest, ServiceStatus};
+use kelp_core::api::UpdateStrategy;
+use kelp_core::{Digest, ServiceState, ServiceStatus};
 use sha2::{Digest as _, Sha256};
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -58,6 +60,10 @@ struct Entry {
     /// service's own load finds it in memory instead of loading it again.
     _program: Option<Arc<Program>>,
 }
+
+/// Longest a handed-over service's old version waits for the new one to
+/// start.
+const HAND_OVER_WAIT: Duration = Duration::from_secs(30);
 
 /// Runs services side by side on one [`Runtime`].
 pub struct Supervisor {
@@ -282,6 +288,7 @@ impl Supervisor {
         }
         let mut to_stop = Vec::new();
         let mut to_start = Vec::new();
+        let mut hand_overs = Vec::new();
         {
             let mut services = self.lock();
             for name in gone {
@@ -291,11 +298,17 @@ impl Supervisor {
                 }
             }
             for (spec, program) in replacing {
-                if let Some(entry) = services.remove(&spec.name) {
-                    to_stop.push(entry);
-                }
                 report.restarted.push(spec.name.clone());
-                to_start.push((spec, Some(program)));
+                let old = services.remove(&spec.name);
+                match old {
+                    Some(old) if spec.update == UpdateStrategy::HandOver => {
+                        hand_overs.push((spec, program, old));
+                    }
+                    old => {
+                        to_stop.extend(old);
+                        to_start.push((spec, Some(program)));
+                    }
+                }
             }
         }
         for spec in new {
@@ -307,6 +320,20 @@ impl Supervisor {
             if let Err(e) = self.start_loaded(spec.clone(), program) {
                 report.rejected.push((spec.name, e.to_string()));
             }
+        }
+        // The new version starts beside the old, which stops once the new
+        // one runs (or has ended, or has had its time to start).
+        for (spec, program, old) in hand_overs {
+            match self.start_loaded(spec.clone(), Some(program)) {
+                Ok(new) => {
+                    let started = new.wait_for(|s| s.state != ServiceState::Starting);
+                    if tokio::time::timeout(HAND_OVER_WAIT, started).await.is_err() {
+                        tracing::warn!(service = %spec.name, "new version still starting; stopping the old one anyway");
+                    }
+                }
+                Err(e) => report.rejected.push((spec.name, e.to_string())),
+            }
+            stop_entry(old).await;
         }
         report
     }

@@ -411,3 +411,49 @@ fn sigterm_does_not_wait_for_a_stalled_fetch() {
     assert!(status.success(), "{status:?}\n{}", device.stderr());
     assert!(took < Duration::from_secs(10), "took {took:?}");
 }
+
+#[test]
+fn kill_then_download_stops_the_old_version_before_fetching_the_new() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let publisher = Publisher::new();
+    let idle = push(
+        &cloud,
+        &publisher.sign(Path::new(IDLE), "idle.wasm"),
+        "kelp/idle",
+    );
+    let missing = format!("{}/kelp/idle@sha256:{}", cloud.addr, "0".repeat(64));
+    let target = |image: &str, update: &str| {
+        format!(
+            "{}update = \"{update}\"\n{}update = \"{update}\"\n",
+            service("first", image),
+            service("second", &idle)
+        )
+    };
+    let device = Device::start_with(
+        &target(&idle, "kill-then-download"),
+        device_args(&[&publisher], &cloud.token),
+    );
+    device.wait_until("idle to run", |d| {
+        d.service_state("first").as_deref() == Some("running")
+    });
+    // A version that cannot be fetched: asked to make room first, the
+    // device has already stopped the old one.
+    device.edit(&target(&missing, "kill-then-download"));
+    device.wait_until("the new version to be refused", |d| {
+        refusal(d, "first").is_some()
+    });
+    assert_eq!(device.service_state("first"), None, "{}", device.status());
+    assert_eq!(device.service_state("second").as_deref(), Some("running"));
+
+    // The default keeps the old version until the new one is in hand.
+    device.edit(&target(&idle, "download-then-kill"));
+    device.wait_until("idle to run again", |d| {
+        d.service_state("first").as_deref() == Some("running")
+    });
+    device.edit(&target(&missing, "download-then-kill"));
+    device.wait_until("the new version to be refused", |d| {
+        refusal(d, "first").is_some()
+    });
+    assert_eq!(device.service_state("first").as_deref(), Some("running"));
+}

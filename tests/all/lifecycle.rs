@@ -330,3 +330,61 @@ async fn a_changed_service_whose_new_module_does_not_load_keeps_running() {
     assert_eq!(old.status().state, ServiceState::Stopped);
     sup.shutdown().await;
 }
+
+/// When the old version of `idle` ended, against when the new one said it
+/// was ready, for a change of version under `update`.
+async fn hand_over_times(
+    update: kelp_core::api::UpdateStrategy,
+) -> (std::time::SystemTime, std::time::SystemTime) {
+    let sup = std::sync::Arc::new(supervisor());
+    let v1 = ServiceSpec {
+        update,
+        env: BTreeMap::from([("VERSION".into(), "1".into())]),
+        ..spec("idle", IDLE)
+    };
+    let old = sup.start(v1.clone()).unwrap();
+    within(
+        "v1 to run",
+        old.wait_for(|s| s.state == ServiceState::Running),
+    )
+    .await;
+    let ended = tokio::spawn(async move {
+        old.wait_final().await;
+        std::time::SystemTime::now()
+    });
+    let v2 = ServiceSpec {
+        env: BTreeMap::from([("VERSION".into(), "2".into())]),
+        ..v1
+    };
+    let report = sup.apply(vec![v2]).await;
+    assert_eq!(report.restarted, ["idle"]);
+    let new = sup.service("idle").unwrap();
+    let ready = within("v2 to say it is ready", async {
+        loop {
+            let events = new.logs().next().await.unwrap();
+            if let Some(l) = lines(events).into_iter().find(|l| l.text == "idle: ready") {
+                return l.at;
+            }
+        }
+    })
+    .await;
+    (within("v1 to end", ended).await.unwrap(), ready)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn hand_over_starts_the_new_version_before_the_old_one_stops() {
+    use kelp_core::api::UpdateStrategy;
+    // The old one takes its grace period (200 ms) to stop: it never reads
+    // stdin. Handed over, the new one is ready before that begins.
+    let (old_ended, new_ready) = hand_over_times(UpdateStrategy::HandOver).await;
+    assert!(
+        new_ready < old_ended,
+        "hand-over: new ready after the old ended"
+    );
+    // By default the old one stops first.
+    let (old_ended, new_ready) = hand_over_times(UpdateStrategy::DownloadThenKill).await;
+    assert!(
+        new_ready > old_ended,
+        "download-then-kill: new ready before the old ended"
+    );
+}

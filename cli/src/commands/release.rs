@@ -123,6 +123,7 @@ impl ShowArgs {
                     match s.update_strategy {
                         UpdateStrategy::DownloadThenKill => "download-then-kill",
                         UpdateStrategy::KillThenDownload => "kill-then-download",
+                        UpdateStrategy::HandOver => "hand-over",
                     }
                     .to_owned(),
                 ),

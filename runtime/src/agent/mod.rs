@@ -539,7 +539,8 @@ pub fn services(
             spec: ServiceSpec {
                 name: name.clone(),
                 module: PathBuf::new(),
-                version: None,
+                // The image names the version: a new image is a new version.
+                version: Some(s.image.clone()),
                 args: Vec::new(),
                 env: s.env.clone(),
                 restart: s.restart,
@@ -547,6 +548,7 @@ pub fn services(
                 data_dir: Some(data_root.join(name)),
                 stop_grace: DEFAULT_STOP_GRACE,
                 grants: None,
+                update: s.update_strategy,
             },
             image: Some(image),
         });
