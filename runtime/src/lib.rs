@@ -145,6 +145,11 @@ impl Runtime {
     }
 
     /// Which allocator the engine chose.
+    /// The publisher keys this runtime trusts.
+    pub fn trusted_keys(&self) -> &[kelp_core::PublicKey] {
+        self.inner.loader.trusted_keys()
+    }
+
     pub fn allocator(&self) -> Allocator {
         self.inner.engine.allocator
     }

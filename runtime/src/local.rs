@@ -88,6 +88,9 @@ pub struct TargetService {
     /// The image the service runs, for `image =`. Its `spec.module` is empty
     /// until the image is fetched ([`crate::images::ImageStore::fetch`]).
     pub image: Option<ImageRef>,
+    /// Key id of the publisher key that must have signed the image (a
+    /// release names it); `None` accepts any trusted key.
+    pub signer: Option<String>,
 }
 
 /// Reads a target file into service specs. Each service's `/data` is
@@ -153,7 +156,11 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetServ
                 update: s.update.unwrap_or_default(),
                 name,
             };
-            Ok(TargetService { spec, image })
+            Ok(TargetService {
+                spec,
+                image,
+                signer: None,
+            })
         })
         .collect()
 }
@@ -176,7 +183,12 @@ pub async fn apply(
     let mut refused = BTreeMap::new();
     let mut specs = Vec::new();
     let mut by_image = BTreeMap::new();
-    for TargetService { spec, image } in target {
+    for TargetService {
+        spec,
+        image,
+        signer,
+    } in target
+    {
         let Some(image) = image else {
             specs.push(spec);
             continue;
@@ -196,6 +208,12 @@ pub async fn apply(
             None => Err(format!(
                 "not fetching image {image}: this device trusts no publisher key (--trusted-key), and runs code from a registry only if one signed it"
             )),
+        };
+        let fetched = match (fetched, &signer) {
+            (Ok(module), Some(signer)) => check_signer(supervisor, &module, signer)
+                .await
+                .map(|()| module),
+            (fetched, _) => fetched,
         };
         match fetched {
             Ok(module) => specs.push(ServiceSpec { module, ..spec }),
@@ -219,6 +237,22 @@ pub async fn apply(
         refused.insert(name.clone(), why);
     }
     (report, refused)
+}
+
+/// Refuses `module` unless the trusted key `signer` (a key id) signed it.
+async fn check_signer(supervisor: &Supervisor, module: &Path, signer: &str) -> Result<(), String> {
+    let keys = supervisor.runtime().trusted_keys();
+    let Some(key) = keys.iter().find(|k| k.key_id().to_string() == signer) else {
+        return Err(format!(
+            "the release says key {signer} signed it, and this device does not trust that key"
+        ));
+    };
+    let bytes = tokio::fs::read(module)
+        .await
+        .map_err(|e| format!("cannot read `{}`: {e}", module.display()))?;
+    kelp_core::verify(&bytes, std::slice::from_ref(key))
+        .map(|_| ())
+        .map_err(|e| format!("not signed by key {signer}, as its release says: {e}"))
 }
 
 #[cfg(test)]

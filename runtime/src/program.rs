@@ -265,6 +265,10 @@ impl Loader {
         Ok(program)
     }
 
+    pub(crate) fn trusted_keys(&self) -> &[kelp_core::PublicKey] {
+        &self.trusted_keys
+    }
+
     fn lookup(&self, digest: &Digest) -> Option<Arc<Program>> {
         let mut loaded = lock(&self.loaded);
         let found = loaded.get(digest).and_then(std::sync::Weak::upgrade);

@@ -110,7 +110,8 @@ fn a_device_joins_its_fleet_follows_its_releases_and_boots_without_the_cloud() {
 
     let config = format!(
         "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
-         device-name = \"pump-1\"\ntrusted-keys = [{:?}]\nhardware = \"sim\"\n",
+         device-name = \"pump-1\"\ntrusted-keys = [{:?}]\nhardware = \"sim\"\n\
+         health-window = \"1s\"\n",
         cloud.addr,
         publisher.public()
     );
@@ -162,10 +163,48 @@ fn a_device_joins_its_fleet_follows_its_releases_and_boots_without_the_cloud() {
     // What did not change kept running.
     assert_eq!(device.lines_of("idle", "idle: ready"), 1);
 
-    // Without the cloud, a restart runs release 2.0 from disk.
+    // 2.0 proves itself healthy: the release to go back to.
+    wait_for_cloud(&cloud, &uuid, "release 2.0 healthy", |d| {
+        d["current_release"] == "2.0"
+            && d["update"]["release"] == "2.0"
+            && d["update"]["state"] == "healthy"
+    });
+    // A release whose image another key signed, by its own word, is
+    // refused before it runs, and the device stays on 2.0.
+    release(
+        &cloud,
+        "2.1",
+        json!({
+            "idle": { "image": idle },
+            "hello": { "image": hello, "restart": "never", "signer": "0".repeat(24) },
+        }),
+    );
+    wait_for_cloud(&cloud, &uuid, "2.1 refused", |d| {
+        d["update"]["state"] == "rolled-back"
+            && d["update"]["release"] == "2.1"
+            && d["current_release"] == "2.0"
+            && d["update"]["reason"].as_str().is_some_and(|r| {
+                r.contains(&format!("key {} signed it", "0".repeat(24)))
+                    && r.contains("does not trust that key")
+            })
+    });
+    // Naming the key that did sign it is fine.
+    release(
+        &cloud,
+        "2.2",
+        json!({
+            "idle": { "image": idle },
+            "hello": { "image": hello, "restart": "never", "signer": publisher.key_id },
+        }),
+    );
+    wait_for_cloud(&cloud, &uuid, "2.2 running", |d| {
+        d["current_release"] == "2.2" && d["update"]["release"] == "2.2"
+    });
+
+    // Without the cloud, a restart runs release 2.2 from disk.
     drop(cloud);
     device.power_cycle();
-    device.wait_until("release 2.0 to run again, offline", |d| {
+    device.wait_until("release 2.2 to run again, offline", |d| {
         d.lines_of("idle", "idle: ready") == 1
             && d.lines_of("hello", GREETING) == 1
             && d.service_state("idle").as_deref() == Some("running")

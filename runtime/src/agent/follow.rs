@@ -391,6 +391,8 @@ async fn follow(
                     }
                 } else {
                     trial.start(config.health_window);
+                    // A service refused outright fails the trial at once.
+                    trial.judge(node, store, services_dir, false).await;
                 }
                 trial.show(node);
             }

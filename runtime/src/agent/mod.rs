@@ -551,6 +551,7 @@ pub fn services(
                 update: s.update_strategy,
             },
             image: Some(image),
+            signer: s.signer.clone(),
         });
     }
     (services, refused)
