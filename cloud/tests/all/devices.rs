@@ -1,5 +1,7 @@
 //! Registering devices, and what a device key may read.
 
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
@@ -424,5 +426,27 @@ async fn the_device_list_comes_in_pages() {
             .get("/api/v1/devices?limit=100000", &cloud.admin)
             .await;
         assert_eq!(r.field(), "limit");
+    }
+}
+
+#[tokio::test]
+async fn polling_moves_last_seen_within_a_flush() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("clock").await;
+        let key = cloud.device(&pk, "tick").await;
+        let registered = cloud.get("/api/v1/devices/tick", &cloud.admin).await.body["last_seen"]
+            .as_i64()
+            .unwrap();
+        // Times are whole seconds: let one pass.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let polled = cloud.get("/device/v1/state", &key).await;
+        assert_eq!(polled.status, StatusCode::OK);
+        tokio::time::sleep(kelp_cloud::SEEN_FLUSH + Duration::from_secs(1)).await;
+        let shown = cloud.get("/api/v1/devices/tick", &cloud.admin).await.body;
+        assert!(
+            shown["last_seen"].as_i64().unwrap() > registered,
+            "last_seen stayed at registration: {shown}"
+        );
+        assert_eq!(shown["online"], true);
     }
 }
