@@ -450,3 +450,45 @@ async fn polling_moves_last_seen_within_a_flush() {
         assert_eq!(shown["online"], true);
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_polling_at_once_each_get_their_own_target() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("choir").await;
+        cloud.release("choir", "1.0", json!({})).await;
+        let mut keys = Vec::new();
+        for i in 0..60 {
+            let uuid = format!("voice-{i}");
+            keys.push(cloud.device(&pk, &uuid).await);
+            let r = cloud
+                .put(
+                    &format!("/api/v1/devices/{uuid}/env/NAME"),
+                    &cloud.admin,
+                    json!({ "value": uuid }),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }
+        // Lookups that arrive together go to the database together; each
+        // answer must still be its own device's.
+        for _ in 0..3 {
+            let polls: Vec<_> = keys
+                .iter()
+                .map(|key| {
+                    let (app, key) = (cloud.app.clone(), key.clone());
+                    tokio::spawn(async move { crate::poll_state(&app, &key, "\"x\"", None).await })
+                })
+                .collect();
+            for (i, poll) in polls.into_iter().enumerate() {
+                let r = poll.await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+                assert_eq!(
+                    r.body["services"]["web"]["env"]["NAME"],
+                    format!("voice-{i}")
+                );
+            }
+        }
+        let wrong = crate::poll_state(&cloud.app, "kelp_dk_0000", "\"x\"", None).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
+    }
+}
