@@ -9,7 +9,9 @@
 //! count: a process that finds the count moved, because it or any other
 //! process changed something, reads the fleet again. Nothing here is
 //! needed by another process, and a process that starts with nothing
-//! answers the same.
+//! answers the same. (The count only grows because fleets are never
+//! deleted; a fleet made again under an old name would need a count that
+//! carries on from the old one's.)
 //!
 //! Most devices have no pin and no variables of their own, and share
 //! their fleet's target byte for byte; it is encoded and hashed once per
