@@ -41,6 +41,9 @@ pub enum DbError {
     Migrate(#[from] sqlx::migrate::MigrateError),
     #[error(transparent)]
     Query(#[from] sqlx::Error),
+    /// A lookup made together with others failed; the message is theirs.
+    #[error("{0}")]
+    Lookup(String),
 }
 
 /// A pool of connections to the cloud's database, migrated.
@@ -112,6 +115,8 @@ pub struct FleetRow {
     pub name: String,
     pub created_at: i64,
     pub pinned_release: Option<String>,
+    /// How many changes the fleet's targets have seen.
+    pub generation: i64,
 }
 
 #[derive(Clone, Debug)]
@@ -146,6 +151,17 @@ pub struct UpdateRow {
     pub release: String,
     pub reason: Option<String>,
     pub at: i64,
+}
+
+/// A device as its own requests need it, with its fleet's change count
+/// read in the same query.
+#[derive(Clone, Debug)]
+pub struct KeyedDevice {
+    pub uuid: String,
+    pub fleet: String,
+    pub pinned_release: Option<String>,
+    /// How many changes the fleet's targets had seen when this was read.
+    pub generation: i64,
 }
 
 /// One service as a device last reported it.
@@ -207,7 +223,7 @@ pub struct EnvRow {
     pub value: String,
 }
 
-const FLEET_COLUMNS: &str = "name, created_at, pinned_release";
+const FLEET_COLUMNS: &str = "name, created_at, pinned_release, generation";
 const ENV_COLUMNS: &str = "device, service, name, value";
 const RELEASE_COLUMNS: &str = "id, fleet, seq, version, services, created_at";
 const DEVICE_COLUMNS: &str = "uuid, fleet, name, arch, agent_version, pinned_release, \
@@ -250,6 +266,19 @@ fn device_row(row: &sqlx::any::AnyRow) -> Result<DeviceRow, sqlx::Error> {
     })
 }
 
+/// A device as [`KeyedDevice`], its fleet's count read by the same query.
+const KEYED_COLUMNS: &str = "uuid, fleet, pinned_release, \
+     (SELECT generation FROM fleets WHERE fleets.name = devices.fleet) AS generation";
+
+fn keyed_device(row: &sqlx::any::AnyRow) -> Result<KeyedDevice, sqlx::Error> {
+    Ok(KeyedDevice {
+        uuid: row.try_get("uuid")?,
+        fleet: row.try_get("fleet")?,
+        pinned_release: row.try_get("pinned_release")?,
+        generation: row.try_get("generation")?,
+    })
+}
+
 fn env_row(row: &sqlx::any::AnyRow) -> Result<EnvRow, sqlx::Error> {
     Ok(EnvRow {
         device: row.try_get("device")?,
@@ -264,8 +293,13 @@ fn fleet_row(row: &sqlx::any::AnyRow) -> Result<FleetRow, sqlx::Error> {
         name: row.try_get("name")?,
         created_at: row.try_get("created_at")?,
         pinned_release: row.try_get("pinned_release")?,
+        generation: row.try_get("generation")?,
     })
 }
+
+/// Most devices one statement marks as seen: well under SQLite's limit of
+/// 32,766 parameters and PostgreSQL's of 65,535.
+const SEEN_BATCH: usize = 500;
 
 impl Db {
     /// Connects to `url` (`sqlite://PATH?mode=rwc` or `postgres://…`) and
@@ -281,6 +315,11 @@ impl Db {
         let options: AnyConnectOptions = url.parse().map_err(DbError::Connect)?;
         let pool = AnyPoolOptions::new()
             .max_connections(MAX_CONNECTIONS)
+            // No ping before every query, which would add a round trip to
+            // each of a device's polls: the pool already pings a connection
+            // as it comes back and closes it if broken, so at most the one
+            // request that found it broken fails.
+            .test_before_acquire(false)
             .after_connect(|conn, _meta| {
                 Box::pin(async move {
                     if conn.backend_name() == "SQLite" {
@@ -517,18 +556,6 @@ impl Db {
         Ok(())
     }
 
-    /// How many changes `fleet`'s targets have seen (0 for no such fleet).
-    pub async fn generation(&self, fleet: &str) -> Result<i64, DbError> {
-        let row = sqlx::query("SELECT generation FROM fleets WHERE name = $1")
-            .bind(fleet)
-            .fetch_optional(&self.pool)
-            .await?;
-        Ok(match row {
-            Some(r) => r.try_get("generation")?,
-            None => 0,
-        })
-    }
-
     /// Replaces a fleet's provisioning key; the old one stops working at once.
     pub async fn rotate_provisioning_key(
         &self,
@@ -640,15 +667,38 @@ impl Db {
         Ok(registered)
     }
 
-    /// The device whose key has this hash.
-    pub async fn device_key_by_hash(&self, hash: &str) -> Result<Option<DeviceRow>, DbError> {
+    /// The devices whose keys have these hashes, each with the hash and
+    /// its fleet's change count: a device's poll needs nothing else from
+    /// the database while the count says its fleet's targets are
+    /// unchanged. `crate::keys` gathers many requests' hashes into one call.
+    pub async fn devices_by_key_hashes(
+        &self,
+        hashes: &[&str],
+    ) -> Result<Vec<(String, KeyedDevice)>, DbError> {
+        let list: Vec<String> = (1..=hashes.len()).map(|i| format!("${i}")).collect();
+        let sql = format!(
+            "SELECT key_hash, {KEYED_COLUMNS} FROM devices WHERE key_hash IN ({})",
+            list.join(", ")
+        );
+        let mut q = sqlx::query(&sql);
+        for hash in hashes {
+            q = q.bind(*hash);
+        }
+        let rows = q.fetch_all(&self.pool).await?;
+        rows.iter()
+            .map(|row| Ok((row.try_get("key_hash")?, keyed_device(row)?)))
+            .collect()
+    }
+
+    /// The device `uuid` as [`Db::devices_by_key_hashes`] reads it.
+    pub async fn keyed_device_by_uuid(&self, uuid: &str) -> Result<Option<KeyedDevice>, DbError> {
         let row = sqlx::query(&format!(
-            "SELECT {DEVICE_COLUMNS} FROM devices WHERE key_hash = $1"
+            "SELECT {KEYED_COLUMNS} FROM devices WHERE uuid = $1"
         ))
-        .bind(hash)
+        .bind(uuid)
         .fetch_optional(&self.pool)
         .await?;
-        Ok(row.as_ref().map(device_row).transpose()?)
+        Ok(row.as_ref().map(keyed_device).transpose()?)
     }
 
     /// Up to `limit` devices (of `fleet`, if given) whose uuids sort after
@@ -683,12 +733,35 @@ impl Db {
         Ok(row.as_ref().map(device_row).transpose()?)
     }
 
-    pub async fn touch_device(&self, uuid: &str) -> Result<(), DbError> {
-        sqlx::query("UPDATE devices SET last_seen = $1 WHERE uuid = $2")
-            .bind(now())
-            .bind(uuid)
-            .execute(&self.pool)
-            .await?;
+    /// Records when each device was last seen, in one transaction; a
+    /// time older than the one stored (another process saw the device
+    /// later) changes nothing.
+    pub async fn mark_seen(&self, seen: &[(String, i64)]) -> Result<(), DbError> {
+        if seen.is_empty() {
+            return Ok(());
+        }
+        // One statement per distinct time, naming many devices at once:
+        // a batch gathered over a few seconds holds a few distinct times.
+        let mut by_time: std::collections::BTreeMap<i64, Vec<&str>> = Default::default();
+        for (uuid, at) in seen {
+            by_time.entry(*at).or_default().push(uuid);
+        }
+        let mut tx = self.begin().await?;
+        for (at, uuids) in by_time {
+            for chunk in uuids.chunks(SEEN_BATCH) {
+                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                let sql = format!(
+                    "UPDATE devices SET last_seen = $1 WHERE last_seen < $1 AND uuid IN ({})",
+                    list.join(", ")
+                );
+                let mut q = sqlx::query(&sql).bind(at);
+                for uuid in chunk {
+                    q = q.bind(*uuid);
+                }
+                q.execute(&mut *tx).await?;
+            }
+        }
+        tx.commit().await?;
         Ok(())
     }
 
@@ -845,13 +918,12 @@ impl Db {
 
     // --- environment variables ---
 
-    /// The variables that apply to one device: its fleet's and its own.
-    pub async fn env_for_device(&self, fleet: &str, uuid: &str) -> Result<Vec<EnvRow>, DbError> {
+    /// Every variable of a fleet, at every scope.
+    pub async fn fleet_env(&self, fleet: &str) -> Result<Vec<EnvRow>, DbError> {
         let rows = sqlx::query(&format!(
-            "SELECT {ENV_COLUMNS} FROM env_vars WHERE fleet = $1 AND (device = '' OR device = $2)"
+            "SELECT {ENV_COLUMNS} FROM env_vars WHERE fleet = $1"
         ))
         .bind(fleet)
-        .bind(uuid)
         .fetch_all(&self.pool)
         .await?;
         Ok(rows.iter().map(env_row).collect::<Result<_, _>>()?)

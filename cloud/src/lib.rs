@@ -18,14 +18,18 @@
 mod api;
 mod changes;
 mod db;
+mod keys;
 mod secret;
+mod seen;
 
 pub use api::{
-    ApiError, FleetCreated, MAX_JSON_BODY, MAX_LOG_BATCH, MAX_LOG_LINE, MAX_WAIT, ONLINE_WINDOW,
-    RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy, router as fleet_router,
+    ApiError, FleetCreated, MAX_COPY_AGE, MAX_JSON_BODY, MAX_LOG_BATCH, MAX_LOG_LINE, MAX_WAIT,
+    ONLINE_WINDOW, RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy,
+    router as fleet_router,
 };
 pub use changes::Changes;
 pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
+pub use seen::SEEN_FLUSH;
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -100,12 +104,17 @@ fn parse_tokens(text: &str) -> anyhow::Result<Vec<TokenHash>> {
         .collect()
 }
 
-/// The fleet API's shared state: the database and the word that a target
-/// changed. Cheap to clone; holds nothing another process would need.
+/// The fleet API's shared state: the database, the word that a target
+/// changed, copies of what targets are made of (each checked against the
+/// database's change count before use), sightings of devices not yet
+/// written, and the task that looks device keys up in batches. Cheap to clone; holds nothing another process would need.
 #[derive(Clone)]
 pub struct ControlPlane {
     pub(crate) db: Db,
     pub(crate) changes: Changes,
+    pub(crate) targets: api::Targets,
+    pub(crate) seen: seen::Seen,
+    pub(crate) keys: keys::KeyLookups,
 }
 
 impl ControlPlane {
@@ -123,7 +132,15 @@ impl ControlPlane {
                 .await
                 .context("cannot record the admin token")?;
         }
-        Ok(ControlPlane { db, changes })
+        let seen = seen::Seen::default();
+        seen.flush_every_while_used(db.clone());
+        Ok(ControlPlane {
+            keys: keys::KeyLookups::start(db.clone()),
+            db,
+            changes,
+            targets: api::Targets::default(),
+            seen,
+        })
     }
 
     /// Counts a change to what `fleet`'s targets depend on and wakes the
@@ -149,9 +166,19 @@ impl ControlPlane {
         self.changes.stop();
     }
 
-    /// The database, for callers that close it on shutdown.
+    /// The database.
     pub fn db(&self) -> &Db {
         &self.db
+    }
+
+    /// Writes when devices were last seen, then closes the database,
+    /// waiting for queries in flight: the last thing a stopping server
+    /// does.
+    pub async fn close(&self) {
+        if let Err(e) = self.seen.flush(&self.db).await {
+            tracing::warn!(error = %e, "cannot record when devices were last seen");
+        }
+        self.db.close().await;
     }
 }
 

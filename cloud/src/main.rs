@@ -90,8 +90,8 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         None => kelp_cloud::sqlite_url(&args.data)?,
     };
     let cp = kelp_cloud::ControlPlane::open(&data, &url).await?;
-    let db = cp.db().clone();
     let stopper = cp.clone();
+    let closer = cp.clone();
     let app = kelp_cloud::app_with_fleet(&data, args.pull, cp)?;
     let listener = tokio::net::TcpListener::bind(args.listen)
         .await
@@ -108,7 +108,7 @@ async fn serve(args: ServeArgs) -> anyhow::Result<()> {
         })
         .await
         .context("server failed")?;
-    db.close().await;
+    closer.close().await;
     tracing::info!("stopped");
     Ok(())
 }

@@ -8,7 +8,7 @@ use serde::de::DeserializeOwned;
 
 use super::error::ApiError;
 use crate::ControlPlane;
-use crate::db::DeviceRow;
+use crate::db::KeyedDevice;
 use crate::secret;
 
 /// Largest JSON request body. A release with the most services, each with
@@ -99,7 +99,7 @@ impl FromRequestParts<ControlPlane> for User {
 /// A device calling with its device key; the device as found by its key,
 /// so a handler needs no second read to learn its fleet.
 pub struct DeviceKey {
-    pub device: DeviceRow,
+    pub device: KeyedDevice,
 }
 
 impl FromRequestParts<ControlPlane> for DeviceKey {
@@ -107,7 +107,7 @@ impl FromRequestParts<ControlPlane> for DeviceKey {
 
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let key = bearer(parts)?;
-        match cp.db.device_key_by_hash(&secret::hash(key)).await? {
+        match cp.keys.device(secret::hash(key)).await? {
             Some(device) => Ok(DeviceKey { device }),
             None => Err(ApiError::unauthorized(
                 "the device key is not valid or was replaced by a later registration",

@@ -4,6 +4,7 @@
 
 mod error;
 mod extract;
+mod targets;
 mod types;
 
 use std::collections::BTreeMap;
@@ -16,16 +17,19 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
-use sha2::Digest as _;
 
 pub use error::ApiError;
 pub use extract::MAX_JSON_BODY;
+pub use targets::{MAX_COPY_AGE, Targets};
 pub use types::*;
 
 use crate::ControlPlane;
-use crate::db::{self, DeviceRow, EnvRow, FleetRow, NewDevice, Registered, ReleaseRow, Revoke};
+use crate::db::{
+    self, DeviceRow, EnvRow, FleetRow, KeyedDevice, NewDevice, Registered, ReleaseRow, Revoke,
+};
 use crate::secret;
 use extract::{DeviceKey, JsonBody, ProvisioningKey, User};
+use targets::Target;
 
 /// Longest a device may long-poll its target state (`?wait=`). Longer waits
 /// are cut to this: short enough to pass through proxies that drop idle
@@ -553,50 +557,6 @@ async fn register(
 
 // --- target state ---
 
-/// A device's target state as the bytes sent and their strong ETag.
-async fn target_of(cp: &ControlPlane, uuid: &str) -> Result<(Vec<u8>, String), ApiError> {
-    let device = find_device(cp, uuid).await?;
-    let release = cp.db.target_release(&device).await?;
-    let env = cp.db.env_for_device(&device.fleet, &device.uuid).await?;
-    let state = match release {
-        None => TargetState {
-            release: None,
-            services: BTreeMap::new(),
-        },
-        Some(r) => {
-            let view = release_view(r)?;
-            let services = view
-                .services
-                .into_iter()
-                .map(|(name, spec)| {
-                    let env = apply_env(spec.env, &env, &name);
-                    let service = TargetService {
-                        image: spec.image,
-                        env,
-                        restart: spec.restart,
-                        memory: spec.memory,
-                        grants: spec.grants,
-                        update_strategy: spec.update_strategy,
-                        signer: spec.signer,
-                    };
-                    (name, service)
-                })
-                .collect();
-            TargetState {
-                release: Some(ReleaseRef {
-                    id: view.id,
-                    version: view.version,
-                }),
-                services,
-            }
-        }
-    };
-    let body = serde_json::to_vec(&state)
-        .map_err(|e| ApiError::Internal(format!("cannot encode a target state: {e}")))?;
-    let etag = format!("\"{}\"", hex::encode(sha2::Sha256::digest(&body)));
-    Ok((body, etag))
-}
-
 /// The release's env for `service` with the stored variables over it, from
 /// the weakest scope to the strongest: fleet, fleet and service, device,
 /// device and service.
@@ -642,6 +602,30 @@ fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
         })
 }
 
+/// The answer to a device that holds `target` and whose `If-None-Match`
+/// is in `headers`: the target, unless the device has it already.
+fn changed_target(headers: &HeaderMap, target: &Target) -> Option<Response> {
+    if etag_matches(headers, &target.etag) {
+        return None;
+    }
+    let mut response = (StatusCode::OK, target.body.clone()).into_response();
+    let h = response.headers_mut();
+    h.insert(header::ETAG, target.etag_header.clone());
+    h.insert(
+        header::CONTENT_TYPE,
+        HeaderValue::from_static("application/json"),
+    );
+    Some(response)
+}
+
+fn not_modified(target: &Target) -> Response {
+    let mut response = StatusCode::NOT_MODIFIED.into_response();
+    response
+        .headers_mut()
+        .insert(header::ETAG, target.etag_header.clone());
+    response
+}
+
 /// `GET /device/v1/state`: the calling device's target. With
 /// `If-None-Match` naming the current ETag the answer is 304; with `?wait=N`
 /// as well, the request is held until the target changes or N seconds (at
@@ -654,36 +638,32 @@ async fn device_state(
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
     let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    cp.seen.saw(&device.uuid);
+    if wait.is_zero() {
+        // The key's lookup read the change count: one query in all while
+        // the fleet's copy is current.
+        let target = cp.targets.of(&cp.db, &device).await?;
+        return Ok(changed_target(&headers, &target).unwrap_or_else(|| not_modified(&target)));
+    }
     let deadline = tokio::time::Instant::now() + wait;
     // The fleet the key found holds for the whole wait: a device never
-    // moves to another. Subscribe before reading the target, so a change
-    // between that read and the wait still wakes this request.
+    // moves to another. Subscribe before reading the target again, so a
+    // change since the key was looked up, or between that read and the
+    // wait, still wakes this request.
+    let uuid = device.uuid;
     let fleet = device.fleet;
     let mut changes = cp.changes.subscribe(&fleet);
     let mut stopping = cp.changes.stopping();
-    cp.db.touch_device(&device.uuid).await?;
-    // Read before the target, so a change made in between moves it again.
-    let mut generation = cp.db.generation(&fleet).await?;
-    let (mut body, mut etag) = target_of(&cp, &device.uuid).await?;
+    let mut device = device_now(&cp, &uuid).await?;
+    let mut target = cp.targets.of(&cp.db, &device).await?;
     loop {
-        let etag_value = HeaderValue::from_str(&etag)
-            .map_err(|e| ApiError::Internal(format!("ETag {etag} is not a header: {e}")))?;
-        if !etag_matches(&headers, &etag) {
-            let mut response = (StatusCode::OK, body).into_response();
-            let h = response.headers_mut();
-            h.insert(header::ETAG, etag_value);
-            h.insert(
-                header::CONTENT_TYPE,
-                HeaderValue::from_static("application/json"),
-            );
+        if let Some(response) = changed_target(&headers, &target) {
             return Ok(response);
         }
         let now = tokio::time::Instant::now();
         let stopped = *stopping.borrow();
         if now >= deadline || stopped {
-            let mut response = StatusCode::NOT_MODIFIED.into_response();
-            response.headers_mut().insert(header::ETAG, etag_value);
-            return Ok(response);
+            return Ok(not_modified(&target));
         }
         // Wait for word of a change, the next recheck or the end of the
         // wait. A server shutting down answers at once rather than keep
@@ -705,12 +685,20 @@ async fn device_state(
         // Work the target out again only if it may have changed: when told
         // so, or when another process counted a change this one was not
         // told of. A recheck that finds nothing costs one small read.
-        let now_generation = cp.db.generation(&fleet).await?;
-        if told || now_generation != generation {
-            generation = now_generation;
-            (body, etag) = target_of(&cp, &device.uuid).await?;
+        let now = device_now(&cp, &uuid).await?;
+        if told || now.generation != device.generation {
+            device = now;
+            target = cp.targets.of(&cp.db, &device).await?;
         }
     }
+}
+
+/// The device `uuid` as stored now, with its fleet's change count.
+async fn device_now(cp: &ControlPlane, uuid: &str) -> Result<KeyedDevice, ApiError> {
+    cp.db
+        .keyed_device_by_uuid(uuid)
+        .await?
+        .ok_or_else(|| ApiError::not_found(format!("no device with uuid `{uuid}`")))
 }
 
 // --- what devices report ---

@@ -1,5 +1,7 @@
 //! Registering devices, and what a device key may read.
 
+use std::time::Duration;
+
 use axum::http::{Method, StatusCode};
 use serde_json::json;
 
@@ -686,5 +688,69 @@ async fn batches_sent_at_once_get_distinct_increasing_ids() {
             let want: Vec<_> = (0..10).map(|i| format!("{batch}.{i}")).collect();
             assert_eq!(texts, want);
         }
+    }
+}
+
+#[tokio::test]
+async fn polling_moves_last_seen_within_a_flush() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("clock").await;
+        let key = cloud.device(&pk, "tick").await;
+        let registered = cloud.get("/api/v1/devices/tick", &cloud.admin).await.body["last_seen"]
+            .as_i64()
+            .unwrap();
+        // Times are whole seconds: let one pass.
+        tokio::time::sleep(Duration::from_millis(1100)).await;
+        let polled = cloud.get("/device/v1/state", &key).await;
+        assert_eq!(polled.status, StatusCode::OK);
+        tokio::time::sleep(kelp_cloud::SEEN_FLUSH + Duration::from_secs(1)).await;
+        let shown = cloud.get("/api/v1/devices/tick", &cloud.admin).await.body;
+        assert!(
+            shown["last_seen"].as_i64().unwrap() > registered,
+            "last_seen stayed at registration: {shown}"
+        );
+        assert_eq!(shown["online"], true);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_devices_polling_at_once_each_get_their_own_target() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("choir").await;
+        cloud.release("choir", "1.0", json!({})).await;
+        let mut keys = Vec::new();
+        for i in 0..60 {
+            let uuid = format!("voice-{i}");
+            keys.push(cloud.device(&pk, &uuid).await);
+            let r = cloud
+                .put(
+                    &format!("/api/v1/devices/{uuid}/env/NAME"),
+                    &cloud.admin,
+                    json!({ "value": uuid }),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        }
+        // Lookups that arrive together go to the database together; each
+        // answer must still be its own device's.
+        for _ in 0..3 {
+            let polls: Vec<_> = keys
+                .iter()
+                .map(|key| {
+                    let (app, key) = (cloud.app.clone(), key.clone());
+                    tokio::spawn(async move { crate::poll_state(&app, &key, "\"x\"", None).await })
+                })
+                .collect();
+            for (i, poll) in polls.into_iter().enumerate() {
+                let r = poll.await.unwrap();
+                assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+                assert_eq!(
+                    r.body["services"]["web"]["env"]["NAME"],
+                    format!("voice-{i}")
+                );
+            }
+        }
+        let wrong = crate::poll_state(&cloud.app, "kelp_dk_0000", "\"x\"", None).await;
+        assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     }
 }

@@ -330,3 +330,55 @@ async fn a_server_shutting_down_answers_held_requests_at_once() {
         assert_eq!(answer.status, StatusCode::NOT_MODIFIED);
     }
 }
+
+#[tokio::test]
+async fn a_change_made_through_one_server_shows_at_once_on_another_that_answered_before() {
+    for cloud in TestCloud::all().await {
+        let other = cloud.restart().await;
+        let pk = cloud.fleet("twins").await;
+        let key = cloud.device(&pk, "left").await;
+        let first = cloud.release("twins", "1.0", json!({})).await;
+        cloud.release("twins", "2.0", json!({})).await;
+        let state = |app: &axum::Router| {
+            let (app, key) = (app.clone(), key.clone());
+            async move { poll_state(&app, &key, "\"none\"", None).await.body }
+        };
+        // The other server works the target out, and keeps it.
+        assert_eq!(state(&other).await["release"]["version"], "2.0");
+        assert_eq!(state(&other).await["release"]["version"], "2.0");
+
+        // Each change through this server shows on the other's next
+        // answer, with no wait and no word between the two.
+        let r = cloud
+            .put(
+                "/api/v1/fleets/twins/pin",
+                &cloud.admin,
+                json!({ "release": "1.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(state(&other).await["release"]["id"], first["id"]);
+        let r = cloud
+            .put(
+                "/api/v1/devices/left/env/MODE?service=web",
+                &cloud.admin,
+                json!({ "value": "left" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let s = state(&other).await;
+        assert_eq!(s["release"]["version"], "1.0");
+        assert_eq!(s["services"]["web"]["env"]["MODE"], "left");
+        let r = cloud
+            .put(
+                "/api/v1/devices/left/pin",
+                &cloud.admin,
+                json!({ "release": "2.0" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        let s = state(&other).await;
+        assert_eq!(s["release"]["version"], "2.0");
+        assert_eq!(s["services"]["web"]["env"]["MODE"], "left");
+    }
+}
