@@ -224,6 +224,23 @@ impl Tokens for ApiTokens {
             .map(|id| id.is_some())
             .map_err(std::io::Error::other)
     }
+
+    /// A device key pulls too: devices fetch their releases' images with
+    /// the key they poll with.
+    async fn may_pull(&self, token: &str) -> std::io::Result<bool> {
+        if self.accepts(token).await? {
+            return Ok(true);
+        }
+        if !token.starts_with(secret::DEVICE_PREFIX) {
+            return Ok(false);
+        }
+        let hash = secret::hash(token);
+        self.0
+            .devices_by_key_hashes(&[hash.as_str()])
+            .await
+            .map(|found| !found.is_empty())
+            .map_err(std::io::Error::other)
+    }
 }
 
 fn registry_router(

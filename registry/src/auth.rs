@@ -87,8 +87,14 @@ impl FromStr for TokenHash {
 /// token revoked is refused on the next request).
 #[async_trait::async_trait]
 pub trait Tokens: Send + Sync + fmt::Debug {
-    /// Whether `token` is valid now.
+    /// Whether `token` is valid now, for pushing and pulling.
     async fn accepts(&self, token: &str) -> std::io::Result<bool>;
+
+    /// Whether `token` may pull: every token that [`Tokens::accepts`], and
+    /// those good for pulling only (a fleet's device keys).
+    async fn may_pull(&self, token: &str) -> std::io::Result<bool> {
+        self.accepts(token).await
+    }
 }
 
 #[async_trait::async_trait]
@@ -130,13 +136,21 @@ impl Auth {
     pub(crate) async fn check(&self, headers: &HeaderMap, access: Access) -> Result<(), ApiError> {
         match presented_token(headers) {
             Presented::Token(token) => {
-                let valid = self
-                    .tokens
-                    .accepts(&token)
-                    .await
-                    .map_err(|e| ApiError::internal("checking a token", e))?;
+                let valid = match access {
+                    Access::Push => self.tokens.accepts(&token).await,
+                    Access::Pull => self.tokens.may_pull(&token).await,
+                }
+                .map_err(|e| ApiError::internal("checking a token", e))?;
                 if valid {
                     Ok(())
+                } else if access == Access::Push
+                    && self.tokens.may_pull(&token).await.unwrap_or(false)
+                {
+                    Err(ApiError::new(
+                        StatusCode::FORBIDDEN,
+                        ErrorCode::Denied,
+                        "the token presented may pull but not push",
+                    ))
                 } else {
                     Err(unauthorized("the token presented is not valid"))
                 }

@@ -109,6 +109,9 @@ pub enum ImageError {
 pub struct ImageStore {
     dir: PathBuf,
     token: Option<String>,
+    /// A registry (`http(s)://host[:port]`) and the token for it alone: a fleet's
+    /// device pulls from its cloud's registry with its device key.
+    home: std::sync::Mutex<Option<(String, String)>>,
     /// One fetch at a time: two fetches of the same blob would append to
     /// the same partial file.
     fetching: tokio::sync::Mutex<()>,
@@ -121,7 +124,26 @@ impl ImageStore {
         ImageStore {
             dir: root.into().join("sha256"),
             token: token.filter(|t| !t.is_empty()),
+            home: std::sync::Mutex::new(None),
             fetching: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// Fetches from `registry` (`http(s)://host[:port]`) with `token`, unless a token
+    /// for every registry was given.
+    pub fn set_home_registry(&self, registry: &str, token: &str) {
+        *self.home.lock().unwrap_or_else(|p| p.into_inner()) =
+            Some((registry.to_owned(), token.to_owned()));
+    }
+
+    /// The token to send to `registry`.
+    fn token_for(&self, registry: &str) -> Option<String> {
+        if self.token.is_some() {
+            return self.token.clone();
+        }
+        match &*self.home.lock().unwrap_or_else(|p| p.into_inner()) {
+            Some((home, token)) if home == registry => Some(token.clone()),
+            _ => None,
         }
     }
 
@@ -151,8 +173,13 @@ impl ImageStore {
         };
         // Made only when something is missing: a device whose store holds
         // the image starts without the network.
-        let client =
-            || Client::new(&image.reference.registry, self.token.clone()).map_err(registry);
+        let client = || {
+            Client::new(
+                &image.reference.registry,
+                self.token_for(&image.reference.registry),
+            )
+            .map_err(registry)
+        };
         let repo = &image.reference.repo;
 
         let manifest_path = self.blob_path(&image.digest);

@@ -207,6 +207,14 @@ impl Node {
         })
     }
 
+    /// Lets the device pull from its cloud's registry (`http(s)://host[:port]`) with
+    /// its device key.
+    pub fn set_home_registry(&self, registry: &str, key: &str) {
+        if let Some(images) = &self.images {
+            images.set_home_registry(registry, key);
+        }
+    }
+
     fn refused_lock(&self) -> MutexGuard<'_, Refused> {
         self.refused.lock().unwrap_or_else(|p| p.into_inner())
     }

@@ -85,8 +85,8 @@ pub(crate) fn wait_for_cloud(
 #[test]
 fn a_device_joins_its_fleet_follows_its_releases_and_boots_without_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
-    // Device keys are for the fleet API; the registry lets devices pull.
-    let cloud = TestCloud::start(&dir.path().join("cloud"), &["--pull", "anonymous"]);
+    // Pulls need a token: the device pulls with its device key.
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
     let publisher = Publisher::new();
     let idle = push(
         &cloud,

@@ -111,7 +111,7 @@ fn local_api(device: &Device, method: &str, path: &str) -> (u16, Value) {
 fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
     let dir = tempfile::tempdir().unwrap();
     let cloud_dir = dir.path().join("cloud");
-    let cloud = TestCloud::start(&cloud_dir, &["--pull", "anonymous"]);
+    let cloud = TestCloud::start(&cloud_dir, &[]);
     let publisher = Publisher::new();
     let idle = push(
         &cloud,
@@ -313,7 +313,7 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
 
     // The cloud comes back on its address: the buffered line arrives, and
     // the device's state is current.
-    let cloud = TestCloud::start_at(&cloud_dir, &addr, &["--pull", "anonymous"]);
+    let cloud = TestCloud::start_at(&cloud_dir, &addr, &[]);
     wait_for_cloud(&cloud, &uuids[0], "the buffered logs", |d| {
         d["online"] == true && cloud_lines(&cloud, &uuids[0], &greeting("garden")) == 3
     });

@@ -206,3 +206,41 @@ async fn two_tokens_revoking_each_other_at_once_leave_one() {
         }
     }
 }
+
+#[tokio::test]
+async fn a_device_key_pulls_from_the_registry_but_never_pushes() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("orchard").await;
+        let key = cloud.device(&pk, "picker").await;
+        let r = cloud
+            .send(Method::GET, "/v2/kelp/web/tags/list", Some(&key), None)
+            .await;
+        // Let in, and told the repository is not there.
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        let r = cloud
+            .send(
+                Method::POST,
+                "/v2/kelp/web/blobs/uploads/",
+                Some(&key),
+                None,
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::FORBIDDEN, "{}", r.body);
+        assert_eq!(r.body["errors"][0]["code"], "DENIED");
+        // Registering again replaces the key: the old one pulls no more.
+        let again = cloud.device(&pk, "picker").await;
+        let r = cloud
+            .send(Method::GET, "/v2/kelp/web/tags/list", Some(&key), None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+        let r = cloud
+            .send(Method::GET, "/v2/kelp/web/tags/list", Some(&again), None)
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND, "{}", r.body);
+        // A provisioning key is no registry credential.
+        let r = cloud
+            .send(Method::GET, "/v2/kelp/web/tags/list", Some(&pk), None)
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED, "{}", r.body);
+    }
+}

@@ -247,6 +247,11 @@ async fn follow(
     trial: &mut Trial,
 ) -> Result<(), AgentError> {
     let mut key = key_tx.borrow().clone();
+    // The cloud's registry takes the device key for pulls.
+    let home = config.registry();
+    if let (Some(home), Some(k)) = (&home, &key) {
+        node.set_home_registry(home, k);
+    }
     let mut told = BTreeMap::new();
     let mut told_release: Option<String> = None;
     let mut told_update: Option<UpdateReport> = None;
@@ -288,6 +293,9 @@ async fn follow(
                         tracing::info!(%uuid, fleet = %registered.fleet, "registered");
                         key = Some(registered.device_key.clone());
                         key_tx.send_replace(key.clone());
+                        if let Some(home) = &home {
+                            node.set_home_registry(home, &registered.device_key);
+                        }
                         registered.device_key
                     }
                     Err(e) => {

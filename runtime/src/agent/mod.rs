@@ -129,6 +129,13 @@ pub struct Config {
 pub const DEFAULT_LOG_BUFFER: u64 = 8 << 20;
 
 impl Config {
+    /// The cloud's registry as a pulled image's reference names it:
+    /// `http(s)://host[:port]`.
+    pub fn registry(&self) -> Option<String> {
+        let url = reqwest::Url::parse(&self.cloud).ok()?;
+        Some(url.origin().ascii_serialization())
+    }
+
     pub fn load(path: &Path) -> Result<Config, AgentError> {
         let read = |error| AgentError::ReadConfig {
             path: path.to_owned(),
@@ -618,6 +625,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(config.cloud, "http://127.0.0.1:8080");
+        assert_eq!(config.registry().as_deref(), Some("http://127.0.0.1:8080"));
         assert_eq!(
             config.trusted_keys,
             [
