@@ -471,6 +471,14 @@ async fn ship_logs(
                 // The loop registers again; wait for the new key.
                 let _ = key.changed().await;
             }
+            Err(e @ AgentError::Rejected { .. }) => {
+                // Sending it again would be refused again: it must not
+                // hold up the lines behind it.
+                tracing::error!(error = %e, lines = batch.lines.len(), "log lines dropped");
+                if let Err(error) = outbox.delivered(&batch) {
+                    tracing::error!(%error, "cannot update the log outbox");
+                }
+            }
             Err(e) => {
                 tracing::debug!(error = %e, "cannot send logs; trying again");
                 tokio::time::sleep(super::retry_after(failures)).await;

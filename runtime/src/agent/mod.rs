@@ -80,6 +80,10 @@ pub enum AgentError {
     NoProvisioningKey,
     #[error("cloud {url}: {message}")]
     Cloud { url: String, message: String },
+    /// The cloud refused what was sent as wrong (a 4xx other than 401,
+    /// 408 and 429): sending it again would be refused again.
+    #[error("cloud {url} refused it: {message}")]
+    Rejected { url: String, message: String },
     #[error(
         "the cloud registered this device into fleet `{got}`, but the config file says `{want}`"
     )]
@@ -487,6 +491,16 @@ impl Cloud {
             return Err(AgentError::KeyRefused);
         }
         let bytes = self.read(path, res).await?;
+        let retry = matches!(
+            status,
+            reqwest::StatusCode::REQUEST_TIMEOUT | reqwest::StatusCode::TOO_MANY_REQUESTS
+        );
+        if status.is_client_error() && !retry {
+            return Err(AgentError::Rejected {
+                url: format!("{}{path}", self.base),
+                message: refusal(status, &bytes),
+            });
+        }
         if !status.is_success() {
             return Err(self.err(path, refusal(status, &bytes)));
         }
