@@ -11,6 +11,7 @@
 //! and against PostgreSQL when `KELP_TEST_POSTGRES` names one, not by
 //! compile-time macros, since no database exists at build time.
 
+use std::collections::BTreeMap;
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -891,6 +892,40 @@ impl Db {
             .execute(&self.pool)
             .await?;
         Ok(())
+    }
+
+    /// Sets a device's tag `tag` to `value`.
+    pub async fn set_tag(&self, uuid: &str, tag: &str, value: &str) -> Result<(), DbError> {
+        sqlx::query(
+            "INSERT INTO device_tags (uuid, tag, value) VALUES ($1, $2, $3) \
+             ON CONFLICT (uuid, tag) DO UPDATE SET value = excluded.value",
+        )
+        .bind(uuid)
+        .bind(tag)
+        .bind(value)
+        .execute(&self.pool)
+        .await?;
+        Ok(())
+    }
+
+    /// Removes a device's tag; false if it had none by that name.
+    pub async fn delete_tag(&self, uuid: &str, tag: &str) -> Result<bool, DbError> {
+        let done = sqlx::query("DELETE FROM device_tags WHERE uuid = $1 AND tag = $2")
+            .bind(uuid)
+            .bind(tag)
+            .execute(&self.pool)
+            .await?;
+        Ok(done.rows_affected() > 0)
+    }
+
+    pub async fn device_tags(&self, uuid: &str) -> Result<BTreeMap<String, String>, DbError> {
+        let rows = sqlx::query("SELECT tag, value FROM device_tags WHERE uuid = $1 ORDER BY tag")
+            .bind(uuid)
+            .fetch_all(&self.pool)
+            .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("tag")?, r.try_get("value")?)))
+            .collect()
     }
 
     /// Pins a device to a release id, or with `None` lets it follow its fleet.

@@ -103,6 +103,9 @@ pub struct DeviceView {
     /// How the device's last update went, once it has said.
     #[serde(default)]
     pub update: Option<UpdateView>,
+    /// The user's labels on the device.
+    #[serde(default)]
+    pub tags: BTreeMap<String, String>,
 }
 
 /// The outcome of a device's last update, as the user API shows it.

@@ -657,6 +657,22 @@ fn devices_are_listed_across_pages_shown_pinned_and_renamed() {
     let following = user.json(&["device", "show", "pump-2"]);
     assert_eq!(following["pinned_release"], Value::Null);
     assert_eq!(following["target_release"], "2.0");
+
+    // Tags: several at once, shown, removed; a bad one sends none.
+    user.ok(&["device", "tag", "pump-1", "site=North field", "rev=b"]);
+    let shown = user.ok(&["device", "show", "pump-1"]);
+    assert!(shown.contains("rev=b, site=North field"), "{shown}");
+    user.fails(
+        &["device", "tag", "pump-1", "rev=c", "nokey"],
+        "`nokey` is not KEY=VALUE",
+    );
+    user.fails(&["device", "tag", "pump-1", "bad key=1"], "field `tag`");
+    user.ok(&["device", "untag", "pump-1", "site"]);
+    assert_eq!(
+        user.json(&["device", "show", "pump-1"])["tags"],
+        serde_json::json!({ "rev": "b" })
+    );
+    user.fails(&["device", "untag", "pump-1", "site"], "has no tag `site`");
 }
 
 #[test]

@@ -1,4 +1,4 @@
-//! `kelp device`: list, show, pin and rename devices.
+//! `kelp device`: list, show, pin, rename and tag devices.
 
 use std::process::ExitCode;
 
@@ -26,6 +26,8 @@ enum DeviceCommand {
     Show(ShowArgs),
     Pin(PinArgs),
     Rename(RenameArgs),
+    Tag(TagArgs),
+    Untag(UntagArgs),
 }
 
 /// List devices, of every fleet or of one.
@@ -69,6 +71,23 @@ struct RenameArgs {
     name: String,
 }
 
+/// Set tags on a device: labels of your own, such as its site.
+#[derive(Args, Debug)]
+struct TagArgs {
+    uuid: String,
+    /// KEY=VALUE, one or more; a key is letters, digits, `.`, `_`, `+`, `-`.
+    #[arg(required = true, value_name = "KEY=VALUE")]
+    tags: Vec<String>,
+}
+
+/// Remove tags from a device.
+#[derive(Args, Debug)]
+struct UntagArgs {
+    uuid: String,
+    #[arg(required = true, value_name = "KEY")]
+    keys: Vec<String>,
+}
+
 impl DeviceArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
         let cloud = Cloud::from_session()?;
@@ -77,6 +96,8 @@ impl DeviceArgs {
             DeviceCommand::Show(args) => args.run(&cloud).await?,
             DeviceCommand::Pin(args) => args.run(&cloud).await?,
             DeviceCommand::Rename(args) => args.run(&cloud).await?,
+            DeviceCommand::Tag(args) => args.run(&cloud).await?,
+            DeviceCommand::Untag(args) => args.run(&cloud).await?,
         }
         Ok(ExitCode::SUCCESS)
     }
@@ -196,6 +217,15 @@ fn show(d: DeviceView) {
             text
         },
     );
+    let tags = if d.tags.is_empty() {
+        "-".to_owned()
+    } else {
+        d.tags
+            .iter()
+            .map(|(k, v)| format!("{k}={v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
     output::fields(&[
         ("uuid", d.uuid),
         ("name", d.name),
@@ -211,6 +241,7 @@ fn show(d: DeviceView) {
         ("target release", or_dash(d.target_release.as_deref())),
         ("current release", or_dash(d.current_release.as_deref())),
         ("last update", update),
+        ("tags", tags),
         ("last seen", output::time(d.last_seen)),
         ("registered", output::time(d.created_at)),
     ]);
@@ -273,6 +304,48 @@ impl RenameArgs {
             .await?;
         let d: DeviceView = decode(&device)?;
         println!("device {} is now named {}", d.uuid, d.name);
+        Ok(())
+    }
+}
+
+impl TagArgs {
+    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+        // Every argument is checked before any is sent.
+        let mut pairs = Vec::new();
+        for tag in &self.tags {
+            let Some((key, value)) = tag.split_once('=') else {
+                anyhow::bail!("`{tag}` is not KEY=VALUE");
+            };
+            pairs.push((key, value));
+        }
+        for (key, value) in pairs {
+            cloud
+                .call(
+                    Method::PUT,
+                    &["api", "v1", "devices", &self.uuid, "tags", key],
+                    &[],
+                    Some(json!({ "value": value })),
+                )
+                .await?;
+            println!("{}: {key}={value}", self.uuid);
+        }
+        Ok(())
+    }
+}
+
+impl UntagArgs {
+    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+        for key in &self.keys {
+            cloud
+                .call(
+                    Method::DELETE,
+                    &["api", "v1", "devices", &self.uuid, "tags", key],
+                    &[],
+                    None,
+                )
+                .await?;
+            println!("{}: {key} removed", self.uuid);
+        }
         Ok(())
     }
 }

@@ -85,6 +85,10 @@ pub fn router(cp: ControlPlane) -> Router {
             get(show_device).patch(update_device),
         )
         .route("/api/v1/devices/{uuid}/pin", put(pin_device))
+        .route(
+            "/api/v1/devices/{uuid}/tags/{tag}",
+            put(set_tag).delete(delete_tag),
+        )
         .route("/api/v1/devices/{uuid}/env", get(list_device_env))
         .route(
             "/api/v1/devices/{uuid}/env/{key}",
@@ -377,6 +381,7 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
     let target = cp.db.target_release(&d).await?;
     let pinned = version_of(cp, d.pinned_release.as_deref(), target.as_ref()).await?;
     let current = version_of(cp, d.current_release.as_deref(), target.as_ref()).await?;
+    let tags = cp.db.device_tags(&d.uuid).await?;
     // Only this server writes the state, from the same enum it parses to.
     let update = match d.update.and_then(|u| Some((u.state.parse().ok()?, u))) {
         Some((state, u)) => Some(UpdateView {
@@ -415,6 +420,7 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
         current_release: current,
         services,
         update,
+        tags,
     })
 }
 
@@ -506,6 +512,55 @@ async fn pin_device(
     cp.changed(&device.fleet).await;
     let device = find_device(&cp, &device.uuid).await?;
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
+}
+
+/// Longest tag value.
+const MAX_TAG_VALUE: usize = 1024;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct TagValue {
+    value: String,
+}
+
+/// `PUT /api/v1/devices/{uuid}/tags/{tag}`: sets a tag; answers the device.
+async fn set_tag(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+    JsonBody(body): JsonBody<TagValue>,
+) -> Result<Response, ApiError> {
+    let (uuid, tag) = path(p)?;
+    check_word("tag", &tag)?;
+    if body.value.chars().count() > MAX_TAG_VALUE || body.value.chars().any(char::is_control) {
+        return Err(ApiError::field(
+            "value",
+            format!(
+                "a tag's value is at most {MAX_TAG_VALUE} characters, none of them control characters"
+            ),
+        ));
+    }
+    let device = find_device(&cp, &uuid).await?;
+    cp.db.set_tag(&device.uuid, &tag, &body.value).await?;
+    Ok(axum::Json(device_view(&cp, device).await?).into_response())
+}
+
+/// `DELETE /api/v1/devices/{uuid}/tags/{tag}`.
+async fn delete_tag(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (uuid, tag) = path(p)?;
+    check_word("tag", &tag)?;
+    let device = find_device(&cp, &uuid).await?;
+    if cp.db.delete_tag(&device.uuid, &tag).await? {
+        Ok(StatusCode::NO_CONTENT.into_response())
+    } else {
+        Err(ApiError::not_found(format!(
+            "device `{uuid}` has no tag `{tag}`"
+        )))
+    }
 }
 
 /// Registers a device into the fleet whose provisioning key it presents.

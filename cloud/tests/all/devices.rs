@@ -754,3 +754,66 @@ async fn many_devices_polling_at_once_each_get_their_own_target() {
         assert_eq!(wrong.status, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn tags_are_set_replaced_and_removed_and_bad_ones_refused() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("labels").await;
+        cloud.device(&pk, "kiosk-1").await;
+        let uri = "/api/v1/devices/kiosk-1/tags";
+        let r = cloud
+            .put(
+                &format!("{uri}/site"),
+                &cloud.admin,
+                json!({ "value": "Lobby, 2nd floor" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(r.body["tags"]["site"], "Lobby, 2nd floor");
+        cloud
+            .put(&format!("{uri}/rev"), &cloud.admin, json!({ "value": "b" }))
+            .await;
+        let r = cloud
+            .put(&format!("{uri}/rev"), &cloud.admin, json!({ "value": "c" }))
+            .await;
+        assert_eq!(
+            r.body["tags"],
+            json!({ "rev": "c", "site": "Lobby, 2nd floor" })
+        );
+
+        let r = cloud.delete(&format!("{uri}/rev"), &cloud.admin).await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        let r = cloud.delete(&format!("{uri}/rev"), &cloud.admin).await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        let d = cloud
+            .get("/api/v1/devices/kiosk-1", &cloud.admin)
+            .await
+            .body;
+        assert_eq!(d["tags"], json!({ "site": "Lobby, 2nd floor" }));
+
+        for (tag, value, field) in [
+            ("bad%20tag", json!({ "value": "x" }), "tag"),
+            ("ok", json!({ "value": "a\u{7}b" }), "value"),
+            ("ok", json!({ "value": "x".repeat(1025) }), "value"),
+            ("ok", json!({ "value": 5 }), "value"),
+        ] {
+            let r = cloud
+                .put(&format!("{uri}/{tag}"), &cloud.admin, value)
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{tag}: {}", r.body);
+            assert_eq!(r.field(), field, "{tag}: {}", r.body);
+        }
+        let r = cloud
+            .put(
+                "/api/v1/devices/nobody/tags/site",
+                &cloud.admin,
+                json!({ "value": "x" }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::NOT_FOUND);
+        let r = cloud
+            .put(&format!("{uri}/site"), "wrong", json!({ "value": "x" }))
+            .await;
+        assert_eq!(r.status, StatusCode::UNAUTHORIZED);
+    }
+}
