@@ -20,6 +20,7 @@
 pub mod api;
 mod digest;
 pub mod fsutil;
+pub mod hardware_map;
 mod manifest;
 mod signature;
 mod size;

@@ -21,7 +21,7 @@ mod backend;
 mod device;
 mod host;
 pub mod linux;
-mod map;
+use kelp_core::hardware_map as map;
 pub mod sim;
 
 pub use backend::{

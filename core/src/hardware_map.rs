@@ -28,7 +28,7 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use kelp_core::{GpioMode, MAX_I2C_ADDRESS, valid_label};
+use crate::{GpioMode, MAX_I2C_ADDRESS, valid_label};
 use serde::Deserialize;
 
 /// Largest map file read; a board has at most a few hundred lines.
