@@ -102,7 +102,8 @@ fn per_call(invocation: &Invocation) -> f64 {
 
 /// The same number of `set` calls on the same simulated line, from Rust.
 fn direct_ns(hardware: &Hardware) -> f64 {
-    let binding = &hardware.map().gpio["led"];
+    let map = hardware.map();
+    let binding = &map.gpio["led"];
     let line = hardware
         .gpio_backend()
         .request(

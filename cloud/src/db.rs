@@ -548,6 +548,69 @@ impl Db {
         Ok(row.as_ref().map(fleet_row).transpose()?)
     }
 
+    /// The hardware map given to `fleet` (or to a device of it, with
+    /// `device`), if any.
+    pub async fn hardware_map(
+        &self,
+        fleet: &str,
+        device: Option<&str>,
+    ) -> Result<Option<String>, DbError> {
+        let row = match device {
+            None => {
+                sqlx::query("SELECT hardware_map FROM fleets WHERE name = $1")
+                    .bind(fleet)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+            Some(uuid) => {
+                sqlx::query("SELECT hardware_map FROM devices WHERE uuid = $1")
+                    .bind(uuid)
+                    .fetch_optional(&self.pool)
+                    .await?
+            }
+        };
+        Ok(match row {
+            Some(r) => r.try_get("hardware_map")?,
+            None => None,
+        })
+    }
+
+    /// Gives `fleet` (or its device `device`) a hardware map, or takes it
+    /// away with `None`.
+    pub async fn set_hardware_map(
+        &self,
+        fleet: &str,
+        device: Option<&str>,
+        map: Option<&str>,
+    ) -> Result<(), DbError> {
+        let q = match device {
+            None => sqlx::query("UPDATE fleets SET hardware_map = $1 WHERE name = $2")
+                .bind(map)
+                .bind(fleet),
+            Some(uuid) => sqlx::query("UPDATE devices SET hardware_map = $1 WHERE uuid = $2")
+                .bind(map)
+                .bind(uuid),
+        };
+        q.execute(&self.pool).await?;
+        Ok(())
+    }
+
+    /// The devices of `fleet` given a map of their own, with it.
+    pub async fn device_hardware_maps(
+        &self,
+        fleet: &str,
+    ) -> Result<Vec<(String, String)>, DbError> {
+        let rows = sqlx::query(
+            "SELECT uuid, hardware_map FROM devices WHERE fleet = $1 AND hardware_map IS NOT NULL",
+        )
+        .bind(fleet)
+        .fetch_all(&self.pool)
+        .await?;
+        rows.iter()
+            .map(|r| Ok((r.try_get("uuid")?, r.try_get("hardware_map")?)))
+            .collect()
+    }
+
     /// Counts one more change to what `fleet`'s targets depend on.
     pub async fn bump_generation(&self, fleet: &str) -> Result<(), DbError> {
         sqlx::query("UPDATE fleets SET generation = generation + 1 WHERE name = $1")

@@ -338,6 +338,11 @@ pub struct EnvView {
 pub struct TargetState {
     pub release: Option<ReleaseRef>,
     pub services: BTreeMap<String, TargetService>,
+    /// The hardware map the cloud gives the device (its own, else its
+    /// fleet's), as TOML; absent when it gives none and the device uses
+    /// the map its config file names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub hardware_map: Option<String>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

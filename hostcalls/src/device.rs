@@ -40,7 +40,9 @@ impl std::str::FromStr for BackendKind {
 
 /// The hardware of one device, shared by all its services.
 pub struct Hardware {
-    map: HardwareMap,
+    /// Replaced whole when the device is given a new map; a service's
+    /// grants are worked out from the map of the moment it starts.
+    map: std::sync::RwLock<Arc<HardwareMap>>,
     pub(crate) gpio: Arc<dyn GpioBackend>,
     pub(crate) i2c: Arc<dyn I2cBackend>,
     simulator: Option<Arc<Simulator>>,
@@ -51,8 +53,8 @@ pub struct Hardware {
 impl std::fmt::Debug for Hardware {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Hardware")
-            .field("gpio", &self.map.gpio.keys().collect::<Vec<_>>())
-            .field("i2c", &self.map.i2c.keys().collect::<Vec<_>>())
+            .field("gpio", &self.map().gpio.keys().collect::<Vec<_>>())
+            .field("i2c", &self.map().i2c.keys().collect::<Vec<_>>())
             .field("simulated", &self.simulator.is_some())
             .finish()
     }
@@ -65,7 +67,7 @@ impl Hardware {
         i2c: Arc<dyn I2cBackend>,
     ) -> Arc<Self> {
         Arc::new(Hardware {
-            map,
+            map: std::sync::RwLock::new(Arc::new(map)),
             gpio,
             i2c,
             simulator: None,
@@ -86,7 +88,7 @@ impl Hardware {
             gpio: sim.gpio_backend(),
             i2c: sim.i2c_backend(),
             simulator: Some(sim),
-            map,
+            map: std::sync::RwLock::new(Arc::new(map)),
             held: Mutex::default(),
         })
     }
@@ -109,8 +111,22 @@ impl Hardware {
         &self.gpio
     }
 
-    pub fn map(&self) -> &HardwareMap {
-        &self.map
+    /// The map services starting now are granted by.
+    pub fn map(&self) -> Arc<HardwareMap> {
+        self.map
+            .read()
+            .unwrap_or_else(std::sync::PoisonError::into_inner)
+            .clone()
+    }
+
+    /// Grants services started from now on by `map`. Those running keep
+    /// what they were granted (and hold) until they restart. A simulated
+    /// backend keeps the simulated devices of the map it was made with.
+    pub fn set_map(&self, map: HardwareMap) {
+        *self
+            .map
+            .write()
+            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(map);
     }
 
     pub fn simulator(&self) -> Option<&Arc<Simulator>> {
@@ -119,6 +135,7 @@ impl Hardware {
 
     /// What `service`, asking for `grants`, gets here.
     pub fn service(self: &Arc<Self>, service: &str, grants: &Grants) -> HardwareCtx {
+        let map = self.map();
         let mut ctx = HardwareCtx {
             hw: self.clone(),
             service: service.to_owned(),
@@ -130,7 +147,7 @@ impl Hardware {
             noted: BTreeSet::new(),
         };
         for (label, grant) in &grants.gpio {
-            let Some(binding) = self.map.gpio.get(label) else {
+            let Some(binding) = map.gpio.get(label) else {
                 ctx.missing.insert(label.clone());
                 ctx.notices.push(format!(
                     "grant gpio.{label}: this device has no GPIO line labelled `{label}`"
@@ -159,7 +176,7 @@ impl Hardware {
             );
         }
         for (label, grant) in &grants.i2c {
-            let Some(binding) = self.map.i2c.get(label) else {
+            let Some(binding) = map.i2c.get(label) else {
                 ctx.missing.insert(label.clone());
                 ctx.notices.push(format!(
                     "grant i2c.{label}: this device has no I2C bus labelled `{label}`"

@@ -177,6 +177,12 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
             );
             Some(kelp_hostcalls::Hardware::with_backend(args.hardware, map))
         }
+        // A device of a fleet may be given a map by its cloud: it needs
+        // its backend ready, granting nothing until then.
+        None if args.config.is_some() => Some(kelp_hostcalls::Hardware::with_backend(
+            args.hardware,
+            kelp_hostcalls::HardwareMap::default(),
+        )),
         None => None,
     };
 

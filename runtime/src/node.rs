@@ -19,6 +19,7 @@ use crate::agent::outbox::Outbox;
 use crate::images::ImageStore;
 use crate::local::{self, TargetService};
 use crate::{ApplyReport, LogEvent, ServiceHandle, Stream, Supervisor};
+use kelp_hostcalls::HardwareMap;
 
 /// Status is written at most this often, so a crash-looping service does not
 /// wear out a device's flash.
@@ -188,6 +189,12 @@ pub struct Node {
     release: Mutex<Release>,
     pub logs: Arc<LogSinks>,
     status_path: PathBuf,
+    /// The hardware map the device started with (its config's).
+    base_map: Arc<HardwareMap>,
+    /// The cloud's map in use, as given; `None` while the base one is.
+    cloud_map: Mutex<Option<String>>,
+    /// Why the cloud's last map is not in use, if it is not.
+    map_error: Mutex<Option<String>>,
 }
 
 impl Node {
@@ -197,7 +204,11 @@ impl Node {
         logs: Arc<LogSinks>,
         status_path: PathBuf,
     ) -> Arc<Node> {
+        let base_map = supervisor.runtime().hardware().map();
         Arc::new(Node {
+            base_map,
+            cloud_map: Mutex::default(),
+            map_error: Mutex::default(),
             supervisor,
             images,
             refused: Mutex::default(),
@@ -257,11 +268,63 @@ impl Node {
         report
     }
 
+    /// Why the hardware map the cloud gave is not in use, if it is not.
+    pub fn map_error(&self) -> Option<String> {
+        self.map_error
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .clone()
+    }
+
+    /// Grants hardware by `map` (the cloud's, as TOML) from now on, or by
+    /// the device's own map with `None`. Returns whether the map changed.
+    fn use_map(&self, map: Option<&str>) -> bool {
+        let mut current = self.cloud_map.lock().unwrap_or_else(|p| p.into_inner());
+        let mut error = self.map_error.lock().unwrap_or_else(|p| p.into_inner());
+        if current.as_deref() == map {
+            return false;
+        }
+        let parsed = match map {
+            None => Ok((*self.base_map).clone()),
+            Some(text) => HardwareMap::parse(text),
+        };
+        match parsed {
+            Ok(parsed) => {
+                tracing::info!(
+                    gpio = parsed.gpio.len(),
+                    i2c = parsed.i2c.len(),
+                    from = if map.is_some() { "cloud" } else { "config" },
+                    "hardware map in use"
+                );
+                self.supervisor.runtime().hardware().set_map(parsed);
+                *current = map.map(str::to_owned);
+                *error = None;
+                true
+            }
+            Err(e) => {
+                let why = format!("the hardware map from the cloud is not valid: {e}");
+                tracing::error!(%why, "keeping the hardware map in use");
+                *error = Some(why);
+                false
+            }
+        }
+    }
+
     /// Applies a target from the cloud; services it names wrongly are
-    /// refused, with why, beside those [`Node::apply`] refuses.
+    /// refused, with why, beside those [`Node::apply`] refuses. A new
+    /// hardware map restarts the services the target left alone, so that
+    /// every service is granted by it.
     pub async fn apply_cloud(&self, target: &TargetState, services_dir: &Path) {
         let (services, bad) = crate::agent::services(target, services_dir);
-        self.apply(services).await;
+        let map_changed = self.use_map(target.hardware_map.as_deref());
+        let report = self.apply(services).await;
+        if map_changed {
+            for name in &report.unchanged {
+                if let Err(e) = self.supervisor.restart(name).await {
+                    tracing::warn!(service = %name, error = %e, "cannot restart for the new hardware map");
+                }
+            }
+        }
         for (name, why) in &bad {
             tracing::error!(service = %name, %why, "refused");
         }

@@ -479,3 +479,100 @@ fn two_clouds_on_one_postgresql_wake_each_others_devices_at_once() {
         "woke {waited:?} after the release"
     );
 }
+
+#[test]
+fn a_hardware_map_from_the_cloud_decides_what_services_are_granted() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let publisher = Publisher::new();
+    // Signed with its manifest, which asks for `led` as an output.
+    let signed = publisher.dir().join("blinky.wasm");
+    let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/blinky/kelp.toml");
+    let out = kelp(
+        &[
+            "sign",
+            "--key",
+            publisher.secret().to_str().unwrap(),
+            "--manifest",
+            manifest.to_str().unwrap(),
+            kelp_tests::artifacts::BLINKY,
+            "-o",
+            signed.to_str().unwrap(),
+        ],
+        None,
+    );
+    assert!(out.status.success(), "{}", text(&out.stderr));
+    let blinky = push(&cloud, &signed, "kelp/blinky");
+    let (status, fleet) = api(
+        &cloud,
+        reqwest::Method::POST,
+        "/api/v1/fleets",
+        Some(json!({ "name": "garden" })),
+    );
+    assert_eq!(status, 201, "{fleet}");
+    let sim_map = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/hardware-sim.toml"),
+    )
+    .unwrap();
+    // The device's own map names the led.
+    let local_map = dir.path().join("board.toml");
+    std::fs::write(&local_map, &sim_map).unwrap();
+    let config = format!(
+        "cloud = \"http://{}\"\nprovisioning-key = {:?}\ntrusted-keys = [{:?}]\n\
+         hardware = \"sim\"\nhardware-map = {:?}\nhealth-window = \"2s\"\n",
+        cloud.addr,
+        fleet["provisioning_key"].as_str().unwrap(),
+        publisher.public(),
+        local_map
+    );
+    let device = Device::start_in_fleet(&config);
+    let uuid = uuid_of(&device);
+    release(
+        &cloud,
+        "1.0",
+        json!({ "blinky": { "image": blinky, "env": { "BLINK_MS": "50" } } }),
+    );
+    device.wait_until("blinky to blink", |d| d.lines_of("blinky", "led on") >= 2);
+    wait_for_cloud(&cloud, &uuid, "1.0 healthy", |d| {
+        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+    });
+
+    // The fleet's map, which has no led, replaces the device's own: blinky
+    // is refused its line, fails, and the device goes back to its own map.
+    let no_led = sim_map.replace("[gpio.led]", "[gpio.unused]");
+    let (status, answer) = api(
+        &cloud,
+        reqwest::Method::PUT,
+        "/api/v1/fleets/garden/hardware-map",
+        Some(json!({ "map": no_led })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for_cloud(&cloud, &uuid, "the map rolled back", |d| {
+        d["update"]["state"] == "rolled-back"
+            && d["update"]["reason"]
+                .as_str()
+                .is_some_and(|r| r.contains("service `blinky`"))
+    });
+    assert!(
+        device.stdout().contains("no GPIO line labelled `led`"),
+        "{}",
+        device.stdout()
+    );
+    let before = device.lines_of("blinky", "led on");
+    device.wait_until("blinky to blink again", |d| {
+        d.lines_of("blinky", "led on") > before + 2
+    });
+
+    // A map of the device's own, from the cloud, names the led again.
+    let (status, answer) = api(
+        &cloud,
+        reqwest::Method::PUT,
+        &format!("/api/v1/devices/{uuid}/hardware-map"),
+        Some(json!({ "map": sim_map })),
+    );
+    assert_eq!(status, 200, "{answer}");
+    wait_for_cloud(&cloud, &uuid, "its own map healthy", |d| {
+        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+    });
+    assert_eq!(device.service_state("blinky").as_deref(), Some("running"));
+}

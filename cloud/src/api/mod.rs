@@ -86,6 +86,16 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route("/api/v1/devices/{uuid}/pin", put(pin_device))
         .route(
+            "/api/v1/devices/{uuid}/hardware-map",
+            get(device_map)
+                .put(set_device_map)
+                .delete(delete_device_map),
+        )
+        .route(
+            "/api/v1/fleets/{name}/hardware-map",
+            get(fleet_map).put(set_fleet_map).delete(delete_fleet_map),
+        )
+        .route(
             "/api/v1/devices/{uuid}/tags/{tag}",
             put(set_tag).delete(delete_tag),
         )
@@ -512,6 +522,119 @@ async fn pin_device(
     cp.changed(&device.fleet).await;
     let device = find_device(&cp, &device.uuid).await?;
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
+}
+
+/// Largest hardware map given from the cloud (a device reads one up to
+/// this size from a file, too).
+const MAX_MAP: usize = 256 << 10;
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct MapBody {
+    map: String,
+}
+
+/// Refuses a map a device would refuse, naming the line at fault.
+fn check_map(map: &str) -> Result<(), ApiError> {
+    if map.len() > MAX_MAP {
+        return Err(ApiError::field(
+            "map",
+            format!("a hardware map is at most {MAX_MAP} bytes"),
+        ));
+    }
+    kelp_core::hardware_map::HardwareMap::parse(map)
+        .map(|_| ())
+        .map_err(|e| ApiError::field("map", format!("not a hardware map: {e}")))
+}
+
+fn map_answer(map: Option<String>) -> Response {
+    axum::Json(serde_json::json!({ "map": map })).into_response()
+}
+
+/// `GET /api/v1/fleets/{name}/hardware-map` → `{ map }` (null for none).
+async fn fleet_map(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    Ok(map_answer(cp.db.hardware_map(&fleet.name, None).await?))
+}
+
+/// `PUT /api/v1/fleets/{name}/hardware-map` `{ map }`: every device of the
+/// fleet without a map of its own is given it.
+async fn set_fleet_map(
+    State(cp): State<ControlPlane>,
+    user: User,
+    name: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<MapBody>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    check_map(&body.map)?;
+    cp.db
+        .set_hardware_map(&fleet.name, None, Some(&body.map))
+        .await?;
+    tracing::info!(by = %user.token_id, fleet = %fleet.name, "fleet hardware map set");
+    cp.changed(&fleet.name).await;
+    Ok(map_answer(Some(body.map)))
+}
+
+async fn delete_fleet_map(
+    State(cp): State<ControlPlane>,
+    user: User,
+    name: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let fleet = find_fleet(&cp, &path(name)?).await?;
+    cp.db.set_hardware_map(&fleet.name, None, None).await?;
+    tracing::info!(by = %user.token_id, fleet = %fleet.name, "fleet hardware map removed");
+    cp.changed(&fleet.name).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
+}
+
+/// `GET /api/v1/devices/{uuid}/hardware-map` → the device's own map.
+async fn device_map(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    uuid: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    Ok(map_answer(
+        cp.db
+            .hardware_map(&device.fleet, Some(&device.uuid))
+            .await?,
+    ))
+}
+
+/// `PUT /api/v1/devices/{uuid}/hardware-map` `{ map }`: the device's own
+/// map, over its fleet's.
+async fn set_device_map(
+    State(cp): State<ControlPlane>,
+    user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    JsonBody(body): JsonBody<MapBody>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    check_map(&body.map)?;
+    cp.db
+        .set_hardware_map(&device.fleet, Some(&device.uuid), Some(&body.map))
+        .await?;
+    tracing::info!(by = %user.token_id, uuid = %device.uuid, "device hardware map set");
+    cp.changed(&device.fleet).await;
+    Ok(map_answer(Some(body.map)))
+}
+
+async fn delete_device_map(
+    State(cp): State<ControlPlane>,
+    user: User,
+    uuid: Result<Path<String>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    cp.db
+        .set_hardware_map(&device.fleet, Some(&device.uuid), None)
+        .await?;
+    tracing::info!(by = %user.token_id, uuid = %device.uuid, "device hardware map removed");
+    cp.changed(&device.fleet).await;
+    Ok(StatusCode::NO_CONTENT.into_response())
 }
 
 /// Longest tag value.

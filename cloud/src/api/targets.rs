@@ -2,7 +2,7 @@
 //! than once per poll.
 //!
 //! A target depends on the fleet's pin or latest release, the device's
-//! pin, and the variables of the fleet and the device; every write to any
+//! pin, the variables of the fleet and the device, and their hardware maps; every write to any
 //! of them counts a change in the fleet's `generation` in the database,
 //! which a poll reads in the same query that finds the device by its key.
 //! So what is kept here is only ever a copy of the database at a known
@@ -65,6 +65,9 @@ struct FleetCopy {
     vars: Vec<EnvRow>,
     /// Variables of single devices, by uuid.
     device_vars: HashMap<String, Vec<EnvRow>>,
+    /// The fleet's hardware map, and those of single devices, by uuid.
+    map: Option<String>,
+    device_maps: HashMap<String, String>,
     /// The target of a device with no pin and no variables of its own.
     common: Arc<Target>,
     /// Releases devices are pinned to, read as first needed. A release
@@ -93,14 +96,16 @@ impl Targets {
     pub async fn of(&self, db: &Db, device: &KeyedDevice) -> Result<Arc<Target>, ApiError> {
         let fleet = self.fleet(db, &device.fleet, device.generation).await?;
         let own_vars = fleet.device_vars.get(&device.uuid);
+        let own_map = fleet.device_maps.get(&device.uuid);
         let release = match &device.pinned_release {
-            None if own_vars.is_none() => return Ok(fleet.common.clone()),
+            None if own_vars.is_none() && own_map.is_none() => return Ok(fleet.common.clone()),
             None => fleet.release.clone(),
             Some(id) => pinned(db, &fleet, id).await?,
         };
         let mut vars = fleet.vars.clone();
         vars.extend(own_vars.into_iter().flatten().cloned());
-        Ok(Arc::new(render(release.as_deref(), &vars)?))
+        let map = own_map.or(fleet.map.as_ref());
+        Ok(Arc::new(render(release.as_deref(), &vars, map)?))
     }
 
     /// The copy of `name` at `generation` or later, read again if there is
@@ -155,13 +160,17 @@ async fn read_fleet(db: &Db, name: &str) -> Result<FleetCopy, ApiError> {
             device_vars.entry(v.device.clone()).or_default().push(v);
         }
     }
-    let common = Arc::new(render(release.as_deref(), &vars)?);
+    let map = db.hardware_map(name, None).await?;
+    let device_maps = db.device_hardware_maps(name).await?.into_iter().collect();
+    let common = Arc::new(render(release.as_deref(), &vars, map.as_ref())?);
     Ok(FleetCopy {
         generation: fleet.generation,
         read_at,
         release,
         vars,
         device_vars,
+        map,
+        device_maps,
         common,
         pinned: Mutex::default(),
     })
@@ -187,12 +196,18 @@ async fn pinned(
     Ok(release)
 }
 
-/// The target state of `release` with `vars` over each service's env.
-fn render(release: Option<&ReleaseView>, vars: &[EnvRow]) -> Result<Target, ApiError> {
-    let state = match release {
+/// The target state of `release` with `vars` over each service's env,
+/// and `map` for the device's hardware.
+fn render(
+    release: Option<&ReleaseView>,
+    vars: &[EnvRow],
+    map: Option<&String>,
+) -> Result<Target, ApiError> {
+    let mut state = match release {
         None => TargetState {
             release: None,
             services: BTreeMap::new(),
+            hardware_map: None,
         },
         Some(view) => TargetState {
             release: Some(super::ReleaseRef {
@@ -215,7 +230,9 @@ fn render(release: Option<&ReleaseView>, vars: &[EnvRow]) -> Result<Target, ApiE
                     (name.clone(), service)
                 })
                 .collect(),
+            hardware_map: None,
         },
     };
+    state.hardware_map = map.cloned();
     Target::of(&state)
 }

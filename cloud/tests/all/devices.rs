@@ -817,3 +817,76 @@ async fn tags_are_set_replaced_and_removed_and_bad_ones_refused() {
         assert_eq!(r.status, StatusCode::UNAUTHORIZED);
     }
 }
+
+#[tokio::test]
+async fn a_device_gets_its_own_hardware_map_else_its_fleets() {
+    const FLEET_MAP: &str = "[gpio.led]\nchip = \"gpiochip0\"\nline = 17\n";
+    const OWN_MAP: &str = "[gpio.led]\nchip = \"gpiochip1\"\nline = 4\n";
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("boards").await;
+        let key = cloud.device(&pk, "rev-a").await;
+        let other = cloud.device(&pk, "rev-b").await;
+        let target = |key: &str| {
+            let (cloud, key) = (&cloud, key.to_owned());
+            async move { cloud.get("/device/v1/state", &key).await.body }
+        };
+        assert!(target(&key).await.get("hardware_map").is_none());
+
+        let r = cloud
+            .put(
+                "/api/v1/fleets/boards/hardware-map",
+                &cloud.admin,
+                json!({ "map": FLEET_MAP }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(target(&key).await["hardware_map"], FLEET_MAP);
+        let r = cloud
+            .put(
+                "/api/v1/devices/rev-a/hardware-map",
+                &cloud.admin,
+                json!({ "map": OWN_MAP }),
+            )
+            .await;
+        assert_eq!(r.status, StatusCode::OK, "{}", r.body);
+        assert_eq!(target(&key).await["hardware_map"], OWN_MAP);
+        assert_eq!(target(&other).await["hardware_map"], FLEET_MAP);
+        let r = cloud
+            .get("/api/v1/devices/rev-a/hardware-map", &cloud.admin)
+            .await;
+        assert_eq!(r.body["map"], OWN_MAP);
+
+        // A map a device would refuse is refused here, naming what is wrong.
+        for (map, needle) in [
+            ("[gpio.led]\nchip = \"gpiochip0\"\n", "line"),
+            (
+                "[gpio.led]\nchip = \"../../etc/passwd\"\nline = 1\n",
+                "chip",
+            ),
+            ("[pwm.fan]\n", "pwm"),
+        ] {
+            let r = cloud
+                .put(
+                    "/api/v1/fleets/boards/hardware-map",
+                    &cloud.admin,
+                    json!({ "map": map }),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::BAD_REQUEST, "{map}: {}", r.body);
+            assert_eq!(r.field(), "map");
+            let why = r.body["error"].as_str().unwrap();
+            assert!(why.contains(needle), "{map}: {why}");
+        }
+        assert_eq!(target(&other).await["hardware_map"], FLEET_MAP);
+
+        let r = cloud
+            .delete("/api/v1/devices/rev-a/hardware-map", &cloud.admin)
+            .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT);
+        assert_eq!(target(&key).await["hardware_map"], FLEET_MAP);
+        cloud
+            .delete("/api/v1/fleets/boards/hardware-map", &cloud.admin)
+            .await;
+        assert!(target(&key).await.get("hardware_map").is_none());
+    }
+}

@@ -178,7 +178,7 @@ impl Trial {
         if self.until.is_none() {
             return;
         }
-        let why = health::verdict(&node.supervisor.status(), &node.refused());
+        let why = health::verdict(&node.supervisor.status(), &node.refused(), node.map_error());
         match why {
             None if !window_over => return,
             None => {

@@ -71,7 +71,14 @@ impl Rollout {
 /// Why the services of a target are not healthy, if they are not: the
 /// first service (by name) that crash-loops, failed for good, or was
 /// refused.
-pub fn verdict(services: &[ServiceStatus], refused: &BTreeMap<String, String>) -> Option<String> {
+pub fn verdict(
+    services: &[ServiceStatus],
+    refused: &BTreeMap<String, String>,
+    map_error: Option<String>,
+) -> Option<String> {
+    if map_error.is_some() {
+        return map_error;
+    }
     if let Some((name, why)) = refused.iter().next() {
         return Some(format!("service `{name}` did not start: {why}"));
     }
@@ -105,6 +112,7 @@ mod tests {
             target: TargetState {
                 release: None,
                 services: BTreeMap::new(),
+                hardware_map: None,
             },
         }
     }
@@ -149,21 +157,23 @@ mod tests {
             status("b", ServiceState::Exited),
             status("c", ServiceState::Restarting),
         ];
-        assert_eq!(verdict(&fine, &BTreeMap::new()), None);
+        assert_eq!(verdict(&fine, &BTreeMap::new(), None), None);
         let looping = [
             status("a", ServiceState::Running),
             status("web", ServiceState::CrashLooping),
         ];
-        let why = verdict(&looping, &BTreeMap::new()).unwrap();
+        let why = verdict(&looping, &BTreeMap::new(), None).unwrap();
         assert!(why.contains("`web` is crash-looping"), "{why}");
         let failed = [status("job", ServiceState::Failed)];
         assert!(
-            verdict(&failed, &BTreeMap::new())
+            verdict(&failed, &BTreeMap::new(), None)
                 .unwrap()
                 .contains("`job` failed")
         );
         let refused = BTreeMap::from([("x".to_owned(), "not signed".to_owned())]);
-        let why = verdict(&fine, &refused).unwrap();
+        let why = verdict(&fine, &refused, None).unwrap();
         assert!(why.contains("`x` did not start: not signed"), "{why}");
+        let why = verdict(&fine, &BTreeMap::new(), Some("bad map".to_owned())).unwrap();
+        assert_eq!(why, "bad map");
     }
 }
