@@ -48,13 +48,12 @@ impl Rollout {
         }
     }
 
-    /// What the device runs: the cloud's target, unless it was given up on,
-    /// then the last healthy one.
+    /// What the device runs: the cloud's target, unless it was given up on
+    /// and there is a healthy one to run instead.
     pub fn running(&self) -> Option<&SavedTarget> {
-        if self.target_rejected() {
-            self.healthy.as_ref()
-        } else {
-            self.target.as_ref()
+        match &self.healthy {
+            Some(healthy) if self.target_rejected() => Some(healthy),
+            _ => self.target.as_ref(),
         }
     }
 
@@ -137,6 +136,19 @@ mod tests {
         assert_eq!(r.running().unwrap().etag, "v4");
         r.healthy = Some(saved("v4"));
         assert!(!r.on_trial());
+
+        // Given up on with nothing healthy to go back to, the target stays
+        // (its services restarting by their policy), across restarts too.
+        let failed = Rollout {
+            target: Some(saved("v1")),
+            healthy: None,
+            rejected: Some(Rejected {
+                etag: "v1".to_owned(),
+                reason: "crash".to_owned(),
+            }),
+        };
+        assert_eq!(failed.running().unwrap().etag, "v1");
+        assert!(!failed.on_trial());
     }
 
     #[test]
