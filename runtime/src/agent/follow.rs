@@ -78,25 +78,13 @@ impl Agent {
         if trial.rollout.on_trial() {
             trial.start(config.health_window);
         } else if trial.rollout.target_rejected() {
-            trial.update = trial.rollout.rejected.as_ref().and_then(|r| {
-                Some(UpdateReport {
-                    state: if trial.rollout.healthy.is_some() {
-                        UpdateState::RolledBack
-                    } else {
-                        UpdateState::Failed
-                    },
-                    release: trial
-                        .rollout
-                        .target
-                        .as_ref()?
-                        .target
-                        .release
-                        .as_ref()?
-                        .id
-                        .clone(),
-                    reason: Some(r.reason.clone()),
-                })
-            });
+            let state = if trial.rollout.healthy.is_some() {
+                UpdateState::RolledBack
+            } else {
+                UpdateState::Failed
+            };
+            let reason = trial.rollout.rejected.as_ref().map(|r| r.reason.clone());
+            trial.update = trial.outcome(state, reason);
         }
         trial.show(&node);
 
@@ -121,11 +109,16 @@ impl Agent {
 impl Trial {
     fn start(&mut self, window: Duration) {
         self.until = Some(Instant::now() + window);
-        self.update = self.release_id().map(|release| UpdateReport {
-            state: UpdateState::Applying,
+        self.update = self.outcome(UpdateState::Applying, None);
+    }
+
+    /// How the update to the cloud's target went, to report.
+    fn outcome(&self, state: UpdateState, reason: Option<String>) -> Option<UpdateReport> {
+        self.release_id().map(|release| UpdateReport {
+            state,
             release,
-            reason: None,
-        });
+            reason,
+        })
     }
 
     /// Id of the cloud's target release.
@@ -218,11 +211,7 @@ impl Trial {
                         UpdateState::Failed
                     }
                 };
-                self.update = self.release_id().map(|release| UpdateReport {
-                    state,
-                    release,
-                    reason: Some(reason),
-                });
+                self.update = self.outcome(state, Some(reason));
             }
         }
         if let Err(e) = store.save_rollout(&self.rollout) {
@@ -389,11 +378,7 @@ async fn follow(
                 if proven || saved.target.release.is_none() {
                     trial.until = None;
                     trial.rollout.healthy = Some(saved);
-                    trial.update = trial.release_id().map(|release| UpdateReport {
-                        state: UpdateState::Healthy,
-                        release,
-                        reason: None,
-                    });
+                    trial.update = trial.outcome(UpdateState::Healthy, None);
                     if let Err(e) = store.save_rollout(&trial.rollout) {
                         tracing::error!(error = %e, "cannot keep the target for the next start");
                     }
