@@ -445,25 +445,8 @@ impl Cloud {
 
     /// Tells the cloud what changed on the device.
     pub async fn report(&self, key: &str, state: &CurrentState) -> Result<(), AgentError> {
-        let path = "/device/v1/state";
-        let res = self
-            .http
-            .patch(format!("{}{path}", self.base))
-            .bearer_auth(key)
-            .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(state).map_err(|e| self.err(path, e))?)
-            .send()
+        self.send(reqwest::Method::PATCH, "/device/v1/state", key, state)
             .await
-            .map_err(|e| self.err(path, e))?;
-        let status = res.status();
-        if status == reqwest::StatusCode::UNAUTHORIZED {
-            return Err(AgentError::KeyRefused);
-        }
-        let bytes = self.read(path, res).await?;
-        if !status.is_success() {
-            return Err(self.err(path, refusal(status, &bytes)));
-        }
-        Ok(())
     }
 
     /// Delivers a batch of log lines.
@@ -472,17 +455,33 @@ impl Cloud {
         key: &str,
         lines: &[kelp_core::api::LogLine],
     ) -> Result<(), AgentError> {
-        let path = "/device/v1/logs";
         #[derive(Serialize)]
         struct Batch<'a> {
             lines: &'a [kelp_core::api::LogLine],
         }
+        self.send(
+            reqwest::Method::POST,
+            "/device/v1/logs",
+            key,
+            &Batch { lines },
+        )
+        .await
+    }
+
+    /// Sends `body` as JSON with the device key, for an answer with none.
+    async fn send(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        key: &str,
+        body: &impl Serialize,
+    ) -> Result<(), AgentError> {
         let res = self
             .http
-            .post(format!("{}{path}", self.base))
+            .request(method, format!("{}{path}", self.base))
             .bearer_auth(key)
             .header(reqwest::header::CONTENT_TYPE, "application/json")
-            .body(serde_json::to_vec(&Batch { lines }).map_err(|e| self.err(path, e))?)
+            .body(serde_json::to_vec(body).map_err(|e| self.err(path, e))?)
             .send()
             .await
             .map_err(|e| self.err(path, e))?;
