@@ -23,27 +23,7 @@ pub(crate) fn api(
     path: &str,
     body: Option<Value>,
 ) -> (u16, Value) {
-    let rt = tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-        .unwrap();
-    rt.block_on(async {
-        let mut req = reqwest::Client::new()
-            .request(method, cloud.url(path))
-            .bearer_auth(&cloud.token);
-        if let Some(body) = body {
-            req = req
-                .header("content-type", "application/json")
-                .body(body.to_string());
-        }
-        let res = req.send().await.unwrap();
-        let status = res.status().as_u16();
-        let bytes = res.bytes().await.unwrap();
-        (
-            status,
-            serde_json::from_slice(&bytes).unwrap_or(Value::Null),
-        )
-    })
+    crate::fleet_cli::api(cloud, &cloud.token, method, path, body)
 }
 
 fn release(cloud: &TestCloud, version: &str, services: Value) {

@@ -130,7 +130,7 @@ impl User {
 
 /// One request to the cloud with `token` (an API token, a provisioning key
 /// or a device key); the status and the JSON answer.
-fn api(
+pub(crate) fn api(
     cloud: &TestCloud,
     token: &str,
     method: reqwest::Method,
