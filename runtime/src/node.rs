@@ -93,9 +93,11 @@ impl LogSinks {
         )
     }
 
-    fn keep(&self, service: &str, line: RecentLine) {
+    /// Keeps a batch of `service`'s lines: one write to the outbox and one
+    /// lock for the history, however many lines.
+    fn keep(&self, service: &str, lines: Vec<RecentLine>) {
         if let Some(outbox) = self.outbox.get() {
-            let sent = CloudLine {
+            let sent = lines.iter().map(|line| CloudLine {
                 time: line.time,
                 service: service.to_owned(),
                 stream: match line.stream {
@@ -103,17 +105,19 @@ impl LogSinks {
                     Stream::Stderr => LogStream::Stderr,
                 },
                 line: line.line.clone(),
-            };
-            if let Err(error) = outbox.push(sent) {
-                tracing::warn!(%error, "cannot keep a log line for the cloud");
+            });
+            if let Err(error) = outbox.push_all(sent) {
+                tracing::warn!(%error, "cannot keep log lines for the cloud");
             }
         }
         let mut recent = self.recent_lock();
-        let lines = recent.entry(service.to_owned()).or_default();
-        if lines.len() == RECENT_LINES {
-            lines.pop_front();
+        let kept = recent.entry(service.to_owned()).or_default();
+        for line in lines {
+            if kept.len() == RECENT_LINES {
+                kept.pop_front();
+            }
+            kept.push_back(line);
         }
-        lines.push_back(line);
     }
 
     /// The supervisor's start hook: each service's output is printed on
@@ -130,6 +134,7 @@ impl LogSinks {
                 let mut stdout_open = true;
                 while let Some(events) = logs.next().await {
                     let mut text = String::new();
+                    let mut lines = Vec::with_capacity(events.len());
                     for event in events {
                         let line = match event {
                             LogEvent::Line(line) => {
@@ -158,8 +163,9 @@ impl LogSinks {
                                 }
                             }
                         };
-                        sinks.keep(&name, line);
+                        lines.push(line);
                     }
+                    sinks.keep(&name, lines);
                     if stdout_open
                         && (out.write_all(text.as_bytes()).await.is_err()
                             || out.flush().await.is_err())

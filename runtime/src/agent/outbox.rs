@@ -165,16 +165,30 @@ impl Outbox {
 
     /// Adds a line. Never blocks on the network; a full outbox drops its
     /// oldest segment.
-    pub fn push(&self, mut line: LogLine) -> std::io::Result<()> {
-        if line.line.len() > MAX_LINE {
-            let mut cut = MAX_LINE;
-            while !line.line.is_char_boundary(cut) {
-                cut -= 1;
+    pub fn push(&self, line: LogLine) -> std::io::Result<()> {
+        self.push_all(std::iter::once(line))
+    }
+
+    /// Adds lines, in one write: a service's output arrives in batches,
+    /// and a write per line would cost a system call each.
+    pub fn push_all(&self, lines: impl IntoIterator<Item = LogLine>) -> std::io::Result<()> {
+        let mut text = Vec::new();
+        let mut count = 0u64;
+        for mut line in lines {
+            if line.line.len() > MAX_LINE {
+                let mut cut = MAX_LINE;
+                while !line.line.is_char_boundary(cut) {
+                    cut -= 1;
+                }
+                line.line.truncate(cut);
             }
-            line.line.truncate(cut);
+            serde_json::to_writer(&mut text, &line).map_err(std::io::Error::other)?;
+            text.push(b'\n');
+            count += 1;
         }
-        let mut text = serde_json::to_vec(&line).map_err(std::io::Error::other)?;
-        text.push(b'\n');
+        if count == 0 {
+            return Ok(());
+        }
         let mut inner = self.lock();
         let full = inner
             .segments
@@ -192,7 +206,7 @@ impl Outbox {
         inner.active.write_all(&text)?;
         if let Some(s) = inner.segments.back_mut() {
             s.bytes += text.len() as u64;
-            s.lines += 1;
+            s.lines += count;
         }
         // Over the bound: the oldest segment goes, and what of it was not
         // sent is counted.
