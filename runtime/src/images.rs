@@ -112,6 +112,10 @@ pub struct ImageStore {
     /// A registry (`http(s)://host[:port]`) and the token for it alone: a fleet's
     /// device pulls from its cloud's registry with its device key.
     home: std::sync::Mutex<Option<(String, String)>>,
+    /// Modules (by their content-addressed path) already found signed by a
+    /// key id: the same bytes are not read and verified again on every
+    /// target.
+    signed: std::sync::Mutex<std::collections::HashSet<(PathBuf, String)>>,
     /// One fetch at a time: two fetches of the same blob would append to
     /// the same partial file.
     fetching: tokio::sync::Mutex<()>,
@@ -125,6 +129,7 @@ impl ImageStore {
             dir: root.into().join("sha256"),
             token: token.filter(|t| !t.is_empty()),
             home: std::sync::Mutex::new(None),
+            signed: std::sync::Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
         }
     }
@@ -134,6 +139,40 @@ impl ImageStore {
     pub fn set_home_registry(&self, registry: &str, token: &str) {
         *self.home.lock().unwrap_or_else(|p| p.into_inner()) =
             Some((registry.to_owned(), token.to_owned()));
+    }
+
+    /// Refuses `module`, a file of this store, unless the key `signer` (a
+    /// key id, one of `keys`) signed it.
+    pub async fn check_signer(
+        &self,
+        module: &Path,
+        signer: &str,
+        keys: &[kelp_core::PublicKey],
+    ) -> Result<(), String> {
+        let memo = (module.to_owned(), signer.to_owned());
+        if self
+            .signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .contains(&memo)
+        {
+            return Ok(());
+        }
+        let Some(key) = keys.iter().find(|k| k.key_id().to_string() == signer) else {
+            return Err(format!(
+                "the release says key {signer} signed it, and this device does not trust that key"
+            ));
+        };
+        let bytes = tokio::fs::read(module)
+            .await
+            .map_err(|e| format!("cannot read `{}`: {e}", module.display()))?;
+        kelp_core::verify(&bytes, std::slice::from_ref(key))
+            .map_err(|e| format!("not signed by key {signer}, as its release says: {e}"))?;
+        self.signed
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(memo);
+        Ok(())
     }
 
     /// The token to send to `registry`.

@@ -209,11 +209,12 @@ pub async fn apply(
                 "not fetching image {image}: this device trusts no publisher key (--trusted-key), and runs code from a registry only if one signed it"
             )),
         };
-        let fetched = match (fetched, &signer) {
-            (Ok(module), Some(signer)) => check_signer(supervisor, &module, signer)
+        let fetched = match (fetched, &signer, images) {
+            (Ok(module), Some(signer), Some(store)) => store
+                .check_signer(&module, signer, supervisor.runtime().trusted_keys())
                 .await
                 .map(|()| module),
-            (fetched, _) => fetched,
+            (fetched, _, _) => fetched,
         };
         match fetched {
             Ok(module) => specs.push(ServiceSpec { module, ..spec }),
@@ -237,22 +238,6 @@ pub async fn apply(
         refused.insert(name.clone(), why);
     }
     (report, refused)
-}
-
-/// Refuses `module` unless the trusted key `signer` (a key id) signed it.
-async fn check_signer(supervisor: &Supervisor, module: &Path, signer: &str) -> Result<(), String> {
-    let keys = supervisor.runtime().trusted_keys();
-    let Some(key) = keys.iter().find(|k| k.key_id().to_string() == signer) else {
-        return Err(format!(
-            "the release says key {signer} signed it, and this device does not trust that key"
-        ));
-    };
-    let bytes = tokio::fs::read(module)
-        .await
-        .map_err(|e| format!("cannot read `{}`: {e}", module.display()))?;
-    kelp_core::verify(&bytes, std::slice::from_ref(key))
-        .map(|_| ())
-        .map_err(|e| format!("not signed by key {signer}, as its release says: {e}"))
 }
 
 #[cfg(test)]
