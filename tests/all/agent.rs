@@ -26,7 +26,8 @@ pub(crate) fn api(
     crate::fleet_cli::api(cloud, &cloud.token, method, path, body)
 }
 
-fn release(cloud: &TestCloud, version: &str, services: Value) {
+/// Makes release `version` of fleet `garden`; the release as answered.
+pub(crate) fn release(cloud: &TestCloud, version: &str, services: Value) -> Value {
     let (status, answer) = api(
         cloud,
         reqwest::Method::POST,
@@ -34,6 +35,19 @@ fn release(cloud: &TestCloud, version: &str, services: Value) {
         Some(json!({ "version": version, "services": services })),
     );
     assert_eq!(status, 201, "{answer}");
+    answer
+}
+
+/// Makes fleet `name`; its provisioning key.
+pub(crate) fn create_fleet(cloud: &TestCloud, name: &str) -> String {
+    let (status, fleet) = api(
+        cloud,
+        reqwest::Method::POST,
+        "/api/v1/fleets",
+        Some(json!({ "name": name })),
+    );
+    assert_eq!(status, 201, "{fleet}");
+    fleet["provisioning_key"].as_str().unwrap().to_owned()
 }
 
 /// Waits until the cloud's view of device `uuid` passes `ok`.
@@ -78,14 +92,7 @@ fn a_device_joins_its_fleet_follows_its_releases_and_boots_without_the_cloud() {
         &publisher.sign(Path::new(HELLO), "hello.wasm"),
         "kelp/hello",
     );
-    let (status, fleet) = api(
-        &cloud,
-        reqwest::Method::POST,
-        "/api/v1/fleets",
-        Some(json!({ "name": "garden" })),
-    );
-    assert_eq!(status, 201, "{fleet}");
-    let provisioning_key = fleet["provisioning_key"].as_str().unwrap().to_owned();
+    let provisioning_key = create_fleet(&cloud, "garden");
     release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
 
     let config = format!(

@@ -11,10 +11,10 @@ use std::time::{Duration, Instant};
 use kelp_tests::artifacts::{CRASHY, HELLO, IDLE};
 use serde_json::{Value, json};
 
-use crate::agent::{api, wait_for_cloud};
+use crate::agent::{api, create_fleet, release, wait_for_cloud};
 use crate::images::{Publisher, push};
 use crate::kelpd::Device;
-use crate::registry::{TestCloud, kelp, text};
+use crate::registry::{TestCloud, text};
 
 const DEVICES: usize = 3;
 
@@ -33,33 +33,7 @@ fn sign_as(publisher: &Publisher, file: &str, version: &str, restart: &str) -> s
         ),
     )
     .unwrap();
-    let out = publisher.dir().join(format!("hello-{version}.wasm"));
-    let signed = kelp(
-        &[
-            "sign",
-            "--key",
-            publisher.secret().to_str().unwrap(),
-            "--manifest",
-            manifest.to_str().unwrap(),
-            file,
-            "-o",
-            out.to_str().unwrap(),
-        ],
-        None,
-    );
-    assert!(signed.status.success(), "{}", text(&signed.stderr));
-    out
-}
-
-fn release(cloud: &TestCloud, version: &str, services: Value) -> Value {
-    let (status, answer) = api(
-        cloud,
-        reqwest::Method::POST,
-        "/api/v1/fleets/garden/releases",
-        Some(json!({ "version": version, "services": services })),
-    );
-    assert_eq!(status, 201, "{answer}");
-    answer
+    publisher.sign_with(Path::new(file), &manifest, &format!("hello-{version}.wasm"))
 }
 
 /// The cloud's log lines of device `uuid` that are exactly `line`.
@@ -134,14 +108,7 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
         "kelp/hello",
     );
     assert!(v1 != v2 && v2 != v3, "each version is its own artifact");
-    let (status, fleet) = api(
-        &cloud,
-        reqwest::Method::POST,
-        "/api/v1/fleets",
-        Some(json!({ "name": "garden" })),
-    );
-    assert_eq!(status, 201, "{fleet}");
-    let provisioning_key = fleet["provisioning_key"].as_str().unwrap().to_owned();
+    let provisioning_key = create_fleet(&cloud, "garden");
 
     let config = format!(
         "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
@@ -387,14 +354,7 @@ fn two_clouds_on_one_postgresql_wake_each_others_devices_at_once() {
     let first = TestCloud::start(&data, &["--database", &database]);
     let second = TestCloud::start(&data, &["--database", &database]);
     assert_eq!(first.token, second.token);
-    let (status, fleet) = api(
-        &first,
-        reqwest::Method::POST,
-        "/api/v1/fleets",
-        Some(json!({ "name": "garden" })),
-    );
-    assert_eq!(status, 201, "{fleet}");
-    let provisioning_key = fleet["provisioning_key"].as_str().unwrap().to_owned();
+    let provisioning_key = create_fleet(&first, "garden");
 
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
@@ -486,30 +446,14 @@ fn a_hardware_map_from_the_cloud_decides_what_services_are_granted() {
     let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
     let publisher = Publisher::new();
     // Signed with its manifest, which asks for `led` as an output.
-    let signed = publisher.dir().join("blinky.wasm");
     let manifest = Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/blinky/kelp.toml");
-    let out = kelp(
-        &[
-            "sign",
-            "--key",
-            publisher.secret().to_str().unwrap(),
-            "--manifest",
-            manifest.to_str().unwrap(),
-            kelp_tests::artifacts::BLINKY,
-            "-o",
-            signed.to_str().unwrap(),
-        ],
-        None,
+    let signed = publisher.sign_with(
+        Path::new(kelp_tests::artifacts::BLINKY),
+        &manifest,
+        "blinky.wasm",
     );
-    assert!(out.status.success(), "{}", text(&out.stderr));
     let blinky = push(&cloud, &signed, "kelp/blinky");
-    let (status, fleet) = api(
-        &cloud,
-        reqwest::Method::POST,
-        "/api/v1/fleets",
-        Some(json!({ "name": "garden" })),
-    );
-    assert_eq!(status, 201, "{fleet}");
+    let provisioning_key = create_fleet(&cloud, "garden");
     let sim_map = std::fs::read_to_string(
         Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/hardware-sim.toml"),
     )
@@ -521,7 +465,7 @@ fn a_hardware_map_from_the_cloud_decides_what_services_are_granted() {
         "cloud = \"http://{}\"\nprovisioning-key = {:?}\ntrusted-keys = [{:?}]\n\
          hardware = \"sim\"\nhardware-map = {:?}\nhealth-window = \"2s\"\n",
         cloud.addr,
-        fleet["provisioning_key"].as_str().unwrap(),
+        provisioning_key,
         publisher.public(),
         local_map
     );

@@ -52,6 +52,27 @@ impl Publisher {
         self.dir.path()
     }
 
+    /// `input` with `manifest` embedded, signed with this key, as a new
+    /// file named `name`.
+    pub(crate) fn sign_with(&self, input: &Path, manifest: &Path, name: &str) -> PathBuf {
+        let out_path = self.dir.path().join(name);
+        let out = kelp(
+            &[
+                "sign",
+                "--key",
+                self.secret().to_str().unwrap(),
+                "--manifest",
+                manifest.to_str().unwrap(),
+                input.to_str().unwrap(),
+                "-o",
+                out_path.to_str().unwrap(),
+            ],
+            None,
+        );
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        out_path
+    }
+
     /// `input` signed with this key, as a new file named `name`.
     pub(crate) fn sign(&self, input: &Path, name: &str) -> PathBuf {
         let out_path = self.dir.path().join(name);
