@@ -23,19 +23,11 @@ use kelp_runtime::{
 use kelp_tests::artifacts::{HELLO, HELLO_NATIVE, IDLE, SPIN};
 
 mod common;
-use common::percentile;
+use common::{Row, percentile};
 
 const START_RUNS: usize = 2_000;
 const NATIVE_RUNS: usize = 300;
 const FAIR_RUNS: usize = 40;
-
-struct Row {
-    what: String,
-    kelp: String,
-    baseline: String,
-    target: String,
-    met: Option<bool>,
-}
 
 fn main() {
     // `cargo bench` passes `--bench`; there is nothing else to parse.
@@ -51,7 +43,7 @@ fn main() {
         .unwrap_or(10_000);
     executor.block_on(density(&mut rows, n));
     kelpd_footprint(&mut rows);
-    print_table(&rows);
+    common::print_rows(&rows);
 }
 
 fn runtime(slots: u32) -> Runtime {
@@ -430,33 +422,4 @@ fn run_kelpd(
     unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
     let _ = child.wait();
     (rss, ready)
-}
-
-fn print_table(rows: &[Row]) {
-    let cells: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.what.clone(),
-                r.kelp.clone(),
-                r.baseline.clone(),
-                r.target.clone(),
-                match r.met {
-                    Some(true) => "yes".into(),
-                    Some(false) => "NO".into(),
-                    None => "—".into(),
-                },
-            ]
-        })
-        .collect();
-    common::print_table(
-        [
-            "measurement",
-            "kelp",
-            "baseline (same run)",
-            "target",
-            "met",
-        ],
-        &cells,
-    );
 }

@@ -41,7 +41,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod common;
-use common::percentile;
+use common::{Row, percentile};
 
 /// Set in the environment of this program run again as the baseline
 /// server: a process of its own, like `kelp-cloud`, on the same cores.
@@ -62,14 +62,6 @@ const SETTLE: Duration = Duration::from_secs(2);
 
 const POLLS_TARGET: f64 = 20_000.0;
 const CONVERGE_TARGET: Duration = Duration::from_secs(10);
-
-struct Row {
-    what: String,
-    kelp: String,
-    baseline: String,
-    target: String,
-    met: Option<bool>,
-}
 
 fn main() {
     if std::env::var_os(BASELINE_SERVER).is_some() {
@@ -156,7 +148,7 @@ fn main() {
             met: Some(baseline.rate() >= POLLS_TARGET),
         });
     });
-    print_table(&rows);
+    common::print_rows(&rows);
 }
 
 fn env_or(name: &str, default: usize) -> usize {
@@ -825,33 +817,4 @@ fn ms(d: Duration) -> String {
     } else {
         format!("{:.0} µs", d.as_secs_f64() * 1e6)
     }
-}
-
-fn print_table(rows: &[Row]) {
-    let cells: Vec<[String; 5]> = rows
-        .iter()
-        .map(|r| {
-            [
-                r.what.clone(),
-                r.kelp.clone(),
-                r.baseline.clone(),
-                r.target.clone(),
-                match r.met {
-                    Some(true) => "yes".into(),
-                    Some(false) => "NO".into(),
-                    None => "—".into(),
-                },
-            ]
-        })
-        .collect();
-    common::print_table(
-        [
-            "measurement",
-            "kelp",
-            "baseline (same run)",
-            "target",
-            "met",
-        ],
-        &cells,
-    );
 }

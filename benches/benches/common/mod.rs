@@ -1,4 +1,6 @@
 //! What every bench shares: percentiles and the table the figures print in.
+//!
+#![allow(dead_code, reason = "each bench compiles this module and uses part of it")]
 
 use std::time::Duration;
 
@@ -30,4 +32,45 @@ pub fn print_table<const N: usize>(headers: [&str; N], rows: &[[String; N]]) {
     for row in rows {
         line(row);
     }
+}
+
+/// One row of a bench that checks a target: Kelp's figure beside the
+/// baseline measured in the same run.
+pub struct Row {
+    pub what: String,
+    pub kelp: String,
+    pub baseline: String,
+    pub target: String,
+    /// Whether the target was met; `None` where a row has no target.
+    pub met: Option<bool>,
+}
+
+/// Prints rows with targets as a table.
+pub fn print_rows(rows: &[Row]) {
+    let cells: Vec<[String; 5]> = rows
+        .iter()
+        .map(|r| {
+            [
+                r.what.clone(),
+                r.kelp.clone(),
+                r.baseline.clone(),
+                r.target.clone(),
+                match r.met {
+                    Some(true) => "yes".into(),
+                    Some(false) => "NO".into(),
+                    None => "—".into(),
+                },
+            ]
+        })
+        .collect();
+    print_table(
+        [
+            "measurement",
+            "kelp",
+            "baseline (same run)",
+            "target",
+            "met",
+        ],
+        &cells,
+    );
 }
