@@ -257,7 +257,14 @@ impl Node {
     /// Moves the device to `target` (see [`local::apply`]) and notes what
     /// it refused.
     pub async fn apply(&self, target: Vec<TargetService>) -> ApplyReport {
-        let (report, refused) = local::apply(&self.supervisor, self.images.as_ref(), target).await;
+        self.apply_refusing(target, Refused::new()).await
+    }
+
+    /// [`Node::apply`], with services refused before they got here.
+    async fn apply_refusing(&self, target: Vec<TargetService>, before: Refused) -> ApplyReport {
+        let (report, mut refused) =
+            local::apply(&self.supervisor, self.images.as_ref(), target).await;
+        refused.extend(before);
         tracing::info!(
             started = ?report.started,
             stopped = ?report.stopped,
@@ -323,7 +330,7 @@ impl Node {
     pub async fn apply_cloud(&self, target: &TargetState, services_dir: &Path) {
         let (services, bad) = crate::agent::services(target, services_dir);
         let map_changed = self.use_map(target.hardware_map.as_deref());
-        let report = self.apply(services).await;
+        let report = self.apply_refusing(services, bad).await;
         if map_changed {
             for name in &report.unchanged {
                 if let Err(e) = self.supervisor.restart(name).await {
@@ -331,11 +338,6 @@ impl Node {
                 }
             }
         }
-        for (name, why) in &bad {
-            tracing::error!(service = %name, %why, "refused");
-        }
-        self.refused_lock().extend(bad);
-        self.save_status();
     }
 
     /// What `status.json` and the local API's status say.

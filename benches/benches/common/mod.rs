@@ -1,6 +1,9 @@
 //! What every bench shares: percentiles and the table the figures print in.
 
-#![allow(dead_code, reason = "each bench compiles this module and uses part of it")]
+#![allow(
+    dead_code,
+    reason = "each bench compiles this module and uses part of it"
+)]
 
 use std::time::Duration;
 
