@@ -71,12 +71,11 @@ impl Agent {
             until: None,
             update: None,
         };
-        if let Some(saved) = trial.rollout.running() {
-            tracing::info!(release = ?saved.target.release, "starting the last target applied");
-            node.apply_cloud(&saved.target, &services_dir).await;
-        }
-        if trial.rollout.on_trial() {
-            trial.start(config.health_window);
+        // Status says which release runs before its services come up, so
+        // whoever sees them running sees the release too.
+        let on_trial = trial.rollout.on_trial();
+        if on_trial {
+            trial.update = trial.outcome(UpdateState::Applying, None);
         } else if trial.rollout.target_rejected() {
             let state = if trial.rollout.healthy.is_some() {
                 UpdateState::RolledBack
@@ -87,6 +86,13 @@ impl Agent {
             trial.update = trial.outcome(state, reason);
         }
         trial.show(&node);
+        if let Some(saved) = trial.rollout.running() {
+            tracing::info!(release = ?saved.target.release, "starting the last target applied");
+            node.apply_cloud(&saved.target, &services_dir).await;
+        }
+        if on_trial {
+            trial.start(config.health_window);
+        }
 
         let (key_tx, key_rx) = watch::channel(store.key()?);
         let shipping = tokio::spawn(ship_logs(cloud.clone(), outbox, key_rx));
