@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod demo;
 mod engine;
 mod fleet;
 mod fleet_cli;
