@@ -22,6 +22,8 @@ mod digest;
 pub mod fsutil;
 pub mod hardware_map;
 mod manifest;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod signature;
 mod size;
 mod status;

@@ -92,15 +92,19 @@ fn default_memory() -> ByteSize {
 /// options arrive with the host calls that use them.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grants {
     /// `[grants.gpio.<label>]`: GPIO pins.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::gpio_grants))]
     pub gpio: BTreeMap<String, GpioGrant>,
     /// `[grants.i2c.<label>]`: I2C buses.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::i2c_grants))]
     pub i2c: BTreeMap<String, I2cGrant>,
     /// `[grants.network.<label>]`: networks.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::network_grants))]
     pub network: BTreeMap<String, NetworkGrant>,
 }
 
@@ -170,8 +174,10 @@ pub fn valid_label(label: &str) -> bool {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpioGrant {
     /// At least one.
+    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
     pub modes: BTreeSet<GpioMode>,
 }
 
@@ -179,6 +185,7 @@ pub struct GpioGrant {
 /// hardware map allows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GpioMode {
     /// Read the pin's level.
     Input,
@@ -206,8 +213,10 @@ impl fmt::Display for GpioMode {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct I2cGrant {
     /// At least one; 7-bit (up to 0x7f) or 10-bit (up to 0x3ff).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::i2c_addresses))]
     pub addresses: BTreeSet<u16>,
 }
 
@@ -217,6 +226,7 @@ pub const MAX_I2C_ADDRESS: u16 = 0x3ff;
 /// One requested network. No options yet.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkGrant {}
 
 /// Why a manifest cannot be read, embedded or trusted.
