@@ -177,7 +177,7 @@ pub fn valid_label(label: &str) -> bool {
 #[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpioGrant {
     /// At least one.
-    #[cfg_attr(feature = "openapi", schema(min_items = 1))]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::gpio_modes))]
     pub modes: BTreeSet<GpioMode>,
 }
 

@@ -113,7 +113,16 @@ pub fn memory() -> Schema {
         .into()
 }
 
-/// I2C addresses: at least one, 7-bit or 10-bit.
+/// GPIO modes: at least one; a mode named twice counts once.
+pub fn gpio_modes() -> Schema {
+    ArrayBuilder::new()
+        .items(named("GpioMode"))
+        .min_items(Some(1))
+        .into()
+}
+
+/// I2C addresses: at least one, 7-bit or 10-bit; an address named twice
+/// counts once.
 pub fn i2c_addresses() -> Schema {
     ArrayBuilder::new()
         .items(

@@ -36,9 +36,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 }
 
 /// Parses `bytes` as a `T`, naming the field at fault if it is not one.
+///
+/// A whole number written with a fraction (`316.0`) is read as the integer
+/// it is: JSON Schema, and so the OpenAPI document, counts it as one, and
+/// some JSON writers spell every number that way. The body must be an
+/// object.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut value: serde_json::Value = {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = serde::Deserialize::deserialize(&mut de)
+            .map_err(|e| ApiError::field("body", format!("not JSON: {e}")))?;
+        de.end().map_err(|e| {
+            ApiError::field("body", format!("trailing data after the JSON value: {e}"))
+        })?;
+        value
+    };
+    // Every body is a JSON object; serde would also read a struct from an
+    // array of its fields in order, which no client means to send.
+    if !value.is_object() {
+        return Err(ApiError::field("body", "the body is not a JSON object"));
+    }
+    whole_numbers_as_integers(&mut value);
+    let value = serde_path_to_error::deserialize(value).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         let field = if path == "." {
@@ -54,9 +73,31 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::field(field, message)
     })?;
-    de.end()
-        .map_err(|e| ApiError::field("body", format!("trailing data after the JSON value: {e}")))?;
     Ok(value)
+}
+
+/// Largest magnitude up to which every whole number has an exact `f64`:
+/// past it, a float may not be the number its writer wrote.
+const EXACT_FLOAT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// Rewrites every number in `value` that is a whole float of at most
+/// [`EXACT_FLOAT`] in magnitude as that integer.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::{Number, Value};
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_FLOAT)
+            {
+                // Exact: the value is whole and well inside i64.
+                *n = Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -131,6 +172,40 @@ impl FromRequestParts<ControlPlane> for ProvisioningKey {
             None => Err(ApiError::unauthorized(
                 "the provisioning key is not valid or was rotated",
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        n: i64,
+        list: Vec<u16>,
+    }
+
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers_and_bodies_are_objects() {
+        let b: Body = parse_json(br#"{"n": -35937.0, "list": [316.0, 1e3]}"#).unwrap();
+        assert_eq!((b.n, b.list), (-35937, vec![316, 1000]));
+
+        for (bad, field) in [
+            (&br#"{"n": 1.5, "list": []}"#[..], "n"),
+            // Past 2^53 a float may not be the number written.
+            (br#"{"n": 9007199254740993.0, "list": []}"#, "n"),
+            (br#"{"n": -9223372036854775809, "list": []}"#, "n"),
+            // serde reads a struct from an array of its fields too.
+            (br#"[1, []]"#, "body"),
+            (br#"{"n": 1, "list": []} {}"#, "body"),
+        ] {
+            let err = parse_json::<Body>(bad).unwrap_err();
+            let ApiError::Client { field: Some(f), .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(f, field, "{}: {err}", String::from_utf8_lossy(bad));
         }
     }
 }

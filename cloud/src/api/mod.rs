@@ -772,8 +772,10 @@ fn apply_env(
 #[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StateQuery {
-    /// Seconds to wait for the target to differ from `If-None-Match`.
-    wait: Option<u64>,
+    /// Seconds to wait for the target to differ from `If-None-Match`; at
+    /// most a minute is waited, however many are asked for.
+    #[param(minimum = 0)]
+    wait: Option<i64>,
 }
 
 fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
@@ -824,7 +826,9 @@ async fn device_state(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    let wait = u64::try_from(q.wait.unwrap_or(0))
+        .map_err(|_| ApiError::field("wait", "wait is a number of seconds, 0 or more"))?;
+    let wait = Duration::from_secs(wait).min(MAX_WAIT);
     cp.seen.saw(&device.uuid);
     if wait.is_zero() {
         // The key's lookup read the change count: one query in all while

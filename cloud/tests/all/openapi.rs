@@ -159,3 +159,47 @@ fn no_route_is_added_outside_the_documented_table() {
         "routes outside `routes()`: give the handler a #[utoipa::path] and add it there"
     );
 }
+
+/// What the fuzzer found, kept fixed: a negative wait is refused rather
+/// than read as a huge one, and a body that is an array of a request's
+/// fields in order is not taken as that request.
+#[tokio::test]
+async fn requests_the_document_calls_invalid_are_refused() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("garden").await;
+        let key = cloud.device(&pk, "pump-1").await;
+        let r = send(
+            &cloud.app,
+            Method::GET,
+            "/device/v1/state?wait=-1",
+            Some(&key),
+            None,
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.field()),
+            (StatusCode::BAD_REQUEST, "wait"),
+            "{}",
+            r.body
+        );
+
+        let r = send(
+            &cloud.app,
+            Method::PATCH,
+            "/api/v1/devices/pump-1",
+            Some(&cloud.admin),
+            Some(serde_json::json!(["renamed"])),
+            &[],
+        )
+        .await;
+        assert_eq!(
+            (r.status, r.field()),
+            (StatusCode::BAD_REQUEST, "body"),
+            "{}",
+            r.body
+        );
+        let d = cloud.get("/api/v1/devices/pump-1", &cloud.admin).await;
+        assert_eq!(d.body["name"], "pump-1");
+    }
+}
