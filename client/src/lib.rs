@@ -62,8 +62,10 @@ pub const FOLLOW_INTERVAL: Duration = Duration::from_secs(1);
 #[derive(Debug, thiserror::Error)]
 pub enum Error {
     /// The cloud refused the request and said why.
-    #[error("{}", refusal(message, field.as_deref(), *status))]
+    #[error("{}", refusal(url, message, field.as_deref(), *status))]
     Refused {
+        /// The cloud's URL.
+        url: String,
         status: StatusCode,
         /// The cloud's message, on one line.
         message: String,
@@ -74,23 +76,23 @@ pub enum Error {
     /// Something answered, but not as a Kelp cloud does: an error status
     /// without the API's error body, or a success that is not JSON.
     #[error("{url} answered {what}; is it a Kelp cloud?")]
-    NotKelp { url: Url, what: String },
+    NotKelp { url: String, what: String },
     /// A success whose body is not the type this version expects.
     #[error("the answer of the Kelp cloud at {url} is not what this version of kelp expects")]
     Unexpected {
-        url: Url,
+        url: String,
         #[source]
         source: serde_json::Error,
     },
     #[error("cannot reach the Kelp cloud at {url}")]
     Unreachable {
-        url: Url,
+        url: String,
         #[source]
         source: reqwest::Error,
     },
     #[error("cannot read the answer of the Kelp cloud at {url}")]
     Read {
-        url: Url,
+        url: String,
         #[source]
         source: reqwest::Error,
     },
@@ -103,7 +105,10 @@ pub enum Error {
     Encode(#[source] serde_json::Error),
 }
 
-fn refusal(message: &str, field: Option<&str>, status: StatusCode) -> String {
+fn refusal(url: &str, message: &str, field: Option<&str>, status: StatusCode) -> String {
+    if status == StatusCode::UNAUTHORIZED {
+        return format!("the Kelp cloud at {url} refused the API token: {message}");
+    }
     match field {
         Some(field) => format!("{message} (field `{field}`; {status})"),
         None => format!("{message} ({status})"),
@@ -183,7 +188,9 @@ pub struct LogQuery<'a> {
 }
 
 /// A client of one cloud's fleet API, holding its API token. Cheap to
-/// clone; clones share connections.
+/// clone; clones share connections. Its pooled connections belong to the
+/// tokio runtime that opened them: use a client (and its clones) from one
+/// runtime.
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
@@ -563,7 +570,7 @@ impl Client {
     ) -> Result<T, Error> {
         let bytes = self.call(method, segments, query, body).await?;
         serde_json::from_slice(&bytes).map_err(|source| Error::Unexpected {
-            url: self.base.clone(),
+            url: self.base.to_string(),
             source,
         })
     }
@@ -601,12 +608,12 @@ impl Client {
                 .body(bytes);
         }
         let response = request.send().await.map_err(|e| Error::Unreachable {
-            url: self.base.clone(),
+            url: self.base.to_string(),
             source: e.without_url(),
         })?;
         let status = response.status();
         let bytes = response.bytes().await.map_err(|e| Error::Read {
-            url: self.base.clone(),
+            url: self.base.to_string(),
             source: e.without_url(),
         })?;
         if !status.is_success() {
@@ -614,7 +621,7 @@ impl Client {
         }
         if !bytes.is_empty() && serde_json::from_slice::<serde::de::IgnoredAny>(&bytes).is_err() {
             return Err(Error::NotKelp {
-                url: self.base.clone(),
+                url: self.base.to_string(),
                 what: "with something other than JSON".to_owned(),
             });
         }
@@ -624,13 +631,14 @@ impl Client {
     fn refusal(&self, status: StatusCode, bytes: &[u8]) -> Error {
         match serde_json::from_slice::<ErrorBody>(bytes) {
             Ok(body) => Error::Refused {
+                url: self.base.to_string(),
                 status,
                 // One line, whatever the server sent.
                 message: body.error.replace(['\n', '\r'], " "),
                 field: body.field,
             },
             Err(_) => Error::NotKelp {
-                url: self.base.clone(),
+                url: self.base.to_string(),
                 what: status.to_string(),
             },
         }

@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod client;
 mod engine;
 mod fleet;
 mod fleet_cli;
