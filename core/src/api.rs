@@ -335,6 +335,7 @@ pub enum UpdateStrategy {
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// `REGISTRY/REPO@sha256:…`: pinned, so a device runs exactly this file.
+    /// The repository is at most 255 characters.
     #[cfg_attr(
         feature = "openapi",
         schema(

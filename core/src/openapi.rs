@@ -23,7 +23,8 @@ pub const SERVICE: &str = r"^[a-z0-9][a-z0-9_-]{0,62}$";
 pub const ENV_NAME: &str = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$";
 /// A pin, bus or network label.
 pub const LABEL: &str = r"^[A-Za-z0-9_-]{1,63}$";
-/// An image pinned by digest: `[http[s]://]REGISTRY/REPOSITORY@sha256:HEX`.
+/// An image pinned by digest: `[http[s]://]REGISTRY/REPOSITORY@sha256:HEX`,
+/// the repository at most 255 characters.
 pub const IMAGE: &str = r"^(https?://)?[^/]+/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*@sha256:[0-9a-f]{64}$";
 /// A publisher key id.
 pub const KEY_ID: &str = r"^[0-9a-f]{24}$";

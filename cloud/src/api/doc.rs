@@ -16,7 +16,7 @@ use utoipa::openapi::{
 
 use super::ApiError;
 use kelp_core::api::{ErrorBody, ServiceReport, ServiceSpec, TargetService};
-use kelp_core::{GpioGrant, I2cGrant, NetworkGrant};
+use kelp_core::{GpioGrant, GpioMode, I2cGrant, NetworkGrant};
 
 #[derive(utoipa::OpenApi)]
 #[openapi(
@@ -43,6 +43,7 @@ use kelp_core::{GpioGrant, I2cGrant, NetworkGrant};
         ServiceReport,
         TargetService,
         GpioGrant,
+        GpioMode,
         I2cGrant,
         NetworkGrant
     )),

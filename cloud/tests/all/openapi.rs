@@ -35,6 +35,16 @@ async fn the_served_document_is_openapi_3_1_and_needs_no_token() {
         reply.headers
     );
     let spec = oas3::from_json(reply.body.to_string()).expect("not an OpenAPI 3.1 document");
+    // Every reference names something the document holds.
+    let mut refs = Vec::new();
+    collect_refs(&reply.body, &mut refs);
+    assert!(refs.len() > 50, "{refs:?}");
+    for r in refs {
+        let pointer = r
+            .strip_prefix('#')
+            .unwrap_or_else(|| panic!("{r} is not local"));
+        assert!(reply.body.pointer(pointer).is_some(), "{r} names nothing");
+    }
     assert_eq!(spec.validate_version().unwrap().minor, 1);
     let schemes = &spec.components.as_ref().unwrap().security_schemes;
     for scheme in ["api_token", "device_key", "provisioning_key"] {
@@ -83,6 +93,22 @@ async fn the_served_document_is_openapi_3_1_and_needs_no_token() {
             ops.contains(&(method.to_owned(), path.to_owned())),
             "{method} {path} is not in the document"
         );
+    }
+}
+
+/// Every `$ref` in `v`.
+fn collect_refs(v: &serde_json::Value, out: &mut Vec<String>) {
+    match v {
+        serde_json::Value::Object(fields) => {
+            for (k, v) in fields {
+                match (k.as_str(), v.as_str()) {
+                    ("$ref", Some(r)) => out.push(r.to_owned()),
+                    _ => collect_refs(v, out),
+                }
+            }
+        }
+        serde_json::Value::Array(items) => items.iter().for_each(|v| collect_refs(v, out)),
+        _ => {}
     }
 }
 
