@@ -57,7 +57,7 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         return Err(ApiError::field("body", "the body is not a JSON object"));
     }
     whole_numbers_as_integers(&mut value);
-    let value = serde_path_to_error::deserialize(value).map_err(|e| {
+    let value = serde_path_to_error::deserialize(Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         let field = if path == "." {
@@ -74,6 +74,127 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         ApiError::field(field, message)
     })?;
     Ok(value)
+}
+
+/// A JSON value that gives a struct only from an object. serde's derived
+/// structs also take an array of their fields in order, so without this
+/// `{"web": ["registry/repo@sha256:…"]}` would be a release's service.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserializer<'de> for Strict {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            serde_json::Value::Array(items) => v.visit_seq(StrictSeq(items.into_iter())),
+            serde_json::Value::Object(fields) => v.visit_map(StrictMap {
+                fields: fields.into_iter(),
+                value: None,
+            }),
+            other => other.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            serde_json::Value::Null => v.visit_none(),
+            other => v.visit_some(Strict(other)),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        v.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::{Error as _, Unexpected};
+        let unexpected = match &self.0 {
+            serde_json::Value::Object(_) => return self.deserialize_any(v),
+            serde_json::Value::Array(_) => Unexpected::Seq,
+            serde_json::Value::String(s) => Unexpected::Str(s),
+            serde_json::Value::Bool(b) => Unexpected::Bool(*b),
+            serde_json::Value::Null => Unexpected::Unit,
+            serde_json::Value::Number(_) => Unexpected::Other("number"),
+        };
+        Err(serde_json::Error::invalid_type(unexpected, &"an object"))
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_enum(name, variants, v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
+        ignored_any
+    }
+}
+
+struct StrictSeq(std::vec::IntoIter<serde_json::Value>);
+
+impl<'de> serde::de::SeqAccess<'de> for StrictSeq {
+    type Error = serde_json::Error;
+
+    fn next_element_seed<T: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0
+            .next()
+            .map(|v| seed.deserialize(Strict(v)))
+            .transpose()
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+struct StrictMap {
+    fields: serde_json::map::IntoIter,
+    value: Option<serde_json::Value>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for StrictMap {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((key, value)) = self.fields.next() else {
+            return Ok(None);
+        };
+        self.value = Some(value);
+        let key = serde::de::value::StringDeserializer::<serde_json::Error>::new(key);
+        seed.deserialize(key).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let value = self.value.take().unwrap_or(serde_json::Value::Null);
+        seed.deserialize(Strict(value))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.fields.len())
+    }
 }
 
 /// Largest magnitude up to which every whole number has an exact `f64`:
@@ -185,12 +306,23 @@ mod tests {
     struct Body {
         n: i64,
         list: Vec<u16>,
+        #[serde(default)]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(default)]
+        m: i64,
     }
 
     #[test]
     fn whole_numbers_written_as_floats_are_integers_and_bodies_are_objects() {
-        let b: Body = parse_json(br#"{"n": -35937.0, "list": [316.0, 1e3]}"#).unwrap();
+        let b: Body =
+            parse_json(br#"{"n": -35937.0, "list": [316.0, 1e3], "inner": {"m": 2.0}}"#).unwrap();
         assert_eq!((b.n, b.list), (-35937, vec![316, 1000]));
+        assert_eq!(b.inner.map(|i| i.m), Some(2));
 
         for (bad, field) in [
             (&br#"{"n": 1.5, "list": []}"#[..], "n"),
@@ -200,6 +332,8 @@ mod tests {
             // serde reads a struct from an array of its fields too.
             (br#"[1, []]"#, "body"),
             (br#"{"n": 1, "list": []} {}"#, "body"),
+            // Nor inside the body.
+            (br#"{"n": 1, "list": [], "inner": [2]}"#, "inner"),
         ] {
             let err = parse_json::<Body>(bad).unwrap_err();
             let ApiError::Client { field: Some(f), .. } = &err else {
