@@ -40,6 +40,12 @@ pub fn print_json(bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// Prints `value` as JSON, as the cloud sent it.
+pub fn print_value(value: &impl serde::Serialize) -> anyhow::Result<()> {
+    let bytes = serde_json::to_vec(value)?;
+    print_json(&bytes)
+}
+
 /// Prints `rows` under `headers`, each column as wide as its widest cell.
 pub fn table(headers: &[&str], rows: &[Vec<String>]) {
     print!("{}", render_table(headers, rows));

@@ -106,13 +106,7 @@ fn is_unique_violation(e: &sqlx::Error) -> bool {
     matches!(e, sqlx::Error::Database(d) if d.is_unique_violation())
 }
 
-/// An API token as listed: never the token itself.
-#[derive(Clone, Debug, serde::Serialize)]
-pub struct TokenInfo {
-    pub id: String,
-    pub name: String,
-    pub created_at: i64,
-}
+pub use kelp_core::api::TokenInfo;
 
 pub enum Revoke {
     Revoked,

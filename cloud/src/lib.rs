@@ -2,7 +2,8 @@
 //! fleets, devices, releases, variables, target state — under `/api/v1/`
 //! (for people and tools) and `/device/v1/` (for devices). Fleet state lives
 //! in one database, SQLite in the data directory by default or PostgreSQL
-//! shared by several processes; `cloud/API.md` lists the endpoints.
+//! shared by several processes; `GET /api/v1/openapi.json` describes every
+//! endpoint (see [`openapi`]).
 //!
 //! ```no_run
 //! # async fn demo() -> anyhow::Result<()> {
@@ -24,7 +25,7 @@ mod seen;
 
 pub use api::{
     ApiError, FleetCreated, MAX_COPY_AGE, MAX_JSON_BODY, MAX_LOG_BATCH, MAX_LOG_LINE, MAX_WAIT,
-    ONLINE_WINDOW, RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy,
+    ONLINE_WINDOW, RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy, openapi,
     router as fleet_router,
 };
 pub use changes::Changes;

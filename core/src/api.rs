@@ -18,12 +18,18 @@ pub const MAX_LOG_BATCH: usize = 1000;
 pub const MAX_LOG_LINE: usize = 4096;
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewToken {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,64}$")
+    )]
     pub name: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TokenCreated {
     pub id: String,
     pub name: String,
@@ -32,13 +38,28 @@ pub struct TokenCreated {
     pub created_at: i64,
 }
 
+/// An API token as listed: never the token itself.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TokenInfo {
+    pub id: String,
+    pub name: String,
+    pub created_at: i64,
+}
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewFleet {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")
+    )]
     pub name: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetView {
     pub name: String,
     pub created_at: i64,
@@ -48,6 +69,7 @@ pub struct FleetView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct FleetCreated {
     #[serde(flatten)]
     pub fleet: FleetView,
@@ -56,6 +78,7 @@ pub struct FleetCreated {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ProvisioningKeyCreated {
     pub fleet: String,
     /// Shown this once; the previous key no longer works.
@@ -63,16 +86,25 @@ pub struct ProvisioningKeyCreated {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Register {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9_-]{1,64}$"))]
     pub uuid: String,
     #[serde(default)]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,64}$")
+    )]
     pub name: Option<String>,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,64}$"))]
     pub arch: String,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,64}$"))]
     pub agent_version: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RegisteredDevice {
     pub uuid: String,
     pub fleet: String,
@@ -81,6 +113,7 @@ pub struct RegisteredDevice {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct DeviceView {
     pub uuid: String,
     pub name: String,
@@ -110,6 +143,7 @@ pub struct DeviceView {
 
 /// The outcome of a device's last update, as the user API shows it.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct UpdateView {
     pub state: UpdateState,
     /// The version of the release the outcome is about.
@@ -120,6 +154,7 @@ pub struct UpdateView {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceStatusView {
     pub state: String,
     /// Bytes of memory in use, when the device said.
@@ -135,6 +170,7 @@ pub struct ServiceStatusView {
 
 /// One point of a service's history: what the device said at `at`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ServiceSample {
     /// Seconds since the Unix epoch, by the cloud's clock.
     pub at: i64,
@@ -151,6 +187,7 @@ pub type ServiceSamples = BTreeMap<String, Vec<ServiceSample>>;
 /// was stored; the device restarts the service when it next hears from the
 /// cloud.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct RestartRequested {
     pub service: String,
     /// How many restarts of this service have been asked for, this one
@@ -161,13 +198,16 @@ pub struct RestartRequested {
 /// `PATCH /device/v1/state`: what changed on the device since it last
 /// said. Absent fields keep their value.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct CurrentState {
     /// Id of the release the device now runs.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9A-Fa-f-]{36}$"))]
     pub release: Option<String>,
     /// Services whose state changed; null for one it no longer runs.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::reports))]
     pub services: BTreeMap<String, Option<ServiceReport>>,
     /// How applying its target went, when that changed.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -176,6 +216,7 @@ pub struct CurrentState {
 
 /// Where a device stands with the release it was last given.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateState {
     /// Running it, within its health window.
@@ -217,22 +258,27 @@ impl std::str::FromStr for UpdateState {
 
 /// `update` in a device's report.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct UpdateReport {
     pub state: UpdateState,
     /// Id of the release the outcome is about (for a rollback, the release
     /// left, not the one gone back to).
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9A-Fa-f-]{36}$"))]
     pub release: String,
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub reason: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceReport {
     pub state: ServiceState,
     /// Bytes of memory in use.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(maximum = 9223372036854775807_u64))]
     pub memory: Option<u64>,
     /// Times the device started it again after it ended.
     #[serde(default)]
@@ -240,6 +286,7 @@ pub struct ServiceReport {
     /// Why its last run ended, when one has; at most
     /// [`MAX_EXIT_REASON`] bytes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(max_length = 1024))]
     pub last_exit: Option<String>,
 }
 
@@ -259,6 +306,7 @@ impl ServiceReport {
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum LogStream {
     #[default]
@@ -268,25 +316,31 @@ pub enum LogStream {
 
 /// `POST /device/v1/logs`.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LogBatch {
+    #[cfg_attr(feature = "openapi", schema(max_items = 1000))]
     pub lines: Vec<LogLine>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct LogLine {
     /// When the device wrote it, in milliseconds since the Unix epoch.
     pub time: i64,
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$"))]
     pub service: String,
     #[serde(default)]
     pub stream: LogStream,
+    #[cfg_attr(feature = "openapi", schema(max_length = 4096))]
     pub line: String,
 }
 
 /// A log line as the cloud keeps it: numbered, so that a reader following
 /// the log asks for the lines after the last one it saw.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct StoredLogLine {
     /// The line's number among its device's lines, in the order they
     /// arrived: a later line has a larger one.
@@ -301,15 +355,21 @@ pub struct StoredLogLine {
 /// `PATCH /api/v1/devices/{uuid}`: what to change about a device. Absent
 /// fields keep their value.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct DeviceUpdate {
     /// The name people see; the uuid stays.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{1,64}$")
+    )]
     pub name: Option<String>,
 }
 
 /// How a device replaces a running service with its new version.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(rename_all = "kebab-case")]
 pub enum UpdateStrategy {
     /// Fetch and load the new version, then stop the old one and start the
@@ -327,14 +387,24 @@ pub enum UpdateStrategy {
 
 /// One service of a release, as created and as stored.
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct ServiceSpec {
     /// `REGISTRY/REPO@sha256:…`: pinned, so a device runs exactly this file.
+    /// The repository is at most 255 characters.
+    #[cfg_attr(
+        feature = "openapi",
+        schema(
+            pattern = r"^(https?://)?[^/]+/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*(/[a-z0-9]+((\.|_|__|-+)[a-z0-9]+)*)*@sha256:[0-9a-f]{64}$"
+        )
+    )]
     pub image: String,
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::env))]
     pub env: BTreeMap<String, String>,
     #[serde(default)]
     pub restart: RestartPolicy,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::memory))]
     #[serde(default = "default_memory")]
     pub memory: ByteSize,
     #[serde(default)]
@@ -344,6 +414,7 @@ pub struct ServiceSpec {
     /// Key id (24 hex digits) of the publisher key expected to have signed
     /// the image.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[0-9a-f]{24}$"))]
     pub signer: Option<String>,
 }
 
@@ -352,44 +423,100 @@ fn default_memory() -> ByteSize {
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct NewRelease {
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,64}$"))]
     pub version: String,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::services))]
     pub services: BTreeMap<String, ServiceSpec>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseView {
     pub id: String,
     pub fleet: String,
     pub version: String,
     pub created_at: i64,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::services))]
     pub services: BTreeMap<String, ServiceSpec>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct Pin {
     /// A release version of the fleet, or null to track the latest.
+    #[cfg_attr(feature = "openapi", schema(pattern = r"^[A-Za-z0-9._+-]{1,64}$"))]
     pub release: Option<String>,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 #[serde(deny_unknown_fields)]
 pub struct EnvValue {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\u0000]*$", max_length = 16384)
+    )]
     pub value: String,
 }
 
 #[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct EnvView {
     pub name: String,
     pub value: String,
 }
 
+/// Every refusal's body: what was wrong, and the field at fault when one
+/// field of the request is.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct ErrorBody {
+    pub error: String,
+    /// The field (`name`, `services.web.image`), path parameter, query
+    /// parameter (`limit`) or `body` at fault.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub field: Option<String>,
+}
+
+/// `PUT …/hardware-map`: a hardware map in its TOML form, as a device's
+/// `hardware-map.toml` holds it.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct NewHardwareMap {
+    #[cfg_attr(feature = "openapi", schema(max_length = 262144))]
+    pub map: String,
+}
+
+/// A fleet's or a device's own hardware map; null when it has none.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct HardwareMapView {
+    pub map: Option<String>,
+}
+
+/// `PUT /api/v1/devices/{uuid}/tags/{tag}`.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
+pub struct TagValue {
+    #[cfg_attr(
+        feature = "openapi",
+        schema(pattern = r"^[^\u0000-\u001f\u007f-\u009f]{0,1024}$")
+    )]
+    pub value: String,
+}
+
 /// What a device should run.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetState {
     pub release: Option<ReleaseRef>,
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::target_services))]
     pub services: BTreeMap<String, TargetService>,
     /// The hardware map the cloud gives the device (its own, else its
     /// fleet's), as TOML; absent when it gives none and the device uses
@@ -405,12 +532,14 @@ pub struct TargetState {
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct ReleaseRef {
     pub id: String,
     pub version: String,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct TargetService {
     pub image: String,
     /// The release's env with fleet and device variables applied.

@@ -23,6 +23,8 @@ pub mod fsutil;
 pub mod hardware_map;
 mod manifest;
 pub mod network;
+#[cfg(feature = "openapi")]
+pub mod openapi;
 mod signature;
 mod size;
 mod status;

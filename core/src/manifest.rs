@@ -95,12 +95,15 @@ fn default_memory() -> ByteSize {
 /// gives them, and network destinations. Each table may be empty or absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct Grants {
     /// `[grants.gpio.<label>]`: GPIO pins.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::gpio_grants))]
     pub gpio: BTreeMap<String, GpioGrant>,
     /// `[grants.i2c.<label>]`: I2C buses.
     #[serde(default)]
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::i2c_grants))]
     pub i2c: BTreeMap<String, I2cGrant>,
     /// `[grants.network]`: hosts and ports, and whether it answers HTTP.
     #[serde(default, skip_serializing_if = "NetworkGrant::is_empty")]
@@ -170,8 +173,10 @@ pub fn valid_label(label: &str) -> bool {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct GpioGrant {
     /// At least one.
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::gpio_modes))]
     pub modes: BTreeSet<GpioMode>,
 }
 
@@ -179,6 +184,7 @@ pub struct GpioGrant {
 /// hardware map allows it.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum GpioMode {
     /// Read the pin's level.
     Input,
@@ -206,8 +212,10 @@ impl fmt::Display for GpioMode {
 /// ```
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct I2cGrant {
     /// At least one; 7-bit (up to 0x7f) or 10-bit (up to 0x3ff).
+    #[cfg_attr(feature = "openapi", schema(schema_with = crate::openapi::i2c_addresses))]
     pub addresses: BTreeSet<u16>,
 }
 

@@ -286,12 +286,16 @@ fn in_block(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
 /// What a manifest asks of the network.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub struct NetworkGrant {
-    /// TCP destinations, HTTP and HTTPS included.
+    /// TCP destinations, HTTP and HTTPS included: `host:port`,
+    /// `*.suffix:port`, `10.0.0.5:502`, `[::1]:80`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub connect: Vec<Destination>,
-    /// Destinations of UDP datagrams.
+    /// Destinations of UDP datagrams, written as `connect`'s are.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[cfg_attr(feature = "openapi", schema(value_type = Vec<String>))]
     pub udp: Vec<Destination>,
     /// The service answers HTTP requests (it exports
     /// `wasi:http/incoming-handler`); the device says where.

@@ -98,6 +98,43 @@ impl<'de> Deserialize<'de> for ByteSize {
     }
 }
 
+/// A number of bytes, or a string with a unit; answers always hold the
+/// number.
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for ByteSize {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, OneOfBuilder, Type};
+        OneOfBuilder::new()
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::Integer)
+                    .minimum(Some(0)),
+            )
+            .item(
+                ObjectBuilder::new()
+                    .schema_type(Type::String)
+                    .pattern(Some(BYTE_SIZE_PATTERN)),
+            )
+            .description(Some(
+                "An amount of memory: a number of bytes, or a string like `64MiB`, \
+                 `512 KiB` or `1GiB` (`K`, `M`, `G`, `KB`, `MB`, `GB` are powers of 1024 \
+                 too). Answers give the number.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for ByteSize {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "ByteSize".into()
+    }
+}
+
+/// What [`ByteSize::from_str`] reads, as a regular expression.
+#[cfg(feature = "openapi")]
+pub const BYTE_SIZE_PATTERN: &str = r"^\s*[0-9]+\s*([bB]|[kKmMgG]([iI]?[bB])?)?\s*$";
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -69,9 +69,33 @@ impl<'de> Deserialize<'de> for RestartPolicy {
     }
 }
 
+#[cfg(feature = "openapi")]
+impl utoipa::PartialSchema for RestartPolicy {
+    fn schema() -> utoipa::openapi::RefOr<utoipa::openapi::schema::Schema> {
+        use utoipa::openapi::schema::{ObjectBuilder, Type};
+        ObjectBuilder::new()
+            .schema_type(Type::String)
+            .pattern(Some("^(always|never|no|on-failure(:[0-9]{1,9})?)$"))
+            .description(Some(
+                "When a service that stopped by itself is started again: `always`, \
+                 `never` (or `no`), `on-failure` (at most 10 restarts in a row) or \
+                 `on-failure:N`.",
+            ))
+            .into()
+    }
+}
+
+#[cfg(feature = "openapi")]
+impl utoipa::ToSchema for RestartPolicy {
+    fn name() -> std::borrow::Cow<'static, str> {
+        "RestartPolicy".into()
+    }
+}
+
 /// Where a service is in its life.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+#[cfg_attr(feature = "openapi", derive(utoipa::ToSchema))]
 pub enum ServiceState {
     /// Loading (compiling on a cache miss) and instantiating.
     Starting,

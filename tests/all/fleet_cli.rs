@@ -173,7 +173,7 @@ fn create_fleet(user: &User, name: &str) -> String {
 }
 
 /// Registers device `uuid` with a provisioning key; its device key.
-fn register(cloud: &TestCloud, provisioning_key: &str, uuid: &str) -> String {
+pub(crate) fn register(cloud: &TestCloud, provisioning_key: &str, uuid: &str) -> String {
     let (status, answer) = api(
         cloud,
         provisioning_key,
@@ -199,7 +199,7 @@ fn api_release(cloud: &TestCloud, fleet: &str, version: &str) {
     assert_eq!(status, 201, "{answer}");
 }
 
-fn post_logs(cloud: &TestCloud, device_key: &str, lines: Value) {
+pub(crate) fn post_logs(cloud: &TestCloud, device_key: &str, lines: Value) {
     let (status, answer) = api(
         cloud,
         device_key,

@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod client;
 mod demo;
 mod engine;
 mod fleet;

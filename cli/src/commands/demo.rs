@@ -15,19 +15,13 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use kelp_core::api::{
-    DeviceView, FleetCreated, NewRelease, ProvisioningKeyCreated, ReleaseView, ServiceSpec,
-    StoredLogLine, UpdateStrategy,
-};
+use kelp_client::{Client as Cloud, LogQuery};
+use kelp_core::api::{DeviceView, NewRelease, ServiceSpec, StoredLogLine, UpdateStrategy};
 use kelp_core::{Manifest, SecretKey};
 use kelp_registry::{Client, ManifestRef, Reference, RepoName, Tag};
-use reqwest::Method;
-use serde_json::json;
 use sha2::Digest as _;
 use tokio::io::{AsyncBufReadExt as _, BufReader};
 use tokio::process::{Child, Command};
-
-use crate::cloud::{Cloud, decode};
 
 /// Where the sample services' sources are when `kelp` runs from its
 /// repository.
@@ -126,14 +120,7 @@ impl DemoArgs {
             let map = samples.join("hardware-sim.toml");
             let map = std::fs::read_to_string(&map)
                 .with_context(|| format!("cannot read `{}`", map.display()))?;
-            cloud
-                .call(
-                    Method::PUT,
-                    &["api", "v1", "fleets", FLEET, "hardware-map"],
-                    &[],
-                    Some(json!({ "map": map })),
-                )
-                .await?;
+            cloud.set_fleet_hardware_map(FLEET, &map).await?;
             let version = publish(&cloud, &url, &token, &key, &samples).await?;
             let config = device_config(&data, &url, &provisioning_key)?;
             anyhow::Ok((version, config))
@@ -187,8 +174,7 @@ impl DemoArgs {
 
         // The last few lines first, then each as it arrives.
         let mut after = 0;
-        if let Ok(mut lines) = recent_lines(&cloud, &device.uuid).await {
-            lines.reverse();
+        if let Ok(lines) = recent_lines(&cloud, &device.uuid).await {
             for l in lines {
                 after = l.id;
                 println!("{:<12} {}", l.service, l.line);
@@ -388,33 +374,18 @@ fn demo_key(data: &Path) -> anyhow::Result<SecretKey> {
 /// directory (the cloud shows a key only when it makes one).
 async fn fleet(cloud: &Cloud, data: &Path) -> anyhow::Result<String> {
     let kept = data.join("provisioning.key");
-    let exists = cloud.exists(&["api", "v1", "fleets", FLEET]).await?;
+    let exists = match cloud.fleet(FLEET).await {
+        Ok(_) => true,
+        Err(e) if e.is_not_found() => false,
+        Err(e) => return Err(e.into()),
+    };
     if exists && let Ok(key) = read_trimmed(&kept) {
         return Ok(key);
     }
     let key = if exists {
-        let made: ProvisioningKeyCreated = decode(
-            &cloud
-                .call(
-                    Method::POST,
-                    &["api", "v1", "fleets", FLEET, "provisioning-key"],
-                    &[],
-                    None,
-                )
-                .await?,
-        )?;
-        made.provisioning_key
+        cloud.rotate_provisioning_key(FLEET).await?.provisioning_key
     } else {
-        let made: FleetCreated = decode(
-            &cloud
-                .call(
-                    Method::POST,
-                    &["api", "v1", "fleets"],
-                    &[],
-                    Some(json!({ "name": FLEET })),
-                )
-                .await?,
-        )?;
+        let made = cloud.create_fleet(FLEET).await?;
         eprintln!("fleet: made `{FLEET}`");
         made.provisioning_key
     };
@@ -462,26 +433,16 @@ async fn publish(
         hash.update(spec.image.as_bytes());
     }
     let version = format!("demo-{}", &hex::encode(hash.finalize())[..8]);
-    if cloud
-        .exists(&["api", "v1", "fleets", FLEET, "releases", &version])
-        .await?
-    {
-        return Ok(version);
+    match cloud.release(FLEET, &version).await {
+        Ok(_) => return Ok(version),
+        Err(e) if e.is_not_found() => {}
+        Err(e) => return Err(e.into()),
     }
     let release = NewRelease {
         version: version.clone(),
         services,
     };
-    let made: ReleaseView = decode(
-        &cloud
-            .call(
-                Method::POST,
-                &["api", "v1", "fleets", FLEET, "releases"],
-                &[],
-                Some(serde_json::to_value(&release).context("cannot encode the release")?),
-            )
-            .await?,
-    )?;
+    let made = cloud.create_release(FLEET, &release).await?;
     eprintln!("release: made {} of fleet `{FLEET}`", made.version);
     Ok(version)
 }
@@ -539,10 +500,9 @@ async fn wait_for_device(cloud: &Cloud, data: &Path, version: &str) -> anyhow::R
         let Ok(uuid) = read_trimmed(&uuid_file) else {
             continue;
         };
-        let Ok(bytes) = cloud.get(&["api", "v1", "devices", &uuid], &[]).await else {
+        let Ok(device) = cloud.device(&uuid).await else {
             continue;
         };
-        let device: DeviceView = decode(&bytes)?;
         let running = SERVICES.iter().all(|(name, _)| {
             device
                 .services
@@ -565,29 +525,23 @@ async fn wait_for_device(cloud: &Cloud, data: &Path, version: &str) -> anyhow::R
 }
 
 /// How many of the device's latest lines the log view starts with.
-const RECENT_LINES: &str = "10";
+const RECENT_LINES: u32 = 10;
 
-/// The device's latest lines, newest first.
+/// The device's latest lines, oldest first.
 async fn recent_lines(cloud: &Cloud, uuid: &str) -> anyhow::Result<Vec<StoredLogLine>> {
-    decode(
-        &cloud
-            .get(
-                &["api", "v1", "devices", uuid, "logs"],
-                &[("limit", RECENT_LINES)],
-            )
-            .await?,
-    )
+    let q = LogQuery {
+        limit: Some(RECENT_LINES),
+        ..LogQuery::default()
+    };
+    Ok(cloud.logs(uuid, &q).await?)
 }
 
 /// The device's log lines after `after`.
 async fn new_lines(cloud: &Cloud, uuid: &str, after: i64) -> anyhow::Result<Vec<StoredLogLine>> {
-    let after = after.to_string();
-    decode(
-        &cloud
-            .get(
-                &["api", "v1", "devices", uuid, "logs"],
-                &[("after", &after), ("limit", "200")],
-            )
-            .await?,
-    )
+    let q = LogQuery {
+        after: Some(after),
+        limit: Some(200),
+        ..LogQuery::default()
+    };
+    Ok(cloud.logs(uuid, &q).await?)
 }

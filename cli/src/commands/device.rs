@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use kelp_client::{Client, DeviceQuery};
 use kelp_core::api::DeviceView;
-use reqwest::Method;
-use serde_json::json;
 
-use crate::cloud::{Cloud, decode};
+use crate::cloud::{self, ForUser as _};
 use crate::output::{self, OutputArg, or_dash};
 
 /// Most devices the cloud answers with in one page (its own limit).
@@ -90,7 +89,7 @@ struct UntagArgs {
 
 impl DeviceArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let cloud = Cloud::from_session()?;
+        let cloud = cloud::from_session()?;
         match self.command {
             DeviceCommand::List(args) => args.run(&cloud).await?,
             DeviceCommand::Show(args) => args.run(&cloud).await?,
@@ -104,32 +103,25 @@ impl DeviceArgs {
 }
 
 impl ListArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         // Page after page, each after the last uuid of the one before,
-        // until an empty one. The pages' JSON is kept as it came, to print
-        // as one array.
-        let limit = self.page_size.to_string();
+        // until an empty one.
         let mut devices: Vec<DeviceView> = Vec::new();
-        let mut pages: Vec<Vec<u8>> = Vec::new();
         loop {
-            let mut query = vec![("limit", limit.as_str())];
-            if let Some(fleet) = &self.fleet {
-                query.push(("fleet", fleet));
-            }
             let after = devices.last().map(|d| d.uuid.clone());
-            if let Some(after) = &after {
-                query.push(("after", after));
-            }
-            let page = cloud.get(&["api", "v1", "devices"], &query).await?;
-            let views: Vec<DeviceView> = decode(&page)?;
-            if views.is_empty() {
+            let query = DeviceQuery {
+                fleet: self.fleet.as_deref(),
+                after: after.as_deref(),
+                limit: Some(self.page_size),
+            };
+            let page = cloud.devices(&query).await.for_user()?;
+            if page.is_empty() {
                 break;
             }
-            devices.extend(views);
-            pages.push(page);
+            devices.extend(page);
         }
         if self.output.json() {
-            return output::print_json(&join_arrays(&pages));
+            return output::print_value(&devices);
         }
         let rows: Vec<_> = devices
             .iter()
@@ -161,44 +153,17 @@ impl ListArgs {
     }
 }
 
-/// JSON arrays as they came, joined into one: `[a,b]` and `[c]` make
-/// `[a,b,c]`.
-fn join_arrays(pages: &[Vec<u8>]) -> Vec<u8> {
-    let mut out = b"[".to_vec();
-    let mut first = true;
-    for page in pages {
-        let text = page.trim_ascii();
-        let inner = text
-            .strip_prefix(b"[")
-            .and_then(|t| t.strip_suffix(b"]"))
-            .unwrap_or(text)
-            .trim_ascii();
-        if inner.is_empty() {
-            continue;
-        }
-        if !first {
-            out.push(b',');
-        }
-        out.extend_from_slice(inner);
-        first = false;
-    }
-    out.push(b']');
-    out
-}
-
 fn online(d: &DeviceView) -> &'static str {
     if d.online { "online" } else { "offline" }
 }
 
 impl ShowArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let device = cloud
-            .get(&["api", "v1", "devices", &self.uuid], &[])
-            .await?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let device = cloud.device(&self.uuid).await.for_user()?;
         if self.output.json() {
-            return output::print_json(&device);
+            return output::print_value(&device);
         }
-        show(decode(&device)?);
+        show(device);
         Ok(())
     }
 }
@@ -268,17 +233,12 @@ fn show(d: DeviceView) {
 }
 
 impl PinArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         let release = if self.fleet { None } else { self.version };
-        let device = cloud
-            .call(
-                Method::PUT,
-                &["api", "v1", "devices", &self.uuid, "pin"],
-                &[],
-                Some(json!({ "release": release })),
-            )
-            .await?;
-        let d: DeviceView = decode(&device)?;
+        let d = cloud
+            .pin_device(&self.uuid, release.as_deref())
+            .await
+            .for_user()?;
         match &d.pinned_release {
             Some(v) => println!("device {} pinned to release {v}", d.uuid),
             None => println!(
@@ -293,23 +253,18 @@ impl PinArgs {
 }
 
 impl RenameArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let device = cloud
-            .call(
-                Method::PATCH,
-                &["api", "v1", "devices", &self.uuid],
-                &[],
-                Some(json!({ "name": self.name })),
-            )
-            .await?;
-        let d: DeviceView = decode(&device)?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let d = cloud
+            .rename_device(&self.uuid, &self.name)
+            .await
+            .for_user()?;
         println!("device {} is now named {}", d.uuid, d.name);
         Ok(())
     }
 }
 
 impl TagArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         // Every argument is checked before any is sent.
         let mut pairs = Vec::new();
         for tag in &self.tags {
@@ -319,14 +274,7 @@ impl TagArgs {
             pairs.push((key, value));
         }
         for (key, value) in pairs {
-            cloud
-                .call(
-                    Method::PUT,
-                    &["api", "v1", "devices", &self.uuid, "tags", key],
-                    &[],
-                    Some(json!({ "value": value })),
-                )
-                .await?;
+            cloud.set_tag(&self.uuid, key, value).await.for_user()?;
             println!("{}: {key}={value}", self.uuid);
         }
         Ok(())
@@ -334,37 +282,11 @@ impl TagArgs {
 }
 
 impl UntagArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         for key in &self.keys {
-            cloud
-                .call(
-                    Method::DELETE,
-                    &["api", "v1", "devices", &self.uuid, "tags", key],
-                    &[],
-                    None,
-                )
-                .await?;
+            cloud.delete_tag(&self.uuid, key).await.for_user()?;
             println!("{}: {key} removed", self.uuid);
         }
         Ok(())
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn pages_join_into_one_array_as_they_came() {
-        let pages = [
-            br#"[{"uuid":"a"},{"uuid":"b"}]"#.to_vec(),
-            b" [ ] ".to_vec(),
-            br#"[{"uuid":"c"}]"#.to_vec(),
-        ];
-        assert_eq!(
-            join_arrays(&pages),
-            br#"[{"uuid":"a"},{"uuid":"b"},{"uuid":"c"}]"#
-        );
-        assert_eq!(join_arrays(&[]), b"[]");
     }
 }

@@ -4,11 +4,9 @@ use std::process::ExitCode;
 
 use anyhow::bail;
 use clap::{Args, Subcommand};
-use kelp_core::api::EnvView;
-use reqwest::Method;
-use serde_json::json;
+use kelp_client::Client;
 
-use crate::cloud::{Cloud, decode};
+use crate::cloud::{self, ForUser as _};
 use crate::output::{self, OutputArg};
 
 /// Set, unset and list environment variables.
@@ -78,24 +76,6 @@ struct ListArgs {
 }
 
 impl Scope {
-    /// The path of the scope's variables, and its query.
-    fn path(&self) -> (Vec<&str>, Vec<(&str, &str)>) {
-        let mut path = vec!["api", "v1"];
-        match (&self.owner.fleet, &self.owner.device) {
-            (Some(fleet), _) => path.extend(["fleets", fleet.as_str()]),
-            (None, Some(device)) => path.extend(["devices", device.as_str()]),
-            // clap requires one of them.
-            (None, None) => path.extend(["fleets", ""]),
-        }
-        path.push("env");
-        let query = self
-            .service
-            .as_deref()
-            .map(|s| vec![("service", s)])
-            .unwrap_or_default();
-        (path, query)
-    }
-
     /// `fleet garden`, `device pump-1, service web`.
     fn describe(&self) -> String {
         let owner = match (&self.owner.fleet, &self.owner.device) {
@@ -112,7 +92,7 @@ impl Scope {
 
 impl EnvArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let cloud = Cloud::from_session()?;
+        let cloud = cloud::from_session()?;
         match self.command {
             EnvCommand::Set(args) => args.run(&cloud).await?,
             EnvCommand::Unset(args) => args.run(&cloud).await?,
@@ -123,7 +103,7 @@ impl EnvArgs {
 }
 
 impl SetArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         // Every pair is checked before the first is set.
         let mut pairs = Vec::with_capacity(self.vars.len());
         for var in &self.vars {
@@ -132,13 +112,15 @@ impl SetArgs {
             };
             pairs.push((key, value));
         }
-        let (mut path, query) = self.scope.path();
+        let service = self.scope.service.as_deref();
         for (key, value) in pairs {
-            path.push(key);
-            cloud
-                .call(Method::PUT, &path, &query, Some(json!({ "value": value })))
-                .await?;
-            path.pop();
+            match (&self.scope.owner.fleet, &self.scope.owner.device) {
+                (Some(fleet), _) => cloud.set_fleet_env(fleet, key, value, service).await,
+                (None, Some(device)) => cloud.set_device_env(device, key, value, service).await,
+                // clap requires one of them.
+                (None, None) => cloud.set_fleet_env("", key, value, service).await,
+            }
+            .for_user()?;
             println!("set {key} for {}", self.scope.describe());
         }
         Ok(())
@@ -146,12 +128,15 @@ impl SetArgs {
 }
 
 impl UnsetArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let (mut path, query) = self.scope.path();
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let service = self.scope.service.as_deref();
         for key in &self.keys {
-            path.push(key);
-            cloud.call(Method::DELETE, &path, &query, None).await?;
-            path.pop();
+            match (&self.scope.owner.fleet, &self.scope.owner.device) {
+                (Some(fleet), _) => cloud.delete_fleet_env(fleet, key, service).await,
+                (None, Some(device)) => cloud.delete_device_env(device, key, service).await,
+                (None, None) => cloud.delete_fleet_env("", key, service).await,
+            }
+            .for_user()?;
             println!("unset {key} for {}", self.scope.describe());
         }
         Ok(())
@@ -159,13 +144,17 @@ impl UnsetArgs {
 }
 
 impl ListArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let (path, query) = self.scope.path();
-        let vars = cloud.get(&path, &query).await?;
-        if self.output.json() {
-            return output::print_json(&vars);
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let service = self.scope.service.as_deref();
+        let vars = match (&self.scope.owner.fleet, &self.scope.owner.device) {
+            (Some(fleet), _) => cloud.fleet_env(fleet, service).await,
+            (None, Some(device)) => cloud.device_env(device, service).await,
+            (None, None) => cloud.fleet_env("", service).await,
         }
-        let vars: Vec<EnvView> = decode(&vars)?;
+        .for_user()?;
+        if self.output.json() {
+            return output::print_value(&vars);
+        }
         let rows: Vec<_> = vars
             .into_iter()
             .map(|v| vec![v.name, v.value.replace('\n', "\\n")])

@@ -3,11 +3,10 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use kelp_core::api::{FleetCreated, FleetView};
-use reqwest::Method;
-use serde_json::json;
+use kelp_client::Client;
+use kelp_core::api::FleetView;
 
-use crate::cloud::{Cloud, decode};
+use crate::cloud::{self, ForUser as _};
 use crate::output::{self, OutputArg, or_dash};
 
 /// Manage fleets: groups of devices that run the same release.
@@ -61,7 +60,7 @@ struct PinArgs {
 
 impl FleetArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let cloud = Cloud::from_session()?;
+        let cloud = cloud::from_session()?;
         match self.command {
             FleetCommand::Create(args) => args.run(&cloud).await?,
             FleetCommand::List(args) => args.run(&cloud).await?,
@@ -73,16 +72,8 @@ impl FleetArgs {
 }
 
 impl CreateArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let created = cloud
-            .call(
-                Method::POST,
-                &["api", "v1", "fleets"],
-                &[],
-                Some(json!({ "name": self.name })),
-            )
-            .await?;
-        let created: FleetCreated = decode(&created)?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let created = cloud.create_fleet(&self.name).await.for_user()?;
         println!("created fleet {}", created.fleet.name);
         println!("provisioning key: {}", created.provisioning_key);
         println!(
@@ -107,12 +98,11 @@ fn row(f: &FleetView) -> Vec<String> {
 const HEADERS: [&str; 4] = ["NAME", "LATEST", "PINNED", "CREATED"];
 
 impl ListArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let fleets = cloud.get(&["api", "v1", "fleets"], &[]).await?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let fleets = cloud.fleets().await.for_user()?;
         if self.output.json() {
-            return output::print_json(&fleets);
+            return output::print_value(&fleets);
         }
-        let fleets: Vec<FleetView> = decode(&fleets)?;
         let rows: Vec<_> = fleets.iter().map(row).collect();
         output::table(&HEADERS, &rows);
         Ok(())
@@ -120,12 +110,11 @@ impl ListArgs {
 }
 
 impl ShowArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let fleet = cloud.get(&["api", "v1", "fleets", &self.name], &[]).await?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let f = cloud.fleet(&self.name).await.for_user()?;
         if self.output.json() {
-            return output::print_json(&fleet);
+            return output::print_value(&f);
         }
-        let f: FleetView = decode(&fleet)?;
         output::fields(&[
             ("name", f.name),
             ("latest release", or_dash(f.latest_release.as_deref())),
@@ -141,17 +130,12 @@ impl ShowArgs {
 }
 
 impl PinArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         let release = if self.latest { None } else { self.version };
-        let fleet = cloud
-            .call(
-                Method::PUT,
-                &["api", "v1", "fleets", &self.name, "pin"],
-                &[],
-                Some(json!({ "release": release })),
-            )
-            .await?;
-        let f: FleetView = decode(&fleet)?;
+        let f = cloud
+            .pin_fleet(&self.name, release.as_deref())
+            .await
+            .for_user()?;
         match &f.pinned_release {
             Some(v) => println!("fleet {} pinned to release {v}", f.name),
             None => println!(

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::Args;
 
-use crate::cloud::{self, Cloud, Login};
+use kelp_client::Client;
+
+use crate::cloud::{self, ForUser as _, Login};
 
 /// Log in to a Kelp cloud, for the fleet commands.
 ///
@@ -24,9 +26,10 @@ pub struct LoginArgs {
 
 impl LoginArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let cloud = Cloud::new(&self.url, self.token)?;
+        cloud::parse_url(&self.url)?;
+        let cloud = Client::new(&self.url, self.token)?;
         // Any request that needs a token will do; this one changes nothing.
-        cloud.get(&["api", "v1", "fleets"], &[]).await?;
+        cloud.fleets().await.for_user()?;
         let login = Login {
             url: cloud.base().as_str().trim_end_matches('/').to_owned(),
             token: cloud.token().to_owned(),

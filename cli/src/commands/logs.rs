@@ -8,11 +8,13 @@ use anyhow::bail;
 use clap::Args;
 use kelp_core::api::{LogStream, StoredLogLine};
 
-use crate::cloud::{Cloud, decode};
+use kelp_client::LogQuery;
+
+use crate::cloud::ForUser as _;
 use crate::output::{self, OutputArg};
 
 /// Most lines the cloud answers with at once (its own limit).
-const MAX_LINES: u32 = 1000;
+const MAX_LINES: u32 = kelp_client::MAX_LOG_READ;
 
 /// How often `--follow` asks for new lines: often enough to feel live,
 /// seldom enough that a terminal left open costs the cloud little.
@@ -49,55 +51,49 @@ impl LogsArgs {
         if self.lines > MAX_LINES {
             bail!("--lines is at most {MAX_LINES}, the most the cloud sends at once");
         }
-        let cloud = Cloud::from_session()?;
-        let path = ["api", "v1", "devices", self.device.as_str(), "logs"];
-        let mut base: Vec<(&str, &str)> = Vec::new();
-        if let Some(s) = &self.service {
-            base.push(("service", s));
-        }
+        let cloud = crate::cloud::from_session()?;
+        let service = self.service.as_deref();
         let mut last = 0;
         if self.lines > 0 {
-            let limit = self.lines.to_string();
-            let mut query = base.clone();
-            query.push(("limit", &limit));
-            let page = cloud.get(&path, &query).await?;
-            last = self.print(&page)?.1.unwrap_or(0);
+            let q = LogQuery {
+                service,
+                after: None,
+                limit: Some(self.lines),
+            };
+            let lines = cloud.logs(&self.device, &q).await.for_user()?;
+            if self.output.json() && !self.follow {
+                output::print_value(&lines)?;
+                return Ok(ExitCode::SUCCESS);
+            }
+            last = self.print(&lines)?.unwrap_or(0);
         } else if self.follow {
             // Nothing to print first: only where the log ends now.
-            let page = cloud.get(&path, &[("limit", "1")]).await?;
-            let newest: Vec<StoredLogLine> = decode(&page)?;
+            let q = LogQuery {
+                service,
+                after: None,
+                limit: Some(1),
+            };
+            let newest = cloud.logs(&self.device, &q).await.for_user()?;
             last = newest.last().map_or(0, |l| l.id);
         }
         if !self.follow {
             return Ok(ExitCode::SUCCESS);
         }
-        let limit = MAX_LINES.to_string();
+        // Asks again at once while lines are waiting, every
+        // FOLLOW_INTERVAL while none are.
+        let mut follower = cloud
+            .follow_logs(&self.device, service, last)
+            .interval(FOLLOW_INTERVAL);
         loop {
-            let after = last.to_string();
-            let mut query = base.clone();
-            query.extend([("after", after.as_str()), ("limit", &limit)]);
-            let page = cloud.get(&path, &query).await?;
-            let (printed, last_id) = self.print(&page)?;
-            if let Some(id) = last_id {
-                last = id;
-            }
-            let full = printed >= MAX_LINES as usize;
-            // A full page means more are waiting: ask again at once.
-            if !full {
-                tokio::time::sleep(FOLLOW_INTERVAL).await;
-            }
+            let lines = follower.next().await.for_user()?;
+            self.print(&lines)?;
         }
     }
 
-    /// Prints a page of lines; how many, and the id of the last.
-    fn print(&self, page: &[u8]) -> anyhow::Result<(usize, Option<i64>)> {
-        let lines: Vec<StoredLogLine> = decode(page)?;
-        let last = lines.last().map(|l| l.id);
-        if self.output.json() && !self.follow {
-            output::print_json(page)?;
-            return Ok((lines.len(), last));
-        }
-        for l in &lines {
+    /// Prints `lines` (one JSON object a line with `--output json`); the
+    /// id of the last.
+    fn print(&self, lines: &[StoredLogLine]) -> anyhow::Result<Option<i64>> {
+        for l in lines {
             if self.output.json() {
                 // One object a line, so a follower can go on printing.
                 println!("{}", serde_json::to_string(l)?);
@@ -110,6 +106,6 @@ impl LogsArgs {
             };
             println!("{} {}{mark} {}", output::time_ms(l.time), l.service, l.line);
         }
-        Ok((lines.len(), last))
+        Ok(lines.last().map(|l| l.id))
     }
 }

@@ -6,12 +6,12 @@ use std::process::ExitCode;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
+use kelp_client::Client as Cloud;
 use kelp_core::api::{NewRelease, ReleaseView, ServiceSpec, UpdateStrategy};
 use kelp_core::{Digest, Manifest};
 use kelp_registry::{Client, ManifestRef, Reference};
-use reqwest::Method;
 
-use crate::cloud::{Cloud, decode};
+use crate::cloud::ForUser as _;
 
 /// Build (given a crate), sign and push a service to a registry as a Wasm
 /// OCI artifact.
@@ -61,7 +61,7 @@ impl PushArgs {
         // What a release needs from the cloud is checked before anything is
         // built or pushed: a login, the fleet, and a version it lacks.
         let cloud = match &self.fleet {
-            Some(_) => Some(Cloud::from_session()?),
+            Some(_) => Some(crate::cloud::from_session()?),
             None => None,
         };
         let release_version = match &self.version {
@@ -69,11 +69,13 @@ impl PushArgs {
             None => tag.to_string(),
         };
         if let (Some(cloud), Some(fleet)) = (&cloud, &self.fleet) {
-            cloud
-                .call(Method::GET, &["api", "v1", "fleets", fleet], &[], None)
-                .await?;
-            let path = ["api", "v1", "fleets", fleet, "releases", &release_version];
-            if cloud.exists(&path).await? {
+            cloud.fleet(fleet).await.for_user()?;
+            let exists = match cloud.release(fleet, &release_version).await {
+                Ok(_) => true,
+                Err(e) if e.is_not_found() => false,
+                Err(e) => return Err(e).for_user(),
+            };
+            if exists {
                 bail!(
                     "fleet `{fleet}` already has a release `{release_version}`; \
                      name another with --version"
@@ -175,7 +177,7 @@ async fn embedded_manifest(path: &std::path::Path) -> anyhow::Result<Manifest> {
 fn login_token_for(registry: &str) -> Option<String> {
     let login = crate::cloud::session().ok()?;
     let cloud = crate::cloud::parse_url(&login.url).ok()?;
-    let registry = reqwest::Url::parse(registry).ok()?;
+    let registry = kelp_client::Url::parse(registry).ok()?;
     (registry.origin() == cloud.origin()).then_some(login.token)
 }
 
@@ -203,17 +205,11 @@ async fn create_release(
         version: version.to_owned(),
         services: [(m.name.clone(), spec)].into(),
     };
-    let body = serde_json::to_value(&release).context("cannot encode the release")?;
-    let created = cloud
-        .call(
-            Method::POST,
-            &["api", "v1", "fleets", fleet, "releases"],
-            &[],
-            Some(body),
-        )
+    cloud
+        .create_release(fleet, &release)
         .await
-        .with_context(|| format!("pushed {digest}, but cannot create release {version}"))?;
-    decode(&created)
+        .for_user()
+        .with_context(|| format!("pushed {digest}, but cannot create release {version}"))
 }
 
 fn warn_unsigned() {

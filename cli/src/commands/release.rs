@@ -3,10 +3,11 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
+use kelp_client::Client;
 use kelp_core::Grants;
-use kelp_core::api::{ReleaseView, UpdateStrategy};
+use kelp_core::api::UpdateStrategy;
 
-use crate::cloud::{Cloud, decode};
+use crate::cloud::{self, ForUser as _};
 use crate::output::{self, OutputArg};
 
 /// List and show releases (`kelp push --fleet` creates them).
@@ -41,7 +42,7 @@ struct ShowArgs {
 
 impl ReleaseArgs {
     pub async fn run(self) -> anyhow::Result<ExitCode> {
-        let cloud = Cloud::from_session()?;
+        let cloud = cloud::from_session()?;
         match self.command {
             ReleaseCommand::List(args) => args.run(&cloud).await?,
             ReleaseCommand::Show(args) => args.run(&cloud).await?,
@@ -51,14 +52,11 @@ impl ReleaseArgs {
 }
 
 impl ListArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let releases = cloud
-            .get(&["api", "v1", "fleets", &self.fleet, "releases"], &[])
-            .await?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let releases = cloud.releases(&self.fleet).await.for_user()?;
         if self.output.json() {
-            return output::print_json(&releases);
+            return output::print_value(&releases);
         }
-        let releases: Vec<ReleaseView> = decode(&releases)?;
         let rows: Vec<_> = releases
             .iter()
             .map(|r| {
@@ -77,24 +75,11 @@ impl ListArgs {
 }
 
 impl ShowArgs {
-    async fn run(self, cloud: &Cloud) -> anyhow::Result<()> {
-        let release = cloud
-            .get(
-                &[
-                    "api",
-                    "v1",
-                    "fleets",
-                    &self.fleet,
-                    "releases",
-                    &self.version,
-                ],
-                &[],
-            )
-            .await?;
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let r = cloud.release(&self.fleet, &self.version).await.for_user()?;
         if self.output.json() {
-            return output::print_json(&release);
+            return output::print_value(&r);
         }
-        let r: ReleaseView = decode(&release)?;
         output::fields(&[
             ("version", r.version),
             ("fleet", r.fleet),

@@ -4,7 +4,7 @@
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use serde::Serialize;
+use kelp_core::api::ErrorBody;
 
 use crate::db::DbError;
 
@@ -20,13 +20,6 @@ pub enum ApiError {
     },
     #[error("{0}")]
     Internal(String),
-}
-
-#[derive(Serialize)]
-struct Body<'a> {
-    error: &'a str,
-    #[serde(skip_serializing_if = "Option::is_none")]
-    field: Option<&'a str>,
 }
 
 impl ApiError {
@@ -93,9 +86,9 @@ impl IntoResponse for ApiError {
                 )
             }
         };
-        let body = Body {
-            error: &message,
-            field: field.as_deref(),
+        let body = ErrorBody {
+            error: message,
+            field,
         };
         let mut response = (status, axum::Json(body)).into_response();
         if status == StatusCode::UNAUTHORIZED {

@@ -36,9 +36,28 @@ impl<T: DeserializeOwned, S: Send + Sync> FromRequest<S> for JsonBody<T> {
 }
 
 /// Parses `bytes` as a `T`, naming the field at fault if it is not one.
+///
+/// A whole number written with a fraction (`316.0`) is read as the integer
+/// it is: JSON Schema, and so the OpenAPI document, counts it as one, and
+/// some JSON writers spell every number that way. The body must be an
+/// object.
 pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
-    let mut de = serde_json::Deserializer::from_slice(bytes);
-    let value = serde_path_to_error::deserialize(&mut de).map_err(|e| {
+    let mut value: serde_json::Value = {
+        let mut de = serde_json::Deserializer::from_slice(bytes);
+        let value = serde::Deserialize::deserialize(&mut de)
+            .map_err(|e| ApiError::field("body", format!("not JSON: {e}")))?;
+        de.end().map_err(|e| {
+            ApiError::field("body", format!("trailing data after the JSON value: {e}"))
+        })?;
+        value
+    };
+    // Every body is a JSON object; serde would also read a struct from an
+    // array of its fields in order, which no client means to send.
+    if !value.is_object() {
+        return Err(ApiError::field("body", "the body is not a JSON object"));
+    }
+    whole_numbers_as_integers(&mut value);
+    let value = serde_path_to_error::deserialize(Strict(value)).map_err(|e| {
         let path = e.path().to_string();
         let message = e.inner().to_string();
         let field = if path == "." {
@@ -54,9 +73,152 @@ pub fn parse_json<T: DeserializeOwned>(bytes: &[u8]) -> Result<T, ApiError> {
         };
         ApiError::field(field, message)
     })?;
-    de.end()
-        .map_err(|e| ApiError::field("body", format!("trailing data after the JSON value: {e}")))?;
     Ok(value)
+}
+
+/// A JSON value that gives a struct only from an object. serde's derived
+/// structs also take an array of their fields in order, so without this
+/// `{"web": ["registry/repo@sha256:…"]}` would be a release's service.
+struct Strict(serde_json::Value);
+
+impl<'de> serde::Deserializer<'de> for Strict {
+    type Error = serde_json::Error;
+
+    fn deserialize_any<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            serde_json::Value::Array(items) => v.visit_seq(StrictSeq(items.into_iter())),
+            serde_json::Value::Object(fields) => v.visit_map(StrictMap {
+                fields: fields.into_iter(),
+                value: None,
+            }),
+            other => other.deserialize_any(v),
+        }
+    }
+
+    fn deserialize_option<V: serde::de::Visitor<'de>>(self, v: V) -> Result<V::Value, Self::Error> {
+        match self.0 {
+            serde_json::Value::Null => v.visit_none(),
+            other => v.visit_some(Strict(other)),
+        }
+    }
+
+    fn deserialize_newtype_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        v.visit_newtype_struct(self)
+    }
+
+    fn deserialize_struct<V: serde::de::Visitor<'de>>(
+        self,
+        _name: &'static str,
+        _fields: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        use serde::de::{Error as _, Unexpected};
+        let unexpected = match &self.0 {
+            serde_json::Value::Object(_) => return self.deserialize_any(v),
+            serde_json::Value::Array(_) => Unexpected::Seq,
+            serde_json::Value::String(s) => Unexpected::Str(s),
+            serde_json::Value::Bool(b) => Unexpected::Bool(*b),
+            serde_json::Value::Null => Unexpected::Unit,
+            serde_json::Value::Number(_) => Unexpected::Other("number"),
+        };
+        Err(serde_json::Error::invalid_type(unexpected, &"an object"))
+    }
+
+    fn deserialize_enum<V: serde::de::Visitor<'de>>(
+        self,
+        name: &'static str,
+        variants: &'static [&'static str],
+        v: V,
+    ) -> Result<V::Value, Self::Error> {
+        self.0.deserialize_enum(name, variants, v)
+    }
+
+    serde::forward_to_deserialize_any! {
+        bool i8 i16 i32 i64 i128 u8 u16 u32 u64 u128 f32 f64 char str string
+        bytes byte_buf unit unit_struct seq tuple tuple_struct map identifier
+        ignored_any
+    }
+}
+
+struct StrictSeq(std::vec::IntoIter<serde_json::Value>);
+
+impl<'de> serde::de::SeqAccess<'de> for StrictSeq {
+    type Error = serde_json::Error;
+
+    fn next_element_seed<T: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: T,
+    ) -> Result<Option<T::Value>, Self::Error> {
+        self.0
+            .next()
+            .map(|v| seed.deserialize(Strict(v)))
+            .transpose()
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.0.len())
+    }
+}
+
+struct StrictMap {
+    fields: serde_json::map::IntoIter,
+    value: Option<serde_json::Value>,
+}
+
+impl<'de> serde::de::MapAccess<'de> for StrictMap {
+    type Error = serde_json::Error;
+
+    fn next_key_seed<K: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: K,
+    ) -> Result<Option<K::Value>, Self::Error> {
+        let Some((key, value)) = self.fields.next() else {
+            return Ok(None);
+        };
+        self.value = Some(value);
+        let key = serde::de::value::StringDeserializer::<serde_json::Error>::new(key);
+        seed.deserialize(key).map(Some)
+    }
+
+    fn next_value_seed<V: serde::de::DeserializeSeed<'de>>(
+        &mut self,
+        seed: V,
+    ) -> Result<V::Value, Self::Error> {
+        let value = self.value.take().unwrap_or(serde_json::Value::Null);
+        seed.deserialize(Strict(value))
+    }
+
+    fn size_hint(&self) -> Option<usize> {
+        Some(self.fields.len())
+    }
+}
+
+/// Largest magnitude up to which every whole number has an exact `f64`:
+/// past it, a float may not be the number its writer wrote.
+const EXACT_FLOAT: f64 = 9_007_199_254_740_992.0; // 2^53
+
+/// Rewrites every number in `value` that is a whole float of at most
+/// [`EXACT_FLOAT`] in magnitude as that integer.
+fn whole_numbers_as_integers(value: &mut serde_json::Value) {
+    use serde_json::{Number, Value};
+    match value {
+        Value::Number(n) if !n.is_i64() && !n.is_u64() => {
+            if let Some(f) = n
+                .as_f64()
+                .filter(|f| f.fract() == 0.0 && f.abs() <= EXACT_FLOAT)
+            {
+                // Exact: the value is whole and well inside i64.
+                *n = Number::from(f as i64);
+            }
+        }
+        Value::Array(items) => items.iter_mut().for_each(whole_numbers_as_integers),
+        Value::Object(fields) => fields.values_mut().for_each(whole_numbers_as_integers),
+        _ => {}
+    }
 }
 
 fn bearer(parts: &Parts) -> Result<&str, ApiError> {
@@ -131,6 +293,53 @@ impl FromRequestParts<ControlPlane> for ProvisioningKey {
             None => Err(ApiError::unauthorized(
                 "the provisioning key is not valid or was rotated",
             )),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Body {
+        n: i64,
+        list: Vec<u16>,
+        #[serde(default)]
+        inner: Option<Inner>,
+    }
+
+    #[derive(Debug, serde::Deserialize)]
+    #[serde(deny_unknown_fields)]
+    struct Inner {
+        #[serde(default)]
+        m: i64,
+    }
+
+    #[test]
+    fn whole_numbers_written_as_floats_are_integers_and_bodies_are_objects() {
+        let b: Body =
+            parse_json(br#"{"n": -35937.0, "list": [316.0, 1e3], "inner": {"m": 2.0}}"#).unwrap();
+        assert_eq!((b.n, b.list), (-35937, vec![316, 1000]));
+        assert_eq!(b.inner.map(|i| i.m), Some(2));
+
+        for (bad, field) in [
+            (&br#"{"n": 1.5, "list": []}"#[..], "n"),
+            // Past 2^53 a float may not be the number written.
+            (br#"{"n": 9007199254740993.0, "list": []}"#, "n"),
+            (br#"{"n": -9223372036854775809, "list": []}"#, "n"),
+            // serde reads a struct from an array of its fields too.
+            (br#"[1, []]"#, "body"),
+            (br#"{"n": 1, "list": []} {}"#, "body"),
+            // Nor inside the body.
+            (br#"{"n": 1, "list": [], "inner": [2]}"#, "inner"),
+        ] {
+            let err = parse_json::<Body>(bad).unwrap_err();
+            let ApiError::Client { field: Some(f), .. } = &err else {
+                panic!("{err:?}");
+            };
+            assert_eq!(f, field, "{}: {err}", String::from_utf8_lossy(bad));
         }
     }
 }

@@ -1,7 +1,9 @@
 //! The fleet API: `/api/v1/…` for people and tools holding an API token,
 //! `/device/v1/…` for devices holding a provisioning key (to register) or
-//! their device key. Every route is listed in `cloud/API.md`.
+//! their device key. `GET /api/v1/openapi.json` serves the OpenAPI document
+//! of every route, built from the handlers' annotations below.
 
+mod doc;
 mod error;
 mod extract;
 mod targets;
@@ -15,8 +17,10 @@ use axum::extract::rejection::{PathRejection, QueryRejection};
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{delete, get, post, put};
 use serde::Deserialize;
+use utoipa::OpenApi as _;
+use utoipa_axum::router::OpenApiRouter;
+use utoipa_axum::routes;
 
 pub use error::ApiError;
 pub use extract::MAX_JSON_BODY;
@@ -56,70 +60,54 @@ pub const ONLINE_WINDOW: i64 = 2 * 60;
 /// The fleet API's routes. Unknown paths under `/api/` and `/device/` get a
 /// JSON 404.
 pub fn router(cp: ControlPlane) -> Router {
-    Router::new()
-        .route("/api/v1/tokens", get(list_tokens).post(create_token))
-        .route("/api/v1/tokens/{id}", delete(revoke_token))
-        .route("/api/v1/fleets", get(list_fleets).post(create_fleet))
-        .route("/api/v1/fleets/{name}", get(show_fleet))
-        .route(
-            "/api/v1/fleets/{name}/provisioning-key",
-            post(rotate_provisioning_key),
-        )
-        .route(
-            "/api/v1/fleets/{name}/releases",
-            get(list_releases).post(create_release),
-        )
-        .route(
-            "/api/v1/fleets/{name}/releases/{version}",
-            get(show_release),
-        )
-        .route("/api/v1/fleets/{name}/pin", put(pin_fleet))
-        .route("/api/v1/fleets/{name}/env", get(list_fleet_env))
-        .route(
-            "/api/v1/fleets/{name}/env/{key}",
-            put(set_fleet_env).delete(delete_fleet_env),
-        )
-        .route("/api/v1/devices", get(list_devices))
-        .route(
-            "/api/v1/devices/{uuid}",
-            get(show_device).patch(update_device),
-        )
-        .route("/api/v1/devices/{uuid}/pin", put(pin_device))
-        .route(
-            "/api/v1/devices/{uuid}/hardware-map",
-            get(device_map)
-                .put(set_device_map)
-                .delete(delete_device_map),
-        )
-        .route(
-            "/api/v1/fleets/{name}/hardware-map",
-            get(fleet_map).put(set_fleet_map).delete(delete_fleet_map),
-        )
-        .route(
-            "/api/v1/devices/{uuid}/tags/{tag}",
-            put(set_tag).delete(delete_tag),
-        )
-        .route("/api/v1/devices/{uuid}/env", get(list_device_env))
-        .route(
-            "/api/v1/devices/{uuid}/services/{service}/restart",
-            post(restart_service),
-        )
-        .route("/api/v1/devices/{uuid}/samples", get(device_samples))
-        .route(
-            "/api/v1/devices/{uuid}/env/{key}",
-            put(set_device_env).delete(delete_device_env),
-        )
-        .route("/device/v1/register", post(register))
-        .route("/api/v1/devices/{uuid}/logs", get(device_logs))
-        .route("/device/v1/state", get(device_state).patch(report_state))
-        .route("/device/v1/logs", post(upload_logs))
+    let (routes, _) = routes().split_for_parts();
+    routes
         .route("/api/{*rest}", axum::routing::any(no_route))
         .route("/device/{*rest}", axum::routing::any(no_route))
         .with_state(cp)
 }
 
+/// The fleet API's OpenAPI document, as `GET /api/v1/openapi.json` serves
+/// it.
+pub fn openapi() -> utoipa::openapi::OpenApi {
+    doc::finish(routes().into_openapi())
+}
+
+/// Every route of the fleet API, each with its documentation: the one table
+/// both the router and the OpenAPI document are built from, so a handler
+/// cannot be routed without being documented (`routes!` needs the
+/// handler's `#[utoipa::path]`).
+fn routes() -> OpenApiRouter<ControlPlane> {
+    OpenApiRouter::with_openapi(doc::ApiDoc::openapi())
+        .routes(routes!(doc::serve_openapi))
+        .routes(routes!(list_tokens, create_token))
+        .routes(routes!(revoke_token))
+        .routes(routes!(list_fleets, create_fleet))
+        .routes(routes!(show_fleet))
+        .routes(routes!(rotate_provisioning_key))
+        .routes(routes!(list_releases, create_release))
+        .routes(routes!(show_release))
+        .routes(routes!(pin_fleet))
+        .routes(routes!(list_fleet_env))
+        .routes(routes!(set_fleet_env, delete_fleet_env))
+        .routes(routes!(list_devices))
+        .routes(routes!(show_device, update_device))
+        .routes(routes!(pin_device))
+        .routes(routes!(device_map, set_device_map, delete_device_map))
+        .routes(routes!(fleet_map, set_fleet_map, delete_fleet_map))
+        .routes(routes!(set_tag, delete_tag))
+        .routes(routes!(list_device_env))
+        .routes(routes!(set_device_env, delete_device_env))
+        .routes(routes!(device_logs))
+        .routes(routes!(restart_service))
+        .routes(routes!(device_samples))
+        .routes(routes!(register))
+        .routes(routes!(device_state, report_state))
+        .routes(routes!(upload_logs))
+}
+
 async fn no_route() -> ApiError {
-    ApiError::not_found("no such endpoint; see cloud/API.md")
+    ApiError::not_found("no such endpoint; see /api/v1/openapi.json")
 }
 
 /// A path's parameters, or a JSON 400 if they are not text.
@@ -135,10 +123,12 @@ fn query<T>(q: Result<Query<T>, QueryRejection>) -> Result<T, ApiError> {
 
 // --- tokens ---
 
+#[utoipa::path(get, path = "/api/v1/tokens", tag = "tokens", security(("api_token" = [])), responses((status = 200, description = "The live tokens, oldest first; never the tokens themselves.", body = Vec<TokenInfo>)))]
 async fn list_tokens(State(cp): State<ControlPlane>, _user: User) -> Result<Response, ApiError> {
     Ok(axum::Json(cp.db.tokens().await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/tokens", tag = "tokens", request_body = NewToken, security(("api_token" = [])), responses((status = 201, description = "The new token, shown this once.", body = TokenCreated)))]
 async fn create_token(
     State(cp): State<ControlPlane>,
     user: User,
@@ -161,6 +151,7 @@ async fn create_token(
     Ok((StatusCode::CREATED, axum::Json(created)).into_response())
 }
 
+#[utoipa::path(delete, path = "/api/v1/tokens/{id}", tag = "tokens", params(("id" = String, Path, description = "The token's id.", pattern = r"^[0-9A-Fa-f-]{36}$")), security(("api_token" = [])), responses((status = 204, description = "Revoked; it no longer works here or on the registry."), (status = 404, description = "No live token with this id.", body = ErrorBody), (status = 409, description = "It is the only live token.", body = ErrorBody)))]
 async fn revoke_token(
     State(cp): State<ControlPlane>,
     user: User,
@@ -216,6 +207,7 @@ async fn find_fleet(cp: &ControlPlane, name: &str) -> Result<FleetRow, ApiError>
         .ok_or_else(|| ApiError::not_found(format!("no fleet named `{name}`")))
 }
 
+#[utoipa::path(post, path = "/api/v1/fleets", tag = "fleets", request_body = NewFleet, security(("api_token" = [])), responses((status = 201, description = "The new fleet and its provisioning key, shown this once.", body = FleetCreated), (status = 409, description = "A fleet of this name exists.", body = ErrorBody)))]
 async fn create_fleet(
     State(cp): State<ControlPlane>,
     user: User,
@@ -242,6 +234,7 @@ async fn create_fleet(
     Ok((StatusCode::CREATED, axum::Json(view)).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/fleets", tag = "fleets", security(("api_token" = [])), responses((status = 200, description = "Every fleet, by name.", body = Vec<FleetView>)))]
 async fn list_fleets(State(cp): State<ControlPlane>, _user: User) -> Result<Response, ApiError> {
     let mut views = Vec::new();
     for f in cp.db.fleets().await? {
@@ -250,6 +243,7 @@ async fn list_fleets(State(cp): State<ControlPlane>, _user: User) -> Result<Resp
     Ok(axum::Json(views).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/fleets/{name}", tag = "fleets", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), security(("api_token" = [])), responses((status = 200, description = "The fleet.", body = FleetView), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn show_fleet(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -259,6 +253,7 @@ async fn show_fleet(
     Ok(axum::Json(fleet_view(&cp, fleet).await?).into_response())
 }
 
+#[utoipa::path(post, path = "/api/v1/fleets/{name}/provisioning-key", tag = "fleets", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), security(("api_token" = [])), responses((status = 201, description = "The fleet's new provisioning key, shown this once; the previous one no longer works.", body = ProvisioningKeyCreated), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn rotate_provisioning_key(
     State(cp): State<ControlPlane>,
     user: User,
@@ -296,6 +291,7 @@ fn release_view(r: ReleaseRow) -> Result<ReleaseView, ApiError> {
     })
 }
 
+#[utoipa::path(post, path = "/api/v1/fleets/{name}/releases", tag = "releases", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), request_body = NewRelease, security(("api_token" = [])), responses((status = 201, description = "The new release, which the fleet's devices that follow it now target.", body = ReleaseView), (status = 404, description = "No such fleet.", body = ErrorBody), (status = 409, description = "The fleet has a release of this version.", body = ErrorBody)))]
 async fn create_release(
     State(cp): State<ControlPlane>,
     user: User,
@@ -323,6 +319,7 @@ async fn create_release(
     }
 }
 
+#[utoipa::path(get, path = "/api/v1/fleets/{name}/releases", tag = "releases", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), security(("api_token" = [])), responses((status = 200, description = "The fleet's releases, oldest first.", body = Vec<ReleaseView>), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn list_releases(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -351,6 +348,7 @@ async fn find_release(
         .ok_or_else(|| ApiError::not_found(format!("fleet `{fleet}` has no release `{version}`")))
 }
 
+#[utoipa::path(get, path = "/api/v1/fleets/{name}/releases/{version}", tag = "releases", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("version" = String, Path, description = "The release's version.", pattern = r"^[A-Za-z0-9._+-]{1,64}$")), security(("api_token" = [])), responses((status = 200, description = "The release.", body = ReleaseView), (status = 404, description = "No such fleet, or it has no such release.", body = ErrorBody)))]
 async fn show_release(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -362,6 +360,7 @@ async fn show_release(
     Ok(axum::Json(release_view(release)?).into_response())
 }
 
+#[utoipa::path(put, path = "/api/v1/fleets/{name}/pin", tag = "releases", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), request_body = Pin, security(("api_token" = [])), responses((status = 200, description = "The fleet as pinned.", body = FleetView), (status = 404, description = "No such fleet, or it has no such release.", body = ErrorBody)))]
 async fn pin_fleet(
     State(cp): State<ControlPlane>,
     user: User,
@@ -441,16 +440,21 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
     })
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct DeviceFilter {
+    #[param(pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")]
     fleet: Option<String>,
     /// Only devices whose uuid sorts after this one: the last uuid of the
     /// previous page.
+    #[param(pattern = r"^[A-Za-z0-9_-]{1,64}$")]
     after: Option<String>,
+    #[param(minimum = 1, maximum = 500)]
     limit: Option<i64>,
 }
 
+#[utoipa::path(get, path = "/api/v1/devices", tag = "devices", params(DeviceFilter), security(("api_token" = [])), responses((status = 200, description = "One page of devices, by uuid.", body = Vec<DeviceView>), (status = 404, description = "No fleet of the name `fleet` gives.", body = ErrorBody)))]
 async fn list_devices(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -486,6 +490,7 @@ async fn list_devices(
     Ok(axum::Json(views).into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{uuid}", tag = "devices", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$")), security(("api_token" = [])), responses((status = 200, description = "The device.", body = DeviceView), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn show_device(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -497,6 +502,7 @@ async fn show_device(
 
 /// `PATCH /api/v1/devices/{uuid}`: renames a device. The name is only
 /// shown to people, so no device's target changes.
+#[utoipa::path(patch, path = "/api/v1/devices/{uuid}", tag = "devices", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$")), request_body = DeviceUpdate, security(("api_token" = [])), responses((status = 200, description = "The device as it is now.", body = DeviceView), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn update_device(
     State(cp): State<ControlPlane>,
     user: User,
@@ -513,6 +519,7 @@ async fn update_device(
     Ok(axum::Json(device_view(&cp, device).await?).into_response())
 }
 
+#[utoipa::path(put, path = "/api/v1/devices/{uuid}/pin", tag = "releases", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$")), request_body = Pin, security(("api_token" = [])), responses((status = 200, description = "The device as pinned.", body = DeviceView), (status = 404, description = "No such device, or its fleet has no such release.", body = ErrorBody)))]
 async fn pin_device(
     State(cp): State<ControlPlane>,
     user: User,
@@ -535,12 +542,6 @@ async fn pin_device(
 /// this size from a file, too).
 const MAX_MAP: usize = 256 << 10;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct MapBody {
-    map: String,
-}
-
 /// Refuses a map a device would refuse, naming the line at fault.
 fn check_map(map: &str) -> Result<(), ApiError> {
     if map.len() > MAX_MAP {
@@ -555,10 +556,11 @@ fn check_map(map: &str) -> Result<(), ApiError> {
 }
 
 fn map_answer(map: Option<String>) -> Response {
-    axum::Json(serde_json::json!({ "map": map })).into_response()
+    axum::Json(HardwareMapView { map }).into_response()
 }
 
 /// `GET /api/v1/fleets/{name}/hardware-map` → `{ map }` (null for none).
+#[utoipa::path(get, path = "/api/v1/fleets/{name}/hardware-map", tag = "hardware maps", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), security(("api_token" = [])), responses((status = 200, description = "The fleet's map (null for none).", body = HardwareMapView), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn fleet_map(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -570,11 +572,12 @@ async fn fleet_map(
 
 /// `PUT /api/v1/fleets/{name}/hardware-map` `{ map }`: every device of the
 /// fleet without a map of its own is given it.
+#[utoipa::path(put, path = "/api/v1/fleets/{name}/hardware-map", tag = "hardware maps", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), request_body = NewHardwareMap, security(("api_token" = [])), responses((status = 200, description = "The map as set.", body = HardwareMapView), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn set_fleet_map(
     State(cp): State<ControlPlane>,
     user: User,
     name: Result<Path<String>, PathRejection>,
-    JsonBody(body): JsonBody<MapBody>,
+    JsonBody(body): JsonBody<NewHardwareMap>,
 ) -> Result<Response, ApiError> {
     let fleet = find_fleet(&cp, &path(name)?).await?;
     check_map(&body.map)?;
@@ -586,6 +589,7 @@ async fn set_fleet_map(
     Ok(map_answer(Some(body.map)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/fleets/{name}/hardware-map", tag = "hardware maps", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$")), security(("api_token" = [])), responses((status = 204, description = "Removed."), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn delete_fleet_map(
     State(cp): State<ControlPlane>,
     user: User,
@@ -599,6 +603,7 @@ async fn delete_fleet_map(
 }
 
 /// `GET /api/v1/devices/{uuid}/hardware-map` → the device's own map.
+#[utoipa::path(get, path = "/api/v1/devices/{uuid}/hardware-map", tag = "hardware maps", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$")), security(("api_token" = [])), responses((status = 200, description = "The device's own map (null for none; its fleet's applies then).", body = HardwareMapView), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn device_map(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -614,11 +619,12 @@ async fn device_map(
 
 /// `PUT /api/v1/devices/{uuid}/hardware-map` `{ map }`: the device's own
 /// map, over its fleet's.
+#[utoipa::path(put, path = "/api/v1/devices/{uuid}/hardware-map", tag = "hardware maps", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$")), request_body = NewHardwareMap, security(("api_token" = [])), responses((status = 200, description = "The map as set.", body = HardwareMapView), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn set_device_map(
     State(cp): State<ControlPlane>,
     user: User,
     uuid: Result<Path<String>, PathRejection>,
-    JsonBody(body): JsonBody<MapBody>,
+    JsonBody(body): JsonBody<NewHardwareMap>,
 ) -> Result<Response, ApiError> {
     let device = find_device(&cp, &path(uuid)?).await?;
     check_map(&body.map)?;
@@ -630,6 +636,7 @@ async fn set_device_map(
     Ok(map_answer(Some(body.map)))
 }
 
+#[utoipa::path(delete, path = "/api/v1/devices/{uuid}/hardware-map", tag = "hardware maps", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$")), security(("api_token" = [])), responses((status = 204, description = "Removed; the fleet's map applies."), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn delete_device_map(
     State(cp): State<ControlPlane>,
     user: User,
@@ -647,13 +654,8 @@ async fn delete_device_map(
 /// Longest tag value.
 const MAX_TAG_VALUE: usize = 1024;
 
-#[derive(Deserialize)]
-#[serde(deny_unknown_fields)]
-struct TagValue {
-    value: String,
-}
-
 /// `PUT /api/v1/devices/{uuid}/tags/{tag}`: sets a tag; answers the device.
+#[utoipa::path(put, path = "/api/v1/devices/{uuid}/tags/{tag}", tag = "devices", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("tag" = String, Path, description = "The tag's name.", pattern = r"^[A-Za-z0-9._+-]{1,64}$")), request_body = TagValue, security(("api_token" = [])), responses((status = 200, description = "The device with the tag set.", body = DeviceView), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn set_tag(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -676,6 +678,7 @@ async fn set_tag(
 }
 
 /// `DELETE /api/v1/devices/{uuid}/tags/{tag}`.
+#[utoipa::path(delete, path = "/api/v1/devices/{uuid}/tags/{tag}", tag = "devices", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("tag" = String, Path, description = "The tag's name.", pattern = r"^[A-Za-z0-9._+-]{1,64}$")), security(("api_token" = [])), responses((status = 204, description = "Removed."), (status = 404, description = "No such device, or it has no such tag.", body = ErrorBody)))]
 async fn delete_tag(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -698,6 +701,7 @@ async fn delete_tag(
 /// key) hands out a new key and the old one stops working; only the hash
 /// is stored, so the old key cannot be handed out again. A uuid registered
 /// in another fleet is refused, never moved.
+#[utoipa::path(post, path = "/device/v1/register", tag = "device", request_body = Register, security(("provisioning_key" = [])), responses((status = 201, description = "Registered; the device key is shown this once.", body = RegisteredDevice), (status = 200, description = "Registered again (a re-flashed device): a new device key; the old one no longer works.", body = RegisteredDevice), (status = 403, description = "The uuid belongs to another fleet.", body = ErrorBody)))]
 async fn register(
     State(cp): State<ControlPlane>,
     key: ProvisioningKey,
@@ -768,11 +772,14 @@ fn apply_env(
     base
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct StateQuery {
-    /// Seconds to wait for the target to differ from `If-None-Match`.
-    wait: Option<u64>,
+    /// Seconds to wait for the target to differ from `If-None-Match`; at
+    /// most a minute is waited, however many are asked for.
+    #[param(minimum = 0)]
+    wait: Option<i64>,
 }
 
 fn etag_matches(headers: &HeaderMap, etag: &str) -> bool {
@@ -815,6 +822,7 @@ fn not_modified(target: &Target) -> Response {
 /// `If-None-Match` naming the current ETag the answer is 304; with `?wait=N`
 /// as well, the request is held until the target changes or N seconds (at
 /// most [`MAX_WAIT`]) pass.
+#[utoipa::path(get, path = "/device/v1/state", tag = "device", params(StateQuery, ("If-None-Match" = Option<String>, Header, description = "The ETag of the target the device holds.")), security(("device_key" = [])), responses((status = 200, description = "The calling device's target state.", body = TargetState, headers(("ETag" = String, description = "The target's version, for `If-None-Match`."))), (status = 304, description = "The target is the one `If-None-Match` names.", headers(("ETag" = String)))))]
 async fn device_state(
     State(cp): State<ControlPlane>,
     DeviceKey { device }: DeviceKey,
@@ -822,7 +830,9 @@ async fn device_state(
     headers: HeaderMap,
 ) -> Result<Response, ApiError> {
     let q = query(q)?;
-    let wait = Duration::from_secs(q.wait.unwrap_or(0)).min(MAX_WAIT);
+    let wait = u64::try_from(q.wait.unwrap_or(0))
+        .map_err(|_| ApiError::field("wait", "wait is a number of seconds, 0 or more"))?;
+    let wait = Duration::from_secs(wait).min(MAX_WAIT);
     cp.seen.saw(&device.uuid);
     if wait.is_zero() {
         // The key's lookup read the change count: one query in all while
@@ -889,6 +899,7 @@ async fn device_now(cp: &ControlPlane, uuid: &str) -> Result<KeyedDevice, ApiErr
 // --- what devices report ---
 
 /// `PATCH /device/v1/state`: the calling device says what changed.
+#[utoipa::path(patch, path = "/device/v1/state", tag = "device", request_body = CurrentState, security(("device_key" = [])), responses((status = 204, description = "Recorded.")))]
 async fn report_state(
     State(cp): State<ControlPlane>,
     DeviceKey { device: row }: DeviceKey,
@@ -988,6 +999,7 @@ async fn check_release_of(
 }
 
 /// `POST /device/v1/logs`: a batch of the calling device's log lines.
+#[utoipa::path(post, path = "/device/v1/logs", tag = "device", request_body = LogBatch, security(("device_key" = [])), responses((status = 204, description = "Stored.")))]
 async fn upload_logs(
     State(cp): State<ControlPlane>,
     DeviceKey { device }: DeviceKey,
@@ -1031,19 +1043,24 @@ async fn upload_logs(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct LogQuery {
+    #[param(minimum = 1, maximum = 1000)]
     limit: Option<i64>,
     /// Only lines numbered after this one: the last `id` the caller saw.
+    #[param(minimum = 0)]
     after: Option<i64>,
     /// Only this service's lines.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     service: Option<String>,
 }
 
 /// `GET /api/v1/devices/{uuid}/logs[?limit=N][&after=ID][&service=NAME]`:
 /// the newest lines, or with `after` the first lines after that one; oldest
 /// first either way.
+#[utoipa::path(get, path = "/api/v1/devices/{uuid}/logs", tag = "logs", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), LogQuery), security(("api_token" = [])), responses((status = 200, description = "Log lines, oldest first. To follow the log, ask again with `after` set to the last `id` seen.", body = Vec<StoredLogLine>), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn device_logs(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -1094,6 +1111,7 @@ async fn device_logs(
 
 /// `POST /api/v1/devices/{uuid}/services/{service}/restart`: asks the
 /// device to restart one service it runs.
+#[utoipa::path(post, path = "/api/v1/devices/{uuid}/services/{service}/restart", tag = "devices", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("service" = String, Path, description = "A service the device reports.", pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")), security(("api_token" = [])), responses((status = 202, description = "Asked: the device restarts the service when it next hears from the cloud.", body = RestartRequested), (status = 404, description = "No such device, or it reports no such service.", body = ErrorBody)))]
 async fn restart_service(
     State(cp): State<ControlPlane>,
     user: User,
@@ -1121,7 +1139,8 @@ async fn restart_service(
     Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
 }
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct SamplesQuery {
     /// Seconds since the epoch; the last hour when absent.
@@ -1130,6 +1149,7 @@ struct SamplesQuery {
 
 /// `GET /api/v1/devices/{uuid}/samples?since=`: each service's memory and
 /// restarts over time.
+#[utoipa::path(get, path = "/api/v1/devices/{uuid}/samples", tag = "devices", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), SamplesQuery), security(("api_token" = [])), responses((status = 200, description = "Each service's samples (memory, restarts), oldest first, kept for a day.", body = BTreeMap<String, Vec<ServiceSample>>), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn device_samples(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -1144,10 +1164,12 @@ async fn device_samples(
 
 // --- environment variables ---
 
-#[derive(Deserialize)]
+#[derive(Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 struct EnvScope {
     /// Only this service of the release; all services when absent.
+    #[param(pattern = r"^[a-z0-9][a-z0-9_-]{0,62}$")]
     service: Option<String>,
 }
 
@@ -1226,6 +1248,7 @@ async fn delete_env(
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
+#[utoipa::path(get, path = "/api/v1/fleets/{name}/env", tag = "variables", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), EnvScope), security(("api_token" = [])), responses((status = 200, description = "The fleet's variables at this scope.", body = Vec<EnvView>), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn list_fleet_env(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -1237,6 +1260,7 @@ async fn list_fleet_env(
     list_env(&cp, &fleet.name, "", &service).await
 }
 
+#[utoipa::path(put, path = "/api/v1/fleets/{name}/env/{key}", tag = "variables", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("key" = String, Path, description = "The variable's name.", pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"), EnvScope), request_body = EnvValue, security(("api_token" = [])), responses((status = 200, description = "The variable as set.", body = EnvView), (status = 404, description = "No such fleet.", body = ErrorBody)))]
 async fn set_fleet_env(
     State(cp): State<ControlPlane>,
     user: User,
@@ -1250,6 +1274,7 @@ async fn set_fleet_env(
     set_env(&cp, &user, &fleet.name, "", service, key, body.value).await
 }
 
+#[utoipa::path(delete, path = "/api/v1/fleets/{name}/env/{key}", tag = "variables", params(("name" = String, Path, description = "The fleet's name.", pattern = r"^[a-z0-9]([a-z0-9-]{0,61}[a-z0-9])?$"), ("key" = String, Path, description = "The variable's name.", pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"), EnvScope), security(("api_token" = [])), responses((status = 204, description = "Deleted."), (status = 404, description = "No such fleet, or no such variable at this scope.", body = ErrorBody)))]
 async fn delete_fleet_env(
     State(cp): State<ControlPlane>,
     user: User,
@@ -1262,6 +1287,7 @@ async fn delete_fleet_env(
     delete_env(&cp, &user, &fleet.name, "", &service, &key).await
 }
 
+#[utoipa::path(get, path = "/api/v1/devices/{uuid}/env", tag = "variables", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), EnvScope), security(("api_token" = [])), responses((status = 200, description = "The device's own variables at this scope.", body = Vec<EnvView>), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn list_device_env(
     State(cp): State<ControlPlane>,
     _user: User,
@@ -1273,6 +1299,7 @@ async fn list_device_env(
     list_env(&cp, &device.fleet, &device.uuid, &service).await
 }
 
+#[utoipa::path(put, path = "/api/v1/devices/{uuid}/env/{key}", tag = "variables", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("key" = String, Path, description = "The variable's name.", pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"), EnvScope), request_body = EnvValue, security(("api_token" = [])), responses((status = 200, description = "The variable as set.", body = EnvView), (status = 404, description = "No such device.", body = ErrorBody)))]
 async fn set_device_env(
     State(cp): State<ControlPlane>,
     user: User,
@@ -1295,6 +1322,7 @@ async fn set_device_env(
     .await
 }
 
+#[utoipa::path(delete, path = "/api/v1/devices/{uuid}/env/{key}", tag = "variables", params(("uuid" = String, Path, description = "The device's uuid.", pattern = r"^[A-Za-z0-9_-]{1,64}$"), ("key" = String, Path, description = "The variable's name.", pattern = r"^[A-Za-z_][A-Za-z0-9_]{0,127}$"), EnvScope), security(("api_token" = [])), responses((status = 204, description = "Deleted."), (status = 404, description = "No such device, or no such variable at this scope.", body = ErrorBody)))]
 async fn delete_device_env(
     State(cp): State<ControlPlane>,
     user: User,

@@ -10,6 +10,7 @@
 )]
 
 mod devices;
+mod openapi;
 mod releases;
 mod tokens;
 
