@@ -1008,6 +1008,7 @@ async fn upload_logs(
         });
     }
     cp.db.add_logs(&device.uuid, &rows).await?;
+    cp.logs.notify(&device.uuid);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
