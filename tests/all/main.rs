@@ -5,6 +5,7 @@
 mod support;
 
 mod agent;
+mod dashboard;
 mod engine;
 mod fleet;
 mod fleet_cli;
