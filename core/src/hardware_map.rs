@@ -17,6 +17,18 @@
 //! bus = "/dev/i2c-1"
 //! addresses = [0x48]          # optional; narrows which devices services reach
 //!
+//! # Optional: narrows every service's network grants (see `network`).
+//! [network]
+//! allow = ["192.168.0.0/16", "*.local"]  # absent: no narrowing; [] : no network
+//! http-listen = "0.0.0.0:8080"           # where path-bound HTTP services answer
+//!
+//! # Where a service that answers HTTP is served: a path prefix on
+//! # `network.http-listen`, or a listener of its own.
+//! [http.http-hello]
+//! path = "/hello"
+//! [http.status-page]
+//! listen = "0.0.0.0:8081"
+//!
 //! # Read only by the simulated backend: the devices on its buses.
 //! [[sim.i2c]]
 //! bus = "sensors"             # a label above
@@ -28,8 +40,10 @@ use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
-use crate::{GpioMode, MAX_I2C_ADDRESS, valid_label};
+use crate::network::Destination;
+use crate::{GpioMode, MAX_I2C_ADDRESS, valid_label, valid_service_name};
 use serde::Deserialize;
+use std::net::SocketAddr;
 
 /// Largest map file read; a board has at most a few hundred lines.
 const MAX_FILE: u64 = 256 << 10;
@@ -94,12 +108,28 @@ pub enum SimDeviceKind {
     Registers,
 }
 
+/// Where the device serves a service that answers HTTP.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum HttpBinding {
+    /// Under this prefix (`/hello`, no trailing slash) on the shared
+    /// listener, `network.http-listen`.
+    Path(String),
+    /// On a listener of its own.
+    Listen(SocketAddr),
+}
+
 /// The whole map.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct HardwareMap {
     pub gpio: BTreeMap<String, GpioBinding>,
     pub i2c: BTreeMap<String, I2cBinding>,
     pub sim_devices: Vec<SimDeviceSpec>,
+    /// The most any service may reach; `None` does not narrow.
+    pub network_allow: Option<Vec<Destination>>,
+    /// The listener path-bound HTTP services share.
+    pub http_listen: Option<SocketAddr>,
+    /// HTTP services by service name.
+    pub http: BTreeMap<String, HttpBinding>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -124,6 +154,24 @@ struct MapFile {
     i2c: BTreeMap<String, I2cEntry>,
     #[serde(default)]
     sim: SimSection,
+    #[serde(default)]
+    network: NetworkSection,
+    #[serde(default)]
+    http: BTreeMap<String, HttpEntry>,
+}
+
+#[derive(Default, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+struct NetworkSection {
+    allow: Option<Vec<Destination>>,
+    http_listen: Option<SocketAddr>,
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct HttpEntry {
+    path: Option<String>,
+    listen: Option<SocketAddr>,
 }
 
 #[derive(Deserialize)]
@@ -262,6 +310,58 @@ impl HardwareMap {
             }
         }
         map.sim_devices = file.sim.i2c;
+        if let Some(allow) = &file.network.allow
+            && allow.len() > crate::network::MAX_DESTINATIONS
+        {
+            return Err(format!(
+                "network.allow: more than {} entries",
+                crate::network::MAX_DESTINATIONS
+            ));
+        }
+        map.network_allow = file.network.allow;
+        map.http_listen = file.network.http_listen;
+        let mut paths = BTreeMap::new();
+        let mut listeners = BTreeMap::new();
+        for (service, entry) in file.http {
+            if !valid_service_name(&service) {
+                return Err(format!("http.{service}: not a service name"));
+            }
+            let binding = match (entry.path, entry.listen) {
+                (Some(path), None) => {
+                    let path = check_http_path(&service, &path)?;
+                    if map.http_listen.is_none() {
+                        return Err(format!(
+                            "http.{service}: `path` needs `network.http-listen`, the listener paths share"
+                        ));
+                    }
+                    if let Some(other) = paths.insert(path.clone(), service.clone()) {
+                        return Err(format!(
+                            "http.{service} and http.{other} both take `{path}`"
+                        ));
+                    }
+                    HttpBinding::Path(path)
+                }
+                (None, Some(addr)) => {
+                    if Some(addr) == map.http_listen {
+                        return Err(format!(
+                            "http.{service}: {addr} is `network.http-listen`; use `path` to share it"
+                        ));
+                    }
+                    if let Some(other) = listeners.insert(addr, service.clone()) {
+                        return Err(format!(
+                            "http.{service} and http.{other} both listen on {addr}"
+                        ));
+                    }
+                    HttpBinding::Listen(addr)
+                }
+                _ => {
+                    return Err(format!(
+                        "http.{service}: give exactly one of `path` and `listen`"
+                    ));
+                }
+            };
+            map.http.insert(service, binding);
+        }
         Ok(map)
     }
 }
@@ -273,6 +373,36 @@ fn check_label(kind: &str, label: &str) -> Result<(), String> {
         Err(format!(
             "{kind}.{label}: labels are 1 to 63 letters, digits, `-` and `_`"
         ))
+    }
+}
+
+/// A path prefix: `/` and segments of URL-safe characters, no `.`/`..`
+/// segment, no trailing slash (`/` alone is the whole listener).
+fn check_http_path(service: &str, path: &str) -> Result<String, String> {
+    let bad = || {
+        format!(
+            "http.{service}: path `{path}` must start with `/` and hold plain segments such as `/hello`"
+        )
+    };
+    let trimmed = path.strip_suffix('/').unwrap_or(path);
+    if !path.starts_with('/') || path.len() > 256 {
+        return Err(bad());
+    }
+    if trimmed.is_empty() {
+        return Ok("/".to_owned());
+    }
+    let ok = trimmed[1..].split('/').all(|seg| {
+        !seg.is_empty()
+            && seg != "."
+            && seg != ".."
+            && seg
+                .bytes()
+                .all(|b| b.is_ascii_alphanumeric() || b"-._~".contains(&b))
+    });
+    if ok {
+        Ok(trimmed.to_owned())
+    } else {
+        Err(bad())
     }
 }
 
@@ -379,6 +509,66 @@ mod tests {
             let err = HardwareMap::parse(&MAP.replacen(from, to, 1)).unwrap_err();
             assert!(err.contains(expected), "{to}: {err}");
             assert!(!err.contains('\n'), "{err}");
+        }
+    }
+
+    #[test]
+    fn network_and_http_sections() {
+        let map = HardwareMap::parse(
+            r#"
+            [network]
+            allow = ["192.168.0.0/16", "*.local"]
+            http-listen = "0.0.0.0:8080"
+            [http.http-hello]
+            path = "/hello/"
+            [http.status]
+            listen = "127.0.0.1:8081"
+            "#,
+        )
+        .unwrap();
+        assert_eq!(map.network_allow.as_ref().map(Vec::len), Some(2));
+        assert_eq!(map.http_listen, Some("0.0.0.0:8080".parse().unwrap()));
+        assert_eq!(map.http["http-hello"], HttpBinding::Path("/hello".into()));
+        assert_eq!(
+            map.http["status"],
+            HttpBinding::Listen("127.0.0.1:8081".parse().unwrap())
+        );
+        // No [network] section: nothing narrowed, nothing served.
+        let map = HardwareMap::parse("").unwrap();
+        assert!(map.network_allow.is_none() && map.http.is_empty());
+    }
+
+    #[test]
+    fn refuses_bad_network_and_http_entries() {
+        for (text, want) in [
+            ("[network]\nallow = [\"a b\"]", "invalid host name"),
+            ("[network]\nalow = []", "alow"),
+            ("[http.x]\npath = \"/x\"", "needs `network.http-listen`"),
+            (
+                "[network]\nhttp-listen = \"0.0.0.0:80\"\n[http.x]\npath = \"/../etc\"",
+                "plain segments",
+            ),
+            (
+                "[network]\nhttp-listen = \"0.0.0.0:80\"\n[http.x]\npath = \"x\"",
+                "must start with `/`",
+            ),
+            ("[http.x]\n", "exactly one of"),
+            (
+                "[http.x]\npath = \"/x\"\nlisten = \"0.0.0.0:1\"",
+                "exactly one of",
+            ),
+            (
+                "[http.a]\nlisten = \"0.0.0.0:81\"\n[http.b]\nlisten = \"0.0.0.0:81\"",
+                "both listen",
+            ),
+            (
+                "[network]\nhttp-listen = \"0.0.0.0:80\"\n[http.a]\npath = \"/p\"\n[http.b]\npath = \"/p/\"",
+                "both take",
+            ),
+            ("[http.BAD]\nlisten = \"0.0.0.0:81\"", "not a service name"),
+        ] {
+            let e = HardwareMap::parse(text).unwrap_err();
+            assert!(e.contains(want), "{text}: {e}");
         }
     }
 }

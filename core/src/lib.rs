@@ -22,6 +22,7 @@ mod digest;
 pub mod fsutil;
 pub mod hardware_map;
 mod manifest;
+pub mod network;
 mod signature;
 mod size;
 mod status;
@@ -30,9 +31,10 @@ mod wasm;
 pub use digest::{Digest, DigestError};
 pub use manifest::{
     DEFAULT_MEMORY, GpioGrant, GpioMode, Grants, I2cGrant, MANIFEST_SECTION, MAX_I2C_ADDRESS,
-    MAX_MANIFEST_SIZE, MAX_NAME_LEN, Manifest, ManifestError, ManifestFileError, NetworkGrant,
-    embed, extract, read_manifest_file, valid_label, valid_service_name,
+    MAX_MANIFEST_SIZE, MAX_NAME_LEN, Manifest, ManifestError, ManifestFileError, embed, extract,
+    read_manifest_file, valid_label, valid_service_name,
 };
+pub use network::{Destination, NetworkGrant, NetworkPolicy};
 pub use signature::{
     Inspection, KeyError, KeyId, MAX_HASH_SETS, MAX_HASHES, MAX_KEY_FILE_SIZE, MAX_SIGNATURES,
     PublicKey, SIGNATURE_SECTION, SecretKey, SignatureError, SignatureSummary, VerifiedBy, inspect,

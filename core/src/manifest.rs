@@ -15,6 +15,9 @@
 //! modes = ["output"]         # input, output, edges
 //! [grants.i2c.sensors]       # the bus the device labels `sensors`
 //! addresses = [0x48]         # the devices on it the service talks to
+//!
+//! [grants.network]           # see `network` for the forms a destination takes
+//! connect = ["broker.local:1883", "*.example.org:443"]
 //! ```
 //!
 //! `kelp sign --manifest kelp.toml` embeds it in the Wasm file as a custom
@@ -37,6 +40,7 @@ use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
+use crate::network::{DestinationError, NetworkGrant};
 use crate::wasm::{WasmFile, custom_section};
 use crate::{ByteSize, RestartPolicy, WasmError, WasmKind};
 
@@ -87,9 +91,8 @@ fn default_memory() -> ByteSize {
     DEFAULT_MEMORY
 }
 
-/// Requested grants, by the labels a device's hardware map gives its pins,
-/// buses and networks. Each table may be empty or absent; the per-grant
-/// options arrive with the host calls that use them.
+/// Requested grants: pins and buses by the labels a device's hardware map
+/// gives them, and network destinations. Each table may be empty or absent.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
 pub struct Grants {
@@ -99,18 +102,14 @@ pub struct Grants {
     /// `[grants.i2c.<label>]`: I2C buses.
     #[serde(default)]
     pub i2c: BTreeMap<String, I2cGrant>,
-    /// `[grants.network.<label>]`: networks.
-    #[serde(default)]
-    pub network: BTreeMap<String, NetworkGrant>,
+    /// `[grants.network]`: hosts and ports, and whether it answers HTTP.
+    #[serde(default, skip_serializing_if = "NetworkGrant::is_empty")]
+    pub network: NetworkGrant,
 }
 
 impl Grants {
     fn validate(&self) -> Result<(), ManifestError> {
-        let labels = self
-            .gpio
-            .keys()
-            .chain(self.i2c.keys())
-            .chain(self.network.keys());
+        let labels = self.gpio.keys().chain(self.i2c.keys());
         if let Some(bad) = labels.into_iter().find(|l| !valid_label(l)) {
             return Err(ManifestError::Label(bad.clone()));
         }
@@ -134,6 +133,7 @@ impl Grants {
                 });
             }
         }
+        self.network.validate()?;
         Ok(())
     }
 }
@@ -152,7 +152,7 @@ pub fn valid_service_name(name: &str) -> bool {
             .all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || *b == b'-' || *b == b'_')
 }
 
-/// Whether `label` may name a pin, bus or network: what a device's hardware
+/// Whether `label` may name a pin or bus: what a device's hardware
 /// map and a manifest can both spell.
 pub fn valid_label(label: &str) -> bool {
     !label.is_empty()
@@ -214,11 +214,6 @@ pub struct I2cGrant {
 /// Highest I2C address there is (10-bit addressing).
 pub const MAX_I2C_ADDRESS: u16 = 0x3ff;
 
-/// One requested network. No options yet.
-#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct NetworkGrant {}
-
 /// Why a manifest cannot be read, embedded or trusted.
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
@@ -250,6 +245,8 @@ pub enum ManifestError {
     BadAddress { label: String, address: u16 },
     #[error("invalid grant label `{0}`: use 1 to {MAX_NAME_LEN} letters, digits, `-` and `_`")]
     Label(String),
+    #[error("grant `network`: {0}")]
+    Network(#[from] DestinationError),
     #[error("manifest says {manifest} but file is a {file}")]
     KindMismatch { manifest: WasmKind, file: WasmKind },
 }
@@ -423,6 +420,22 @@ mod tests {
             BTreeSet::from([0x48, 0x49])
         );
         assert!(m.grants.network.is_empty());
+    }
+
+    #[test]
+    fn network_grants_need_ports_and_survive_embedding() {
+        let with_net = format!(
+            "{TOML}\n[grants.network]\nconnect = [\"broker.local:1883\"]\nserve-http = true\n"
+        );
+        let m = Manifest::from_toml(&with_net).unwrap();
+        assert_eq!(m.grants.network.connect[0].to_string(), "broker.local:1883");
+        assert!(m.grants.network.serve_http);
+        let json = serde_json::to_string(&m).unwrap();
+        let back: Manifest = serde_json::from_str(&json).unwrap();
+        assert_eq!(back, m);
+        let no_port = with_net.replace("broker.local:1883", "broker.local");
+        let e = Manifest::from_toml(&no_port).unwrap_err().to_string();
+        assert!(e.contains("`broker.local` names no port"), "{e}");
 
         let bare =
             Manifest::from_toml("name = \"x\"\nversion = \"1\"\nkind = \"core-module\"").unwrap();

@@ -60,8 +60,14 @@ impl InspectArgs {
                         .collect();
                     println!("  grant:   i2c {label} ({})", addresses.join(", "));
                 }
-                for label in m.grants.network.keys() {
-                    println!("  grant:   network {label}");
+                for d in &m.grants.network.connect {
+                    println!("  grant:   connect {d}");
+                }
+                for d in &m.grants.network.udp {
+                    println!("  grant:   udp {d}");
+                }
+                if m.grants.network.serve_http {
+                    println!("  grant:   serves HTTP");
                 }
             }
         }

@@ -141,7 +141,9 @@ fn grants(g: &Grants) -> String {
         .keys()
         .map(|l| format!("gpio:{l}"))
         .chain(g.i2c.keys().map(|l| format!("i2c:{l}")))
-        .chain(g.network.keys().map(|l| format!("network:{l}")))
+        .chain(g.network.connect.iter().map(|d| format!("tcp:{d}")))
+        .chain(g.network.udp.iter().map(|d| format!("udp:{d}")))
+        .chain(g.network.serve_http.then(|| "http:serve".to_owned()))
         .collect();
     if all.is_empty() {
         "-".to_owned()

@@ -249,7 +249,6 @@ fn check_grants(g: &Grants, at: &str) -> Result<(), ApiError> {
         .keys()
         .map(|l| ("gpio", l))
         .chain(g.i2c.keys().map(|l| ("i2c", l)))
-        .chain(g.network.keys().map(|l| ("network", l)))
     {
         if !valid_label(label) {
             return Err(ApiError::field(
@@ -282,6 +281,9 @@ fn check_grants(g: &Grants, at: &str) -> Result<(), ApiError> {
                 format!("I2C address {a:#x} is above {MAX_I2C_ADDRESS:#x}"),
             ));
         }
+    }
+    if let Err(e) = g.network.validate() {
+        return Err(ApiError::field(format!("{at}.network"), e.to_string()));
     }
     Ok(())
 }

@@ -1,0 +1,647 @@
+//! Network grants: the hosts and ports a service may reach, and how a
+//! device narrows them.
+//!
+//! A manifest lists destinations, each a host and a port:
+//!
+//! ```toml
+//! [grants.network]
+//! connect = ["broker.local:1883", "api.example.com:443", "*.example.org:443", "10.0.0.5:502"]
+//! udp = ["10.0.0.5:514"]      # datagrams
+//! serve-http = true           # the service answers HTTP (wasi:http/incoming-handler)
+//! ```
+//!
+//! A device's map may narrow every service at once (`[network] allow`, where
+//! a port is optional and a network may be written as a CIDR block):
+//!
+//! ```toml
+//! [network]
+//! allow = ["192.168.0.0/16", "*.local"]   # only the local network
+//! ```
+//!
+//! A [`NetworkPolicy`] joins the two. A name may be looked up only if the
+//! service was granted it; an address may be reached only if the service was
+//! granted the address itself or a name that resolved to it, and the device
+//! allows it too. Nothing is allowed by default.
+
+use std::fmt;
+use std::net::{IpAddr, SocketAddr};
+use std::str::FromStr;
+
+use serde::{Deserialize, Deserializer, Serialize, Serializer};
+
+/// Longest host name there is (RFC 1035, without the trailing dot).
+pub const MAX_HOST_NAME_LEN: usize = 253;
+
+/// Most destinations one list may hold. A real service names a handful; the
+/// policy is checked on every connect, by a linear scan.
+pub const MAX_DESTINATIONS: usize = 256;
+
+/// The host half of a destination.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub enum Host {
+    /// One host name, lower case, without a trailing dot.
+    Name(String),
+    /// `*.example.org`: every name below `example.org` (not the name itself).
+    /// Holds the suffix with its leading dot, `.example.org`.
+    Wildcard(String),
+    /// One address.
+    Ip(IpAddr),
+    /// A CIDR block, `10.0.0.0/8`.
+    Net { addr: IpAddr, prefix: u8 },
+}
+
+impl Host {
+    /// Whether this host is `name` or covers it.
+    pub fn matches_name(&self, name: &str) -> bool {
+        let name = normalize_name(name);
+        match self {
+            Host::Name(n) => *n == name,
+            Host::Wildcard(suffix) => name.len() > suffix.len() && name.ends_with(suffix.as_str()),
+            Host::Ip(_) | Host::Net { .. } => false,
+        }
+    }
+
+    /// Whether this host is `addr` or a block that holds it.
+    pub fn matches_ip(&self, addr: IpAddr) -> bool {
+        let addr = canonical(addr);
+        match *self {
+            Host::Ip(ip) => canonical(ip) == addr,
+            Host::Net { addr: net, prefix } => in_block(addr, canonical(net), prefix),
+            Host::Name(_) | Host::Wildcard(_) => false,
+        }
+    }
+
+    fn is_name(&self) -> bool {
+        matches!(self, Host::Name(_) | Host::Wildcard(_))
+    }
+}
+
+impl fmt::Display for Host {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            Host::Name(n) => f.write_str(n),
+            Host::Wildcard(suffix) => write!(f, "*{suffix}"),
+            Host::Ip(IpAddr::V6(ip)) => write!(f, "[{ip}]"),
+            Host::Ip(ip) => write!(f, "{ip}"),
+            Host::Net {
+                addr: IpAddr::V6(ip),
+                prefix,
+            } => write!(f, "[{ip}/{prefix}]"),
+            Host::Net { addr, prefix } => write!(f, "{addr}/{prefix}"),
+        }
+    }
+}
+
+/// A host and, where the list allows leaving it out, a port.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+pub struct Destination {
+    pub host: Host,
+    /// `None` is any port; only a device's allow list may leave it out.
+    pub port: Option<u16>,
+}
+
+impl Destination {
+    fn port_matches(&self, port: u16) -> bool {
+        self.port.is_none_or(|p| p == port)
+    }
+
+    fn matches(&self, addr: SocketAddr, names: &[&str]) -> bool {
+        self.port_matches(addr.port())
+            && (self.host.matches_ip(addr.ip()) || names.iter().any(|n| self.host.matches_name(n)))
+    }
+}
+
+impl fmt::Display for Destination {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.host)?;
+        if let Some(port) = self.port {
+            write!(f, ":{port}")?;
+        }
+        Ok(())
+    }
+}
+
+/// Why a destination cannot be read.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum DestinationError {
+    #[error("destination is empty")]
+    Empty,
+    #[error("destination `{0}`: invalid port (1 to 65535)")]
+    Port(String),
+    #[error("destination `{0}` names no port: write it as `host:port`")]
+    NoPort(String),
+    #[error("destination `{0}`: invalid host name")]
+    Name(String),
+    #[error("destination `{0}`: invalid network (address/prefix)")]
+    Net(String),
+    #[error("destination `{0}`: write an IPv6 address in brackets, `[::1]:80`")]
+    Brackets(String),
+    #[error("more than {MAX_DESTINATIONS} destinations")]
+    TooMany,
+}
+
+impl FromStr for Destination {
+    type Err = DestinationError;
+
+    /// `host`, `host:port`, `*.suffix:port`, `10.0.0.0/8`, `[::1]:80`,
+    /// `[fd00::/8]`.
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        let bad_port = || DestinationError::Port(s.to_owned());
+        if s.is_empty() {
+            return Err(DestinationError::Empty);
+        }
+        let (host, port) = if let Some(rest) = s.strip_prefix('[') {
+            let (host, after) = rest
+                .split_once(']')
+                .ok_or_else(|| DestinationError::Brackets(s.to_owned()))?;
+            let port = match after {
+                "" => None,
+                p => Some(p.strip_prefix(':').ok_or_else(bad_port)?),
+            };
+            (host, port)
+        } else {
+            match s.split_once(':') {
+                Some((host, port)) if !port.contains(':') => (host, Some(port)),
+                Some(_) => return Err(DestinationError::Brackets(s.to_owned())),
+                None => (s, None),
+            }
+        };
+        let port = match port {
+            None => None,
+            Some(p) => match p.parse::<u16>() {
+                Ok(0) | Err(_) => return Err(bad_port()),
+                Ok(p) => Some(p),
+            },
+        };
+        let host = parse_host(host).map_err(|kind| match kind {
+            HostError::Name => DestinationError::Name(s.to_owned()),
+            HostError::Net => DestinationError::Net(s.to_owned()),
+        })?;
+        if matches!(
+            host,
+            Host::Ip(IpAddr::V6(_))
+                | Host::Net {
+                    addr: IpAddr::V6(_),
+                    ..
+                }
+        ) && !s.starts_with('[')
+        {
+            return Err(DestinationError::Brackets(s.to_owned()));
+        }
+        Ok(Destination { host, port })
+    }
+}
+
+impl Serialize for Destination {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        s.collect_str(self)
+    }
+}
+
+impl<'de> Deserialize<'de> for Destination {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let s = String::deserialize(d)?;
+        s.parse().map_err(serde::de::Error::custom)
+    }
+}
+
+enum HostError {
+    Name,
+    Net,
+}
+
+fn parse_host(host: &str) -> Result<Host, HostError> {
+    if let Some((addr, prefix)) = host.split_once('/') {
+        let addr: IpAddr = addr.parse().map_err(|_| HostError::Net)?;
+        let max = if addr.is_ipv4() { 32 } else { 128 };
+        let prefix: u8 = prefix.parse().map_err(|_| HostError::Net)?;
+        if prefix > max {
+            return Err(HostError::Net);
+        }
+        return Ok(Host::Net { addr, prefix });
+    }
+    if let Ok(ip) = host.parse::<IpAddr>() {
+        return Ok(Host::Ip(ip));
+    }
+    let (wildcard, name) = match host.strip_prefix("*.") {
+        Some(rest) => (true, rest),
+        None => (false, host),
+    };
+    let name = normalize_name(name);
+    if !valid_host_name(&name) {
+        return Err(HostError::Name);
+    }
+    Ok(if wildcard {
+        Host::Wildcard(format!(".{name}"))
+    } else {
+        Host::Name(name)
+    })
+}
+
+/// Whether `name` is a DNS name a service may ask for: dot-separated labels
+/// of letters, digits, `-` and `_`, none empty or longer than 63 bytes.
+pub fn valid_host_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= MAX_HOST_NAME_LEN
+        && name.split('.').all(|label| {
+            !label.is_empty()
+                && label.len() <= 63
+                && !label.starts_with('-')
+                && label
+                    .bytes()
+                    .all(|b| b.is_ascii_alphanumeric() || b == b'-' || b == b'_')
+        })
+}
+
+fn normalize_name(name: &str) -> String {
+    name.strip_suffix('.').unwrap_or(name).to_ascii_lowercase()
+}
+
+/// An IPv4 address written as IPv6 (`::ffff:10.0.0.5`) is the IPv4 address:
+/// matching must not let the one form past a rule written in the other.
+fn canonical(addr: IpAddr) -> IpAddr {
+    match addr {
+        IpAddr::V6(v6) => v6
+            .to_ipv4_mapped()
+            .map(IpAddr::V4)
+            .unwrap_or(IpAddr::V6(v6)),
+        v4 => v4,
+    }
+}
+
+fn in_block(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
+    match (addr, net) {
+        (IpAddr::V4(a), IpAddr::V4(n)) => {
+            let mask = u32::MAX.checked_shl(32 - u32::from(prefix)).unwrap_or(0);
+            u32::from(a) & mask == u32::from(n) & mask
+        }
+        (IpAddr::V6(a), IpAddr::V6(n)) => {
+            let mask = u128::MAX.checked_shl(128 - u32::from(prefix)).unwrap_or(0);
+            u128::from(a) & mask == u128::from(n) & mask
+        }
+        _ => false,
+    }
+}
+
+/// What a manifest asks of the network.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case", deny_unknown_fields)]
+pub struct NetworkGrant {
+    /// TCP destinations, HTTP and HTTPS included.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub connect: Vec<Destination>,
+    /// Destinations of UDP datagrams.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp: Vec<Destination>,
+    /// The service answers HTTP requests (it exports
+    /// `wasi:http/incoming-handler`); the device says where.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub serve_http: bool,
+}
+
+impl NetworkGrant {
+    /// Whether the grant asks for nothing.
+    pub fn is_empty(&self) -> bool {
+        self.connect.is_empty() && self.udp.is_empty() && !self.serve_http
+    }
+
+    /// Every destination names a port, and the lists are of a sane length.
+    pub fn validate(&self) -> Result<(), DestinationError> {
+        for list in [&self.connect, &self.udp] {
+            if list.len() > MAX_DESTINATIONS {
+                return Err(DestinationError::TooMany);
+            }
+            if let Some(d) = list.iter().find(|d| d.port.is_none()) {
+                return Err(DestinationError::NoPort(d.to_string()));
+            }
+        }
+        Ok(())
+    }
+}
+
+/// The transport a connection uses.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Transport {
+    Tcp,
+    Udp,
+}
+
+impl fmt::Display for Transport {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Transport::Tcp => "tcp",
+            Transport::Udp => "udp",
+        })
+    }
+}
+
+/// Why a lookup or connection is refused.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Refusal {
+    /// The service's manifest does not grant it.
+    NotGranted,
+    /// Granted, but this device's map does not allow it.
+    NotAllowedHere,
+}
+
+impl fmt::Display for Refusal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            Refusal::NotGranted => "not granted",
+            Refusal::NotAllowedHere => "not allowed on this device",
+        })
+    }
+}
+
+/// One service's network rights on one device.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct NetworkPolicy {
+    grant: NetworkGrant,
+    /// `None`: the device does not narrow.
+    device: Option<Vec<Destination>>,
+}
+
+impl NetworkPolicy {
+    pub fn new(grant: &NetworkGrant, device: Option<&[Destination]>) -> Self {
+        NetworkPolicy {
+            grant: grant.clone(),
+            device: device.map(<[Destination]>::to_vec),
+        }
+    }
+
+    /// No outbound traffic at all is possible.
+    pub fn denies_all(&self) -> bool {
+        (self.grant.connect.is_empty() && self.grant.udp.is_empty())
+            || self.device.as_ref().is_some_and(Vec::is_empty)
+    }
+
+    /// Whether any outbound TCP or UDP is granted.
+    pub fn allows(&self, transport: Transport) -> bool {
+        !self.list(transport).is_empty() && !self.device.as_ref().is_some_and(Vec::is_empty)
+    }
+
+    fn list(&self, transport: Transport) -> &[Destination] {
+        match transport {
+            Transport::Tcp => &self.grant.connect,
+            Transport::Udp => &self.grant.udp,
+        }
+    }
+
+    /// May the service look `name` up? Only a name its grant covers, and
+    /// one the device does not rule out: a device whose allow list holds only
+    /// names must cover this one; one that lists addresses leaves the check
+    /// to the connection.
+    pub fn may_resolve(&self, name: &str) -> Result<(), Refusal> {
+        let granted = self
+            .grant
+            .connect
+            .iter()
+            .chain(&self.grant.udp)
+            .any(|d| d.host.matches_name(name));
+        if !granted {
+            return Err(Refusal::NotGranted);
+        }
+        match &self.device {
+            None => Ok(()),
+            Some(allow) => {
+                if allow
+                    .iter()
+                    .any(|d| !d.host.is_name() || d.host.matches_name(name))
+                {
+                    Ok(())
+                } else {
+                    Err(Refusal::NotAllowedHere)
+                }
+            }
+        }
+    }
+
+    /// May the service reach `addr` over `transport`? `names` are the names
+    /// this service looked up that resolved to `addr` (empty for an address
+    /// it had on its own).
+    pub fn may_connect(
+        &self,
+        transport: Transport,
+        addr: SocketAddr,
+        names: &[&str],
+    ) -> Result<(), Refusal> {
+        if !self.list(transport).iter().any(|d| d.matches(addr, names)) {
+            return Err(Refusal::NotGranted);
+        }
+        match &self.device {
+            Some(allow) if !allow.iter().any(|d| d.matches(addr, names)) => {
+                Err(Refusal::NotAllowedHere)
+            }
+            _ => Ok(()),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn d(s: &str) -> Destination {
+        s.parse().unwrap()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    fn grant(connect: &[&str], udp: &[&str]) -> NetworkGrant {
+        NetworkGrant {
+            connect: connect.iter().map(|s| d(s)).collect(),
+            udp: udp.iter().map(|s| d(s)).collect(),
+            serve_http: false,
+        }
+    }
+
+    #[test]
+    fn parses_every_form_and_prints_it_back() {
+        for s in [
+            "broker.local:1883",
+            "api.example.com:443",
+            "*.example.org:443",
+            "10.0.0.5:502",
+            "10.0.0.0/8",
+            "192.168.0.0/16:80",
+            "[::1]:80",
+            "[fd00::/8]",
+            "*.local",
+        ] {
+            assert_eq!(d(s).to_string(), s, "{s}");
+        }
+        assert_eq!(d("API.Example.COM.:443").to_string(), "api.example.com:443");
+    }
+
+    #[test]
+    fn refuses_what_is_not_a_destination() {
+        for (s, want) in [
+            ("", "destination is empty"),
+            ("host:0", "invalid port"),
+            ("host:99999", "invalid port"),
+            ("host:http", "invalid port"),
+            ("bad host:80", "invalid host name"),
+            ("-x.example:80", "invalid host name"),
+            ("a..b:80", "invalid host name"),
+            ("*:80", "invalid host name"),
+            ("**.a:80", "invalid host name"),
+            ("10.0.0.0/33", "invalid network"),
+            ("10.0.0.0/x", "invalid network"),
+            ("::1", "brackets"),
+            ("[::1", "brackets"),
+            ("[::1]80", "invalid port"),
+        ] {
+            let e = s.parse::<Destination>().unwrap_err().to_string();
+            assert!(e.contains(want), "{s}: {e}");
+        }
+        let long = format!("{}.com:80", "a.".repeat(130));
+        assert!(long.parse::<Destination>().is_err());
+    }
+
+    #[test]
+    fn a_manifest_grant_names_ports() {
+        let g = grant(&["broker.local:1883"], &[]);
+        g.validate().unwrap();
+        let mut g = grant(&["broker.local"], &[]);
+        let e = g.validate().unwrap_err().to_string();
+        assert!(e.contains("`broker.local` names no port"), "{e}");
+        g.connect = vec![d("a:1"); MAX_DESTINATIONS + 1];
+        assert!(g.validate().is_err());
+    }
+
+    #[test]
+    fn wildcards_cover_names_below_not_the_name_itself() {
+        let h = d("*.example.org:443").host;
+        assert!(h.matches_name("a.example.org"));
+        assert!(h.matches_name("A.B.Example.org."));
+        assert!(!h.matches_name("example.org"));
+        assert!(!h.matches_name("badexample.org"));
+        assert!(!h.matches_ip("10.0.0.1".parse().unwrap()));
+    }
+
+    #[test]
+    fn blocks_match_both_address_forms() {
+        let h = d("10.0.0.0/8").host;
+        assert!(h.matches_ip("10.200.1.1".parse().unwrap()));
+        assert!(h.matches_ip("::ffff:10.1.2.3".parse().unwrap()));
+        assert!(!h.matches_ip("11.0.0.1".parse().unwrap()));
+        let ip = d("10.0.0.5:502").host;
+        assert!(ip.matches_ip("::ffff:10.0.0.5".parse().unwrap()));
+        assert!(d("0.0.0.0/0").host.matches_ip("8.8.8.8".parse().unwrap()));
+        assert!(d("[fd00::/8]").host.matches_ip("fd12::1".parse().unwrap()));
+        assert!(!d("[fd00::/8]").host.matches_ip("fe80::1".parse().unwrap()));
+    }
+
+    #[test]
+    fn nothing_is_allowed_by_default() {
+        let p = NetworkPolicy::default();
+        assert!(p.denies_all());
+        assert_eq!(p.may_resolve("example.com"), Err(Refusal::NotGranted));
+        assert_eq!(
+            p.may_connect(Transport::Tcp, addr("10.0.0.5:502"), &[]),
+            Err(Refusal::NotGranted)
+        );
+    }
+
+    #[test]
+    fn a_service_reaches_granted_addresses_and_resolved_names_only() {
+        let p = NetworkPolicy::new(
+            &grant(&["broker.local:1883", "10.0.0.5:502"], &["10.0.0.5:514"]),
+            None,
+        );
+        assert!(!p.denies_all());
+        p.may_resolve("broker.local").unwrap();
+        assert_eq!(p.may_resolve("evil.example"), Err(Refusal::NotGranted));
+        // The name's address, when it came from looking the name up.
+        let broker = addr("192.168.1.20:1883");
+        p.may_connect(Transport::Tcp, broker, &["broker.local"])
+            .unwrap();
+        assert_eq!(
+            p.may_connect(Transport::Tcp, broker, &[]),
+            Err(Refusal::NotGranted)
+        );
+        // A granted host on another port.
+        assert_eq!(
+            p.may_connect(Transport::Tcp, addr("192.168.1.20:22"), &["broker.local"]),
+            Err(Refusal::NotGranted)
+        );
+        p.may_connect(Transport::Tcp, addr("10.0.0.5:502"), &[])
+            .unwrap();
+        // TCP grants are not UDP grants, and the other way round.
+        assert_eq!(
+            p.may_connect(Transport::Udp, addr("10.0.0.5:502"), &[]),
+            Err(Refusal::NotGranted)
+        );
+        p.may_connect(Transport::Udp, addr("10.0.0.5:514"), &[])
+            .unwrap();
+        assert_eq!(
+            p.may_connect(Transport::Tcp, addr("10.0.0.5:514"), &[]),
+            Err(Refusal::NotGranted)
+        );
+    }
+
+    #[test]
+    fn a_device_narrows_what_a_service_was_granted() {
+        let g = grant(&["api.example.com:443", "broker.local:1883"], &[]);
+        let local = [d("192.168.0.0/16"), d("*.local")];
+        let p = NetworkPolicy::new(&g, Some(&local));
+        // Lookups: a device with address blocks leaves it to the connection.
+        p.may_resolve("api.example.com").unwrap();
+        assert_eq!(
+            p.may_connect(
+                Transport::Tcp,
+                addr("93.184.216.34:443"),
+                &["api.example.com"]
+            ),
+            Err(Refusal::NotAllowedHere)
+        );
+        p.may_connect(Transport::Tcp, addr("192.168.1.20:1883"), &["broker.local"])
+            .unwrap();
+        // A device listing names only refuses the lookup itself.
+        let names_only = [d("*.local")];
+        let p = NetworkPolicy::new(&g, Some(&names_only));
+        assert_eq!(
+            p.may_resolve("api.example.com"),
+            Err(Refusal::NotAllowedHere)
+        );
+        p.may_resolve("broker.local").unwrap();
+        // An empty allow list is no network.
+        let p = NetworkPolicy::new(&g, Some(&[]));
+        assert!(p.denies_all());
+        assert!(!p.allows(Transport::Tcp));
+        assert_eq!(p.may_resolve("broker.local"), Err(Refusal::NotAllowedHere));
+        // A port on the device's list narrows too.
+        let p = NetworkPolicy::new(&g, Some(&[d("*.local:8883")]));
+        assert_eq!(
+            p.may_connect(Transport::Tcp, addr("192.168.1.20:1883"), &["broker.local"]),
+            Err(Refusal::NotAllowedHere)
+        );
+    }
+
+    #[test]
+    fn grants_read_from_toml_and_refuse_typos() {
+        let g: NetworkGrant = toml::from_str(
+            r#"connect = ["broker.local:1883", "*.example.org:443"]
+               serve-http = true"#,
+        )
+        .unwrap();
+        assert_eq!(g.connect.len(), 2);
+        assert!(g.serve_http);
+        let e = toml::from_str::<NetworkGrant>(r#"conect = ["a:1"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("conect"), "{e}");
+        let e = toml::from_str::<NetworkGrant>(r#"connect = ["a b:1"]"#)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("invalid host name"), "{e}");
+        // And back to the JSON a signed file embeds.
+        let json = serde_json::to_string(&g).unwrap();
+        assert_eq!(
+            json,
+            r#"{"connect":["broker.local:1883","*.example.org:443"],"serve-http":true}"#
+        );
+    }
+}
