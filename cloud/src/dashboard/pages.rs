@@ -638,14 +638,35 @@ fn grants_of(service: &str, spec: &ServiceSpec, map: Option<&HardwareMap>) -> Ve
             granted,
         });
     }
-    for label in spec.grants.network.keys() {
+    for what in network_asks(&spec.grants.network) {
         items.push(GrantItem {
             service: service.to_owned(),
-            what: format!("network `{label}`"),
-            granted: "by the device".to_owned(),
+            what,
+            granted: "as far as the device's network allow list lets it".to_owned(),
         });
     }
     items
+}
+
+/// What a network grant asks for, one line per kind.
+fn network_asks(g: &kelp_core::network::NetworkGrant) -> Vec<String> {
+    let list = |ds: &[kelp_core::network::Destination]| {
+        ds.iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    let mut asks = Vec::new();
+    if !g.connect.is_empty() {
+        asks.push(format!("network: connect to {}", list(&g.connect)));
+    }
+    if !g.udp.is_empty() {
+        asks.push(format!("network: UDP to {}", list(&g.udp)));
+    }
+    if g.serve_http {
+        asks.push("network: answers HTTP".to_owned());
+    }
+    asks
 }
 
 /// `GET /devices/{uuid}`.
@@ -860,9 +881,7 @@ pub async fn release(
             let a: Vec<String> = g.addresses.iter().map(|a| format!("{a:#04x}")).collect();
             grants.push(format!("I2C `{label}`: {}", a.join(", ")));
         }
-        for label in spec.grants.network.keys() {
-            grants.push(format!("network `{label}`"));
-        }
+        grants.extend(network_asks(&spec.grants.network));
         services.push(ReleaseService {
             repository: repository.to_owned(),
             digest: digest.to_owned(),
