@@ -448,6 +448,22 @@ async fn signing_out_ends_the_session() {
         let (status, headers, _) = cloud.get("/", Some(&cookie)).await;
         assert_eq!(status, StatusCode::SEE_OTHER);
         assert_eq!(headers[header::LOCATION], "/login");
+
+        // Revoking the token a browser signed in with ends its session too.
+        let (cookie, _) = cloud.sign_in().await;
+        let admin = cloud.cp.db.tokens().await.unwrap()[0].id.clone();
+        cloud
+            .cp
+            .db
+            .create_token(&crate::secret::new_id(), "other", "sha256:other")
+            .await
+            .unwrap();
+        assert!(matches!(
+            cloud.cp.db.revoke_token(&admin).await.unwrap(),
+            crate::db::Revoke::Revoked
+        ));
+        let (status, _, _) = cloud.get("/", Some(&cookie)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
         cloud.close().await;
     }
 }
@@ -466,8 +482,15 @@ async fn pinning_from_a_page_changes_the_target_devices_see() {
             )
             .await;
         let image = format!("127.0.0.1:1/kelp/hello@sha256:{}", "a".repeat(64));
-        let services = serde_json::json!({ "hello": { "image": image, "signer": "0123456789abcdef01234567" } })
-            .to_string();
+        let services = serde_json::json!({ "hello": {
+            "image": image,
+            "signer": "0123456789abcdef01234567",
+            "grants": {
+                "gpio": { "led": { "modes": ["output"] }, "fan": { "modes": ["output"] } },
+                "network": { "connect": ["broker.local:1883"] },
+            },
+        } })
+        .to_string();
         for (id, v) in [
             ("11111111-1111-1111-1111-111111111111", "1.0"),
             ("22222222-2222-2222-2222-222222222222", "2.0"),
@@ -504,6 +527,22 @@ async fn pinning_from_a_page_changes_the_target_devices_see() {
         assert!(fleet.generation > before, "devices were not told");
         let (_, _, page) = cloud.get("/fleets/garden", Some(&cookie)).await;
         assert!(page.contains("(pinned to 1.0)"), "{page}");
+
+        // A device shows what the fleet's hardware map grants of what the
+        // release asks for.
+        register(&cloud, "d1").await;
+        let map = "[gpio.led]\nchip = \"gpiochip0\"\nline = 17\nmodes = [\"output\"]\n";
+        cloud
+            .cp
+            .db
+            .set_hardware_map("garden", None, Some(map))
+            .await
+            .unwrap();
+        let (status, _, page) = cloud.get("/devices/d1", Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(page.contains("gpiochip0 line 17 (output)"), "{page}");
+        assert!(page.contains("refused: not in the hardware map"), "{page}");
+
         let (status, _, page) = cloud
             .post(
                 "/fleets/garden/pin",
@@ -525,6 +564,8 @@ async fn pinning_from_a_page_changes_the_target_devices_see() {
             "{page}"
         );
         assert!(page.contains("0123456789abcdef01234567"), "{page}");
+        assert!(page.contains("GPIO `led`: output"), "{page}");
+        assert!(page.contains("connect to broker.local:1883"), "{page}");
         let (status, _, _) = cloud
             .get("/fleets/garden/releases/3.0", Some(&cookie))
             .await;
