@@ -728,12 +728,8 @@ pub async fn device(
             line: l.line,
         })
         .collect();
-    let last_seq = cp
-        .db
-        .logs(&d.uuid, "", None, 1)
-        .await?
-        .last()
-        .map_or(0, |l| l.seq);
+    // The backlog is the newest lines, so its last is the newest of all.
+    let last_seq = logs.last().map_or(0, |l| l.seq);
     let mut service_names: BTreeSet<String> = logs.iter().map(|l| l.service.clone()).collect();
     if let Some(r) = running.and_then(|id| releases.all.iter().find(|r| r.id == id)) {
         service_names.extend(services_of(r)?.into_keys());

@@ -120,6 +120,49 @@ pub fn line_chart(
     }
 }
 
+/// One sample of one service's history: when, its memory in bytes, and
+/// how many times it had restarted.
+pub struct Sample<'a> {
+    pub service: &'a str,
+    pub at: i64,
+    pub memory: Option<i64>,
+    pub restarts: Option<i64>,
+}
+
+/// A device's two charts: memory over time per service, and restarts over
+/// time per service. Either is left out when no sample has its value.
+pub fn service_history<'a>(samples: impl IntoIterator<Item = Sample<'a>>) -> Vec<Plot> {
+    use std::collections::BTreeMap;
+    let mut memory: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
+    let mut restarts: BTreeMap<&str, Vec<(i64, f64)>> = BTreeMap::new();
+    for s in samples {
+        if let Some(m) = s.memory {
+            memory.entry(s.service).or_default().push((s.at, m as f64));
+        }
+        if let Some(r) = s.restarts {
+            restarts
+                .entry(s.service)
+                .or_default()
+                .push((s.at, r as f64));
+        }
+    }
+    let owned = |m: BTreeMap<&str, Vec<(i64, f64)>>| -> Vec<(String, Vec<(i64, f64)>)> {
+        m.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()
+    };
+    let mut plots = Vec::new();
+    if !memory.is_empty() {
+        plots.push(line_chart("Memory", owned(memory), |v| {
+            super::pages::bytes(v as i64)
+        }));
+    }
+    if !restarts.is_empty() {
+        plots.push(line_chart("Restarts", owned(restarts), |v| {
+            format!("{v:.0}")
+        }));
+    }
+    plots
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -148,6 +191,28 @@ mod tests {
         assert_eq!(points[0].1, HEIGHT - BOTTOM);
         assert!(points[2].1 > TOP && points[2].1 < points[1].1);
         assert_eq!(plot.y_labels[0].text, "0");
+    }
+
+    #[test]
+    fn a_devices_history_becomes_a_memory_and_a_restarts_chart() {
+        let sample = |service, at, memory, restarts| Sample {
+            service,
+            at,
+            memory,
+            restarts,
+        };
+        let plots = service_history([
+            sample("web", 10, Some(1 << 20), Some(0)),
+            sample("db", 10, Some(2 << 20), None),
+            sample("web", 20, Some(3 << 20), Some(1)),
+        ]);
+        let titles: Vec<&str> = plots.iter().map(|p| p.title.as_str()).collect();
+        assert_eq!(titles, ["Memory", "Restarts"]);
+        let names: Vec<&str> = plots[0].series.iter().map(|s| s.name.as_str()).collect();
+        assert_eq!(names, ["db", "web"]);
+        assert_eq!(plots[0].y_labels[2].text, "3.3 MiB");
+        assert_eq!(plots[1].series.len(), 1);
+        assert!(service_history([sample("web", 1, None, None)]).is_empty());
     }
 
     #[test]
