@@ -5,6 +5,9 @@
 // Lines kept in the page; older ones are dropped as new ones arrive, so a
 // chatty device does not grow the page without bound.
 const MAX_LINES = 2000;
+// How often the parts of a page marked `data-live` (device status, service
+// states, rollout progress) are fetched again while the page is in view.
+const REFRESH_MS = 5000;
 
 document.addEventListener("DOMContentLoaded", () => {
   for (const form of document.querySelectorAll("form[data-confirm]")) {
@@ -14,7 +17,27 @@ document.addEventListener("DOMContentLoaded", () => {
   }
   const list = document.getElementById("log-lines");
   if (list && window.EventSource) followLogs(list);
+  if (document.querySelector("[data-live][id]")) setTimeout(refreshLive, REFRESH_MS);
 });
+
+// Fetches this page again and swaps in its `data-live` parts, so status
+// moves without a reload (and without touching forms or the log).
+async function refreshLive() {
+  try {
+    if (document.visibilityState === "visible") {
+      const res = await fetch(location.pathname, { credentials: "same-origin" });
+      if (res.redirected || !res.ok) return; // signed out, or gone: stop
+      const fresh = new DOMParser().parseFromString(await res.text(), "text/html");
+      for (const part of document.querySelectorAll("[data-live][id]")) {
+        const next = fresh.getElementById(part.id);
+        if (next) part.replaceWith(document.adoptNode(next));
+      }
+    }
+  } catch (e) {
+    // The cloud is unreachable for now; try again at the next tick.
+  }
+  setTimeout(refreshLive, REFRESH_MS);
+}
 
 function followLogs(list) {
   const filter = document.getElementById("log-filter");
