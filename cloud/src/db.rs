@@ -11,10 +11,11 @@
 //! and against PostgreSQL when `KELP_TEST_POSTGRES` names one, not by
 //! compile-time macros, since no database exists at build time.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 use std::time::{SystemTime, UNIX_EPOCH};
 
+use kelp_core::api::ServiceSample;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row as _};
 
@@ -73,6 +74,15 @@ pub fn now_ms() -> i64 {
 /// Most log lines kept per device; older ones are dropped as new ones
 /// arrive, so a chatty device cannot fill the database.
 pub const KEPT_LOG_LINES: i64 = 10_000;
+
+/// Seconds between two stored samples of a service that only changed its
+/// memory: a device reports each change, and a plot needs no more than one
+/// point in this long. A change of restarts is always stored.
+pub const SAMPLE_EVERY: i64 = 10;
+
+/// Seconds a sample is kept: a day of history, at most 8,640 samples of a
+/// service.
+pub const KEPT_SAMPLE_AGE: i64 = 24 * 60 * 60;
 
 /// The URL of the SQLite database in a data directory. The path is
 /// percent-encoded where a URL would misread it (`%`, `?`, `#`), so a
@@ -173,7 +183,18 @@ pub struct ServiceRow {
     pub service: String,
     pub state: String,
     pub memory: Option<i64>,
+    pub restarts: i64,
+    pub last_exit: Option<String>,
     pub updated_at: i64,
+}
+
+/// What a device says of one service it runs.
+#[derive(Clone, Debug)]
+pub struct ServiceReportRow {
+    pub state: String,
+    pub memory: Option<i64>,
+    pub restarts: i64,
+    pub last_exit: Option<String>,
 }
 
 /// One service in a device's report: its state and memory, or `None` when
@@ -181,7 +202,7 @@ pub struct ServiceRow {
 #[derive(Clone, Debug)]
 pub struct ReportedService {
     pub service: String,
-    pub status: Option<(String, Option<i64>)>,
+    pub status: Option<ServiceReportRow>,
 }
 
 /// One log line as stored.
@@ -1123,18 +1144,37 @@ impl Db {
         }
         for ReportedService { service, status } in services {
             match status {
-                Some((state, memory)) => {
+                Some(r) => {
                     sqlx::query(
-                        "INSERT INTO device_services (uuid, service, state, memory, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5) \
+                        "INSERT INTO device_services \
+                         (uuid, service, state, memory, restarts, last_exit, updated_at) \
+                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
                          ON CONFLICT (uuid, service) DO UPDATE SET state = excluded.state, \
-                         memory = excluded.memory, updated_at = excluded.updated_at",
+                         memory = excluded.memory, restarts = excluded.restarts, \
+                         last_exit = excluded.last_exit, updated_at = excluded.updated_at",
                     )
                     .bind(uuid)
                     .bind(service)
-                    .bind(state)
-                    .bind(*memory)
+                    .bind(&r.state)
+                    .bind(r.memory)
+                    .bind(r.restarts)
+                    .bind(&r.last_exit)
                     .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                    // A sample unless one this recent says the same restarts.
+                    sqlx::query(
+                        "INSERT INTO service_samples (uuid, service, at, memory, restarts) \
+                         SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (\
+                         SELECT 1 FROM service_samples WHERE uuid = $1 AND service = $2 \
+                         AND at > $6 AND restarts = $5)",
+                    )
+                    .bind(uuid)
+                    .bind(service)
+                    .bind(at)
+                    .bind(r.memory)
+                    .bind(r.restarts)
+                    .bind(at - SAMPLE_EVERY)
                     .execute(&mut *tx)
                     .await?;
                 }
@@ -1147,14 +1187,89 @@ impl Db {
                 }
             }
         }
+        if !services.is_empty() {
+            sqlx::query("DELETE FROM service_samples WHERE uuid = $1 AND at < $2")
+                .bind(uuid)
+                .bind(at - KEPT_SAMPLE_AGE)
+                .execute(&mut *tx)
+                .await?;
+        }
         tx.commit().await?;
         Ok(())
     }
 
+    /// Each service's samples since `since` (seconds), oldest first.
+    pub async fn service_samples(
+        &self,
+        uuid: &str,
+        since: i64,
+    ) -> Result<BTreeMap<String, Vec<ServiceSample>>, DbError> {
+        let rows = sqlx::query(
+            "SELECT service, at, memory, restarts FROM service_samples \
+             WHERE uuid = $1 AND at >= $2 ORDER BY service, at",
+        )
+        .bind(uuid)
+        .bind(since)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut samples: BTreeMap<String, Vec<ServiceSample>> = BTreeMap::new();
+        for r in &rows {
+            samples
+                .entry(r.try_get("service")?)
+                .or_default()
+                .push(ServiceSample {
+                    at: r.try_get("at")?,
+                    memory: r.try_get("memory")?,
+                    restarts: r.try_get("restarts")?,
+                });
+        }
+        Ok(samples)
+    }
+
+    /// Asks `uuid` to restart `service` once more, and says how many times
+    /// it has been asked. The caller counts the change to the fleet's
+    /// targets.
+    pub async fn request_restart(&self, uuid: &str, service: &str) -> Result<u64, DbError> {
+        let count: i64 = sqlx::query(
+            "INSERT INTO restart_requests (uuid, service, count) VALUES ($1, $2, 1) \
+             ON CONFLICT (uuid, service) DO UPDATE SET count = restart_requests.count + 1 \
+             RETURNING count",
+        )
+        .bind(uuid)
+        .bind(service)
+        .fetch_one(&self.pool)
+        .await?
+        .try_get("count")?;
+        Ok(u64::try_from(count).unwrap_or(0))
+    }
+
+    /// Restart counts of `fleet`'s devices, by uuid.
+    pub async fn fleet_restart_requests(
+        &self,
+        fleet: &str,
+    ) -> Result<HashMap<String, BTreeMap<String, u64>>, DbError> {
+        let rows = sqlx::query(
+            "SELECT r.uuid, r.service, r.count FROM restart_requests r \
+             JOIN devices d ON d.uuid = r.uuid WHERE d.fleet = $1",
+        )
+        .bind(fleet)
+        .fetch_all(&self.pool)
+        .await?;
+        let mut counts: HashMap<String, BTreeMap<String, u64>> = HashMap::new();
+        for r in &rows {
+            let count: i64 = r.try_get("count")?;
+            counts
+                .entry(r.try_get("uuid")?)
+                .or_default()
+                .insert(r.try_get("service")?, u64::try_from(count).unwrap_or(0));
+        }
+        Ok(counts)
+    }
+
     pub async fn device_services(&self, uuid: &str) -> Result<Vec<ServiceRow>, DbError> {
         let rows = sqlx::query(
-            "SELECT service, state, memory, updated_at FROM device_services WHERE uuid = $1 \
-             ORDER BY service",
+            "SELECT service, state, memory, restarts, last_exit, updated_at FROM device_services \
+             WHERE uuid = $1 ORDER BY service",
         )
         .bind(uuid)
         .fetch_all(&self.pool)
@@ -1165,6 +1280,8 @@ impl Db {
                     service: r.try_get("service")?,
                     state: r.try_get("state")?,
                     memory: r.try_get("memory")?,
+                    restarts: r.try_get("restarts")?,
+                    last_exit: r.try_get("last_exit")?,
                     updated_at: r.try_get("updated_at")?,
                 })
             })

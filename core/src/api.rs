@@ -124,7 +124,38 @@ pub struct ServiceStatusView {
     pub state: String,
     /// Bytes of memory in use, when the device said.
     pub memory: Option<i64>,
+    /// Times the device started it again after it ended.
+    #[serde(default)]
+    pub restarts: i64,
+    /// Why its last run ended, when one has.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
     pub updated_at: i64,
+}
+
+/// One point of a service's history: what the device said at `at`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ServiceSample {
+    /// Seconds since the Unix epoch, by the cloud's clock.
+    pub at: i64,
+    /// Bytes of memory in use.
+    pub memory: Option<i64>,
+    pub restarts: i64,
+}
+
+/// `GET /api/v1/devices/{uuid}/samples`: each service's history, oldest
+/// first.
+pub type ServiceSamples = BTreeMap<String, Vec<ServiceSample>>;
+
+/// `POST /api/v1/devices/{uuid}/services/{service}/restart`: the request
+/// was stored; the device restarts the service when it next hears from the
+/// cloud.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct RestartRequested {
+    pub service: String,
+    /// How many restarts of this service have been asked for, this one
+    /// included.
+    pub count: u64,
 }
 
 /// `PATCH /device/v1/state`: what changed on the device since it last
@@ -203,6 +234,28 @@ pub struct ServiceReport {
     /// Bytes of memory in use.
     #[serde(default)]
     pub memory: Option<u64>,
+    /// Times the device started it again after it ended.
+    #[serde(default)]
+    pub restarts: u32,
+    /// Why its last run ended, when one has; at most
+    /// [`MAX_EXIT_REASON`] bytes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_exit: Option<String>,
+}
+
+/// Longest exit reason a device reports. A trap's message may carry a
+/// whole backtrace; its first kilobyte says what happened.
+pub const MAX_EXIT_REASON: usize = 1024;
+
+impl ServiceReport {
+    /// `reason` cut to [`MAX_EXIT_REASON`] bytes at a character boundary.
+    pub fn exit_reason(reason: &str) -> String {
+        let mut end = reason.len().min(MAX_EXIT_REASON);
+        while !reason.is_char_boundary(end) {
+            end -= 1;
+        }
+        reason[..end].to_owned()
+    }
 }
 
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -343,6 +396,12 @@ pub struct TargetState {
     /// the map its config file names.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub hardware_map: Option<String>,
+    /// Restarts asked for, as a count per service: the device restarts a
+    /// service when its count goes up. A count, not a one-off command, so
+    /// that a device that missed a poll or restarted itself acts on each
+    /// request at most once.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub restarts: BTreeMap<String, u64>,
 }
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]

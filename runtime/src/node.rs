@@ -201,6 +201,9 @@ pub struct Node {
     cloud_map: Mutex<Option<String>>,
     /// Why the cloud's last map is not in use, if it is not.
     map_error: Mutex<Option<String>>,
+    /// The highest restart count seen per service (`TargetState::restarts`);
+    /// `None` until the first target, whose counts are taken as done.
+    restart_counts: Mutex<Option<BTreeMap<String, u64>>>,
 }
 
 impl Node {
@@ -215,6 +218,7 @@ impl Node {
             base_map,
             cloud_map: Mutex::default(),
             map_error: Mutex::default(),
+            restart_counts: Mutex::default(),
             supervisor,
             images,
             refused: Mutex::default(),
@@ -331,13 +335,43 @@ impl Node {
         let (services, bad) = crate::agent::services(target, services_dir);
         let map_changed = self.use_map(target.hardware_map.as_deref());
         let report = self.apply_refusing(services, bad).await;
-        if map_changed {
-            for name in &report.unchanged {
-                if let Err(e) = self.supervisor.restart(name).await {
-                    tracing::warn!(service = %name, error = %e, "cannot restart for the new hardware map");
-                }
+        let asked = self.restarts_asked(&target.restarts);
+        for name in &report.unchanged {
+            let why = if map_changed {
+                "for the new hardware map"
+            } else if asked.contains(name) {
+                "as asked from the cloud"
+            } else {
+                continue;
+            };
+            tracing::info!(service = %name, "restarting {why}");
+            if let Err(e) = self.supervisor.restart(name).await {
+                tracing::warn!(service = %name, error = %e, "cannot restart {why}");
             }
         }
+    }
+
+    /// The services whose restart count went up since the last target.
+    /// Counts only grow here: a rollback to an older target must not make
+    /// a later one ask again.
+    fn restarts_asked(&self, counts: &BTreeMap<String, u64>) -> Vec<String> {
+        let mut seen = self
+            .restart_counts
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        let Some(seen) = seen.as_mut() else {
+            *seen = Some(counts.clone());
+            return Vec::new();
+        };
+        let mut asked = Vec::new();
+        for (name, &count) in counts {
+            let before = seen.entry(name.clone()).or_insert(0);
+            if count > *before {
+                *before = count;
+                asked.push(name.clone());
+            }
+        }
+        asked
     }
 
     /// What `status.json` and the local API's status say.

@@ -134,6 +134,7 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
             d["current_release"] == "1.0"
                 && d["update"]["state"] == "healthy"
                 && d["services"]["idle"]["state"] == "running"
+                && d["services"]["hello"]["last_exit"] == "exited with code 0"
         });
     }
 
@@ -199,6 +200,19 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
             if uuid == &uuids[0] { 2 } else { 1 }
         );
     }
+
+    // A restart asked from the cloud restarts that service on that device.
+    let (status, answer) = api(
+        &cloud,
+        reqwest::Method::POST,
+        &format!("/api/v1/devices/{}/services/idle/restart", uuids[1]),
+        None,
+    );
+    assert_eq!(status, 202, "{answer}");
+    devices[1].wait_until("idle to restart from the cloud", |d| {
+        d.lines_of("idle", "idle: ready") == 2
+    });
+    assert_eq!(devices[2].lines_of("idle", "idle: ready"), 1);
 
     // v3 crashes at start: every device goes back to v2 and says why.
     release(

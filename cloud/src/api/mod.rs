@@ -101,6 +101,11 @@ pub fn router(cp: ControlPlane) -> Router {
         )
         .route("/api/v1/devices/{uuid}/env", get(list_device_env))
         .route(
+            "/api/v1/devices/{uuid}/services/{service}/restart",
+            post(restart_service),
+        )
+        .route("/api/v1/devices/{uuid}/samples", get(device_samples))
+        .route(
             "/api/v1/devices/{uuid}/env/{key}",
             put(set_device_env).delete(delete_device_env),
         )
@@ -411,6 +416,8 @@ async fn device_view(cp: &ControlPlane, d: DeviceRow) -> Result<DeviceView, ApiE
             let view = ServiceStatusView {
                 state: s.state,
                 memory: s.memory,
+                restarts: s.restarts,
+                last_exit: s.last_exit,
                 updated_at: s.updated_at,
             };
             (s.service, view)
@@ -906,8 +913,21 @@ async fn report_state(
                     r.memory.map(i64::try_from).transpose().map_err(|_| {
                         ApiError::field(format!("{at}.memory"), "memory is too large")
                     })?;
-                // Display spells a state as its JSON name does.
-                Some((r.state.to_string(), memory))
+                if let Some(why) = &r.last_exit
+                    && why.len() > MAX_EXIT_REASON
+                {
+                    return Err(ApiError::field(
+                        format!("{at}.last_exit"),
+                        format!("an exit reason is at most {MAX_EXIT_REASON} bytes"),
+                    ));
+                }
+                Some(db::ServiceReportRow {
+                    // Display spells a state as its JSON name does.
+                    state: r.state.to_string(),
+                    memory,
+                    restarts: i64::from(r.restarts),
+                    last_exit: r.last_exit,
+                })
             }
             None => None,
         };
@@ -1071,6 +1091,56 @@ async fn device_logs(
         })
         .collect();
     Ok(axum::Json(lines).into_response())
+}
+
+/// `POST /api/v1/devices/{uuid}/services/{service}/restart`: asks the
+/// device to restart one service it runs.
+async fn restart_service(
+    State(cp): State<ControlPlane>,
+    user: User,
+    p: Result<Path<(String, String)>, PathRejection>,
+) -> Result<Response, ApiError> {
+    let (uuid, service) = path(p)?;
+    check_service_name("service", &service)?;
+    let device = find_device(&cp, &uuid).await?;
+    let runs = cp
+        .db
+        .device_services(&device.uuid)
+        .await?
+        .iter()
+        .any(|s| s.service == service);
+    if !runs {
+        return Err(ApiError::not_found(format!(
+            "device `{}` reports no service `{service}`",
+            device.uuid
+        )));
+    }
+    let count = cp.db.request_restart(&device.uuid, &service).await?;
+    tracing::info!(by = %user.token_id, uuid = %device.uuid, %service, count, "restart asked for");
+    cp.changed(&device.fleet).await;
+    let body = RestartRequested { service, count };
+    Ok((StatusCode::ACCEPTED, axum::Json(body)).into_response())
+}
+
+#[derive(Deserialize)]
+#[serde(deny_unknown_fields)]
+struct SamplesQuery {
+    /// Seconds since the epoch; the last hour when absent.
+    since: Option<i64>,
+}
+
+/// `GET /api/v1/devices/{uuid}/samples?since=`: each service's memory and
+/// restarts over time.
+async fn device_samples(
+    State(cp): State<ControlPlane>,
+    _user: User,
+    uuid: Result<Path<String>, PathRejection>,
+    q: Result<Query<SamplesQuery>, QueryRejection>,
+) -> Result<Response, ApiError> {
+    let device = find_device(&cp, &path(uuid)?).await?;
+    let since = query(q)?.since.unwrap_or_else(|| db::now() - 60 * 60);
+    let samples: ServiceSamples = cp.db.service_samples(&device.uuid, since).await?;
+    Ok(axum::Json(samples).into_response())
 }
 
 // --- environment variables ---

@@ -2,7 +2,8 @@
 //! than once per poll.
 //!
 //! A target depends on the fleet's pin or latest release, the device's
-//! pin, the variables of the fleet and the device, and their hardware maps; every write to any
+//! pin, the variables of the fleet and the device, their hardware maps and
+//! the restarts asked of the device; every write to any
 //! of them counts a change in the fleet's `generation` in the database,
 //! which a poll reads in the same query that finds the device by its key.
 //! So what is kept here is only ever a copy of the database at a known
@@ -68,6 +69,8 @@ struct FleetCopy {
     /// The fleet's hardware map, and those of single devices, by uuid.
     map: Option<String>,
     device_maps: HashMap<String, String>,
+    /// Restarts asked of single devices, by uuid.
+    device_restarts: HashMap<String, BTreeMap<String, u64>>,
     /// The target of a device with no pin and no variables of its own.
     common: Arc<Target>,
     /// Releases devices are pinned to, read as first needed. A release
@@ -97,15 +100,18 @@ impl Targets {
         let fleet = self.fleet(db, &device.fleet, device.generation).await?;
         let own_vars = fleet.device_vars.get(&device.uuid);
         let own_map = fleet.device_maps.get(&device.uuid);
+        let restarts = fleet.device_restarts.get(&device.uuid);
         let release = match &device.pinned_release {
-            None if own_vars.is_none() && own_map.is_none() => return Ok(fleet.common.clone()),
+            None if own_vars.is_none() && own_map.is_none() && restarts.is_none() => {
+                return Ok(fleet.common.clone());
+            }
             None => fleet.release.clone(),
             Some(id) => pinned(db, &fleet, id).await?,
         };
         let mut vars = fleet.vars.clone();
         vars.extend(own_vars.into_iter().flatten().cloned());
         let map = own_map.or(fleet.map.as_ref());
-        Ok(Arc::new(render(release.as_deref(), &vars, map)?))
+        Ok(Arc::new(render(release.as_deref(), &vars, map, restarts)?))
     }
 
     /// The copy of `name` at `generation` or later, read again if there is
@@ -162,7 +168,8 @@ async fn read_fleet(db: &Db, name: &str) -> Result<FleetCopy, ApiError> {
     }
     let map = db.hardware_map(name, None).await?;
     let device_maps = db.device_hardware_maps(name).await?.into_iter().collect();
-    let common = Arc::new(render(release.as_deref(), &vars, map.as_ref())?);
+    let device_restarts = db.fleet_restart_requests(name).await?;
+    let common = Arc::new(render(release.as_deref(), &vars, map.as_ref(), None)?);
     Ok(FleetCopy {
         generation: fleet.generation,
         read_at,
@@ -171,6 +178,7 @@ async fn read_fleet(db: &Db, name: &str) -> Result<FleetCopy, ApiError> {
         device_vars,
         map,
         device_maps,
+        device_restarts,
         common,
         pinned: Mutex::default(),
     })
@@ -197,17 +205,19 @@ async fn pinned(
 }
 
 /// The target state of `release` with `vars` over each service's env,
-/// and `map` for the device's hardware.
+/// `map` for the device's hardware, and the restarts asked of it.
 fn render(
     release: Option<&ReleaseView>,
     vars: &[EnvRow],
     map: Option<&String>,
+    restarts: Option<&BTreeMap<String, u64>>,
 ) -> Result<Target, ApiError> {
     let mut state = match release {
         None => TargetState {
             release: None,
             services: BTreeMap::new(),
             hardware_map: None,
+            restarts: BTreeMap::new(),
         },
         Some(view) => TargetState {
             release: Some(super::ReleaseRef {
@@ -231,8 +241,10 @@ fn render(
                 })
                 .collect(),
             hardware_map: None,
+            restarts: BTreeMap::new(),
         },
     };
     state.hardware_map = map.cloned();
+    state.restarts = restarts.cloned().unwrap_or_default();
     Target::of(&state)
 }

@@ -890,3 +890,111 @@ async fn a_device_gets_its_own_hardware_map_else_its_fleets() {
         assert!(target(&key).await.get("hardware_map").is_none());
     }
 }
+
+#[tokio::test]
+async fn restarts_and_exits_are_kept_with_their_history_and_a_restart_reaches_the_target() {
+    for cloud in TestCloud::all().await {
+        let pk = cloud.fleet("line").await;
+        let key = cloud.device(&pk, "press").await;
+        let other = cloud.device(&pk, "lathe").await;
+        let patch = |body: serde_json::Value| {
+            let (cloud, key) = (&cloud, &key);
+            async move {
+                cloud
+                    .send(Method::PATCH, "/device/v1/state", Some(key), Some(body))
+                    .await
+            }
+        };
+        let r = patch(json!({ "services": { "web": {
+            "state": "running", "memory": 1000, "restarts": 0
+        } } }))
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+        let r = patch(json!({ "services": { "web": {
+            "state": "running", "memory": 2000, "restarts": 1,
+            "last_exit": "trapped: unreachable"
+        } } }))
+        .await;
+        assert_eq!(r.status, StatusCode::NO_CONTENT, "{}", r.body);
+
+        let d = cloud.get("/api/v1/devices/press", &cloud.admin).await.body;
+        assert_eq!(d["services"]["web"]["restarts"], 1);
+        assert_eq!(d["services"]["web"]["last_exit"], "trapped: unreachable");
+        // Both reports are in the history: the second changed the restarts.
+        let h = cloud
+            .get("/api/v1/devices/press/samples", &cloud.admin)
+            .await;
+        assert_eq!(h.status, StatusCode::OK, "{}", h.body);
+        let web = h.body["web"].as_array().unwrap();
+        let points: Vec<(i64, i64)> = web
+            .iter()
+            .map(|s| {
+                (
+                    s["memory"].as_i64().unwrap(),
+                    s["restarts"].as_i64().unwrap(),
+                )
+            })
+            .collect();
+        assert_eq!(points, [(1000, 0), (2000, 1)]);
+        // A memory change moments later adds no point.
+        patch(json!({ "services": { "web": {
+            "state": "running", "memory": 3000, "restarts": 1
+        } } }))
+        .await;
+        let h = cloud
+            .get("/api/v1/devices/press/samples", &cloud.admin)
+            .await;
+        assert_eq!(h.body["web"].as_array().unwrap().len(), 2, "{}", h.body);
+        let future = cloud
+            .get(
+                "/api/v1/devices/press/samples?since=99999999999",
+                &cloud.admin,
+            )
+            .await;
+        assert_eq!(future.body, json!({}));
+
+        let r = patch(json!({ "services": { "web": {
+            "state": "running", "last_exit": "x".repeat(2000)
+        } } }))
+        .await;
+        assert_eq!(r.status, StatusCode::BAD_REQUEST, "{}", r.body);
+        assert_eq!(r.field(), "services.web.last_exit");
+
+        // A restart: counted, and in this device's target only.
+        let target = |key: &str| {
+            let (cloud, key) = (&cloud, key.to_owned());
+            async move { cloud.get("/device/v1/state", &key).await.body }
+        };
+        assert!(target(&key).await.get("restarts").is_none());
+        for want in [1, 2] {
+            let r = cloud
+                .post(
+                    "/api/v1/devices/press/services/web/restart",
+                    &cloud.admin,
+                    json!(null),
+                )
+                .await;
+            assert_eq!(r.status, StatusCode::ACCEPTED, "{}", r.body);
+            assert_eq!(r.body, json!({ "service": "web", "count": want }));
+            assert_eq!(target(&key).await["restarts"], json!({ "web": want }));
+        }
+        assert!(target(&other).await.get("restarts").is_none());
+        for (uri, status) in [
+            (
+                "/api/v1/devices/press/services/db/restart",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "/api/v1/devices/nobody/services/web/restart",
+                StatusCode::NOT_FOUND,
+            ),
+            (
+                "/api/v1/devices/press/services/Web!/restart",
+                StatusCode::BAD_REQUEST,
+            ),
+        ] {
+            let r = cloud.post(uri, &cloud.admin, json!(null)).await;
+            assert_eq!(r.status, status, "{uri}: {}", r.body);
+        }
+    }
+}

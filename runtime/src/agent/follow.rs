@@ -315,6 +315,10 @@ async fn follow(
                 let report = ServiceReport {
                     state: s.state,
                     memory: Some(s.memory_bytes),
+                    restarts: s.restarts,
+                    last_exit: s
+                        .last_exit
+                        .map(|e| ServiceReport::exit_reason(&e.to_string())),
                 };
                 (s.name, report)
             })

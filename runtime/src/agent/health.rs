@@ -112,6 +112,7 @@ mod tests {
                 release: None,
                 services: BTreeMap::new(),
                 hardware_map: None,
+                restarts: BTreeMap::new(),
             },
         }
     }

@@ -586,9 +586,12 @@ pub fn changes(
 ) -> CurrentState {
     let mut changed = BTreeMap::new();
     for (name, now) in services {
-        let same = told
-            .get(name)
-            .is_some_and(|t| t.state == now.state && t.memory == now.memory);
+        let same = told.get(name).is_some_and(|t| {
+            t.state == now.state
+                && t.memory == now.memory
+                && t.restarts == now.restarts
+                && t.last_exit == now.last_exit
+        });
         if !same {
             changed.insert(name.clone(), Some(now.clone()));
         }
@@ -692,6 +695,8 @@ mod tests {
         let report = |state| ServiceReport {
             state,
             memory: Some(1),
+            restarts: 0,
+            last_exit: None,
         };
         let told = BTreeMap::from([
             ("a".to_owned(), report(ServiceState::Running)),
