@@ -454,6 +454,25 @@ fn a_person_runs_a_fleet_from_the_dashboard() {
     browser.wait_for("its greeting in the page's log", false, |b| {
         b.text("#log-lines").contains(&greeting("garden"))
     });
+
+    // A service restarted from the page starts again on the device, and
+    // says so in the page's log.
+    let ready_lines = |b: &Browser| {
+        b.script(
+            "return [...document.querySelectorAll('#log-lines li .text')]\
+             .filter(t => t.textContent === 'idle: ready').length",
+        )
+        .as_u64()
+        .unwrap()
+    };
+    assert_eq!(ready_lines(&browser), 1);
+    browser.click("#restart-idle");
+    device.wait_until("idle to restart", |d| {
+        d.lines_of("idle", "idle: ready") == 2
+    });
+    browser.wait_for("the restart in the page's log", false, |b| {
+        ready_lines(b) == 2
+    });
     browser.screenshots("device");
 
     // Release 2.0 reaches the device; pinning the fleet to 1.0 on its page

@@ -10,10 +10,6 @@
 
 mod logs;
 mod pages;
-#[cfg_attr(
-    not(test),
-    expect(dead_code, reason = "drawn once the cloud keeps per-service history")
-)]
 mod plot;
 mod session;
 #[cfg(test)]
@@ -62,6 +58,10 @@ pub fn router(cp: ControlPlane) -> Router {
         .route("/fleets/{name}/releases/{version}", get(pages::release))
         .route("/devices/{uuid}", get(pages::device))
         .route("/devices/{uuid}/pin", post(pages::pin_device))
+        .route(
+            "/devices/{uuid}/services/{service}/restart",
+            post(pages::restart_service),
+        )
         .route("/devices/{uuid}/env", post(pages::set_device_env))
         .route("/devices/{uuid}/env/delete", post(pages::delete_device_env))
         .route("/devices/{uuid}/logs/stream", get(logs::stream))

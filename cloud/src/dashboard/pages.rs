@@ -19,6 +19,11 @@ use crate::api::{
 use crate::db::{self, DeviceRow, EnvRow, FleetRow, ReleaseRow};
 use crate::secret;
 
+/// Seconds of history a device page plots: an hour shows a restart loop
+/// or a leak at a glance; the cloud keeps a day (`db::KEPT_SAMPLE_AGE`),
+/// which `GET /api/v1/devices/{uuid}/samples?since=` returns.
+pub const PLOT_WINDOW: i64 = 60 * 60;
+
 /// Log lines a device page shows when it opens; newer ones stream in after
 /// them. Enough to see what led up to now without a page of megabytes.
 pub const LOG_BACKLOG: i64 = 200;
@@ -521,6 +526,8 @@ pub struct ServiceItem {
     pub name: String,
     pub state: String,
     pub memory: String,
+    pub restarts: i64,
+    pub last_exit: String,
     pub updated: String,
 }
 
@@ -687,6 +694,8 @@ pub async fn device(
             name: s.service,
             state: s.state,
             memory: s.memory.map_or_else(|| "—".to_owned(), bytes),
+            restarts: s.restarts,
+            last_exit: s.last_exit.unwrap_or_default(),
             updated: ago(s.updated_at),
         })
         .collect();
@@ -741,6 +750,10 @@ pub async fn device(
         .into_iter()
         .filter(|v| v.device == d.uuid)
         .collect();
+    let samples = cp
+        .db
+        .service_samples(&d.uuid, db::now().saturating_sub(PLOT_WINDOW))
+        .await?;
     let target = releases.target_of(&d);
     let page = DevicePage {
         csrf: session.csrf.clone(),
@@ -775,7 +788,14 @@ pub async fn device(
         service_names: service_names.into_iter().collect(),
         logs,
         last_seq,
-        plots: Vec::new(),
+        plots: plot::service_history(samples.iter().flat_map(|(service, samples)| {
+            samples.iter().map(|s| plot::Sample {
+                service,
+                at: s.at,
+                memory: s.memory,
+                restarts: Some(s.restarts),
+            })
+        })),
         env_action: format!("/devices/{}/env", d.uuid),
         uuid: d.uuid,
         name: d.name,
@@ -799,6 +819,33 @@ pub async fn pin_device(
     tracing::info!(by = %session.token_id, uuid = %d.uuid, release = %form.release, "device pinned");
     cp.changed(&d.fleet).await;
     Ok(Redirect::to(&format!("/devices/{}", d.uuid)).into_response())
+}
+
+/// `POST /devices/{uuid}/services/{service}/restart`: asks the device to
+/// restart one of the services it reports, as the API's restart does.
+pub async fn restart_service(
+    State(cp): State<ControlPlane>,
+    Path((uuid, service)): Path<(String, String)>,
+    Posted { session, .. }: Posted<super::session::NoFields>,
+) -> Result<Response, DashError> {
+    check_service_name("service", &service)?;
+    let d = find_device(&cp, &uuid).await?;
+    let runs = cp
+        .db
+        .device_services(&d.uuid)
+        .await?
+        .iter()
+        .any(|s| s.service == service);
+    if !runs {
+        return Err(DashError::not_found(format!(
+            "device `{}` reports no service `{service}`",
+            d.uuid
+        )));
+    }
+    let count = cp.db.request_restart(&d.uuid, &service).await?;
+    tracing::info!(by = %session.token_id, uuid = %d.uuid, %service, count, "restart asked for");
+    cp.changed(&d.fleet).await;
+    Ok(Redirect::to(&format!("/devices/{}#services", d.uuid)).into_response())
 }
 
 /// `POST /devices/{uuid}/env`: sets a variable for this device.

@@ -25,12 +25,21 @@ pub struct Series {
     pub colour: &'static str,
     /// `x,y x,y …` in SVG units.
     pub points: String,
+    /// Each point as a dot, for a series too short to read as a line
+    /// (one sample draws no line at all); empty for longer ones.
+    pub dots: Vec<(String, String)>,
 }
+
+/// Series with at most this many points are drawn with a dot on each, so
+/// a service with a single sample still shows.
+const MAX_DOTS: usize = 30;
 
 pub struct Label {
     pub x: String,
     pub y: String,
     pub text: String,
+    /// SVG `text-anchor`: labels at the ends of the x axis sit inside it.
+    pub anchor: &'static str,
 }
 
 /// One chart, ready to draw.
@@ -72,16 +81,20 @@ pub fn line_chart(
         .zip(COLOURS.iter().cycle())
         .map(|((name, points), colour)| {
             let step = points.len().div_ceil(MAX_POINTS).max(1);
-            let points = points
+            let xy: Vec<(String, String)> = points
                 .iter()
                 .step_by(step)
-                .map(|&(t, v)| format!("{:.1},{:.1}", x_of(t), y_of(v)))
-                .collect::<Vec<_>>()
-                .join(" ");
+                .map(|&(t, v)| (format!("{:.1}", x_of(t)), format!("{:.1}", y_of(v))))
+                .collect();
             Series {
                 name: name.clone(),
                 colour,
-                points,
+                points: xy
+                    .iter()
+                    .map(|(x, y)| format!("{x},{y}"))
+                    .collect::<Vec<_>>()
+                    .join(" "),
+                dots: if xy.len() <= MAX_DOTS { xy } else { Vec::new() },
             }
         })
         .collect();
@@ -92,12 +105,14 @@ pub fn line_chart(
                 x: format!("{:.1}", LEFT - 6.0),
                 y: format!("{:.1}", y_of(v) + 4.0),
                 text: fmt(v),
+                anchor: "end",
             }
         })
         .collect();
-    let x_labels = [t0, t1]
+    let x_labels = [(t0, "start"), (t1, "end")]
         .iter()
-        .map(|&t| Label {
+        .map(|&(t, anchor)| Label {
+            anchor,
             x: format!("{:.1}", x_of(t)),
             y: format!("{:.1}", HEIGHT - 8.0),
             text: super::pages::utc(t)
@@ -191,6 +206,8 @@ mod tests {
         assert_eq!(points[0].1, HEIGHT - BOTTOM);
         assert!(points[2].1 > TOP && points[2].1 < points[1].1);
         assert_eq!(plot.y_labels[0].text, "0");
+        // Few points: each gets a dot, so even one sample shows.
+        assert_eq!(plot.series[0].dots.len(), 3);
     }
 
     #[test]
@@ -220,5 +237,6 @@ mod tests {
         let many: Vec<(i64, f64)> = (0..5000).map(|i| (i, 1.0)).collect();
         let plot = line_chart("x", vec![("a".to_owned(), many)], |v| v.to_string());
         assert!(plot.series[0].points.split(' ').count() <= MAX_POINTS);
+        assert!(plot.series[0].dots.is_empty());
     }
 }

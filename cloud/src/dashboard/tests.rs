@@ -573,3 +573,90 @@ async fn pinning_from_a_page_changes_the_target_devices_see() {
         cloud.close().await;
     }
 }
+
+#[tokio::test]
+async fn a_service_restarts_from_its_device_page_and_its_history_is_plotted() {
+    for cloud in Cloud::all().await {
+        let (cookie, csrf) = cloud.sign_in().await;
+        let origin = Some("http://cloud.test");
+        cloud
+            .post(
+                "/fleets",
+                Some(&cookie),
+                origin,
+                &[("name", "garden"), ("csrf", &csrf)],
+            )
+            .await;
+        register(&cloud, "d1").await;
+        let report = |memory: i64, restarts: i64| crate::db::ReportedService {
+            service: "web".to_owned(),
+            status: Some(crate::db::ServiceReportRow {
+                state: "running".to_owned(),
+                memory: Some(memory),
+                restarts,
+                last_exit: (restarts > 0).then(|| "trapped: <unreachable>".to_owned()),
+            }),
+        };
+        cloud
+            .cp
+            .db
+            .report_state("d1", None, &[report(1 << 20, 0)], None)
+            .await
+            .unwrap();
+        cloud
+            .cp
+            .db
+            .report_state("d1", None, &[report(2 << 20, 1)], None)
+            .await
+            .unwrap();
+        let (status, _, page) = cloud.get("/devices/d1", Some(&cookie)).await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        assert!(
+            page.contains("trapped: &#60;unreachable&#62;")
+                || page.contains("trapped: &lt;unreachable&gt;"),
+            "{page}"
+        );
+        assert!(page.contains("<td class=\"restarts\">1</td>"), "{page}");
+        // Two charts, each with web's line.
+        assert!(page.contains("aria-label=\"Memory\""), "{page}");
+        assert!(page.contains("aria-label=\"Restarts\""), "{page}");
+        assert_eq!(page.matches("<polyline").count(), 2, "{page}");
+
+        // Restart asked for from the page: counted for the device's target.
+        let (status, headers, _) = cloud
+            .post(
+                "/devices/d1/services/web/restart",
+                Some(&cookie),
+                origin,
+                &[("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[header::LOCATION], "/devices/d1#services");
+        let counts = cloud.cp.db.fleet_restart_requests("garden").await.unwrap();
+        assert_eq!(counts["d1"]["web"], 1);
+        let (status, _, page) = cloud
+            .post(
+                "/devices/d1/services/nope/restart",
+                Some(&cookie),
+                origin,
+                &[("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::NOT_FOUND);
+        assert!(page.contains("reports no service `nope`"), "{page}");
+        // Without the CSRF token, nothing is asked.
+        let (status, _, _) = cloud
+            .post(
+                "/devices/d1/services/web/restart",
+                Some(&cookie),
+                origin,
+                &[],
+            )
+            .await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        let counts = cloud.cp.db.fleet_restart_requests("garden").await.unwrap();
+        assert_eq!(counts["d1"]["web"], 1);
+        cloud.close().await;
+    }
+}
