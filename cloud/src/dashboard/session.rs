@@ -166,9 +166,14 @@ struct LoginPage<'a> {
     error: Option<&'a str>,
 }
 
-/// `GET /login`: the sign-in form.
-pub async fn login_page() -> Result<Response, DashError> {
-    render(&LoginPage { error: None })
+/// `GET /login`: the sign-in form, or the fleets for a browser already
+/// signed in.
+pub async fn login_page(session: Result<Session, DashError>) -> Result<Response, DashError> {
+    match session {
+        Ok(_) => Ok(Redirect::to("/").into_response()),
+        Err(DashError::SignIn) => render(&LoginPage { error: None }),
+        Err(e) => Err(e),
+    }
 }
 
 #[derive(Deserialize)]

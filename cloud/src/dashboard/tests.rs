@@ -428,6 +428,10 @@ async fn live_logs_stream_stored_lines_then_new_ones_and_resume_after_the_last_s
 async fn signing_out_ends_the_session() {
     for cloud in Cloud::all().await {
         let (cookie, csrf) = cloud.sign_in().await;
+        // Signed in, the sign-in page sends the browser on to the fleets.
+        let (status, headers, _) = cloud.get("/login", Some(&cookie)).await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        assert_eq!(headers[header::LOCATION], "/");
         let (status, headers, _) = cloud
             .post(
                 "/logout",
