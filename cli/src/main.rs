@@ -22,6 +22,7 @@ struct Cli {
 #[derive(Subcommand, Debug)]
 enum Command {
     Run(commands::run::RunArgs),
+    Demo(commands::demo::DemoArgs),
     Key(commands::key::KeyArgs),
     Sign(commands::sign::SignArgs),
     Verify(commands::verify::VerifyArgs),
@@ -42,6 +43,7 @@ fn main() -> ExitCode {
     let cli = Cli::parse();
     let result = match cli.command {
         Command::Run(args) => block_on(args.run()),
+        Command::Demo(args) => block_on(args.run()),
         Command::Push(args) => block_on(args.run()),
         Command::Pull(args) => block_on(args.run()),
         Command::Login(args) => block_on(args.run()),

@@ -123,6 +123,10 @@ impl Hardware {
     /// what they were granted (and hold) until they restart. A simulated
     /// backend keeps the simulated devices of the map it was made with.
     pub fn set_map(&self, map: HardwareMap) {
+        // Simulated hardware grows what the new map names.
+        if let Some(sim) = &self.simulator {
+            sim.extend(&map);
+        }
         *self
             .map
             .write()

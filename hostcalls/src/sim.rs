@@ -5,7 +5,7 @@
 use std::collections::{BTreeMap, HashMap, VecDeque};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Instant;
 
 use tokio::sync::watch;
@@ -22,7 +22,7 @@ pub const HISTORY: usize = 4096;
 
 /// The simulated hardware of one device: every line and bus its map names.
 pub struct Simulator {
-    map: HardwareMap,
+    map: RwLock<HardwareMap>,
     gpio: Arc<SimGpio>,
     i2c: Arc<SimI2c>,
 }
@@ -31,35 +31,51 @@ impl Simulator {
     /// A line for each GPIO binding and a bus, with its `[[sim.i2c]]`
     /// devices, for each I2C binding.
     pub fn new(map: &HardwareMap) -> Arc<Self> {
-        let lines = map
-            .gpio
-            .values()
-            .map(|b| (b.line.clone(), Arc::new(SimLine::new(b.line.clone()))))
-            .collect();
-        let mut buses: HashMap<PathBuf, Arc<SimBus>> = map
-            .i2c
-            .values()
-            .map(|b| (b.bus.clone(), Arc::new(SimBus::default())))
-            .collect();
-        for spec in &map.sim_devices {
-            let Some(bus) = map.i2c.get(&spec.bus).and_then(|b| buses.get_mut(&b.bus)) else {
-                continue;
-            };
-            let mut device: Box<dyn SimDevice> = match spec.device {
-                SimDeviceKind::Tmp102 => Box::new(Tmp102::default()),
-                SimDeviceKind::Registers => Box::new(Registers::default()),
-            };
-            if let Some(t) = spec.temperature {
-                // Only sensors have a temperature; the map checked the kind.
-                let _ = device.set("temperature", t);
+        let sim = Simulator {
+            map: RwLock::new(HardwareMap::default()),
+            gpio: Arc::new(SimGpio {
+                lines: RwLock::default(),
+            }),
+            i2c: Arc::new(SimI2c {
+                buses: RwLock::default(),
+            }),
+        };
+        sim.extend(map);
+        Arc::new(sim)
+    }
+
+    /// Makes the lines and buses `map` names that are not here yet, and
+    /// takes its labels. A device given a new map keeps the lines and
+    /// buses it had, with their state, as a board keeps its wiring.
+    pub fn extend(&self, map: &HardwareMap) {
+        {
+            let mut lines = write(&self.gpio.lines);
+            for b in map.gpio.values() {
+                lines
+                    .entry(b.line.clone())
+                    .or_insert_with(|| Arc::new(SimLine::new(b.line.clone())));
             }
-            lock(&bus.devices).insert(spec.address, device);
         }
-        Arc::new(Simulator {
-            map: map.clone(),
-            gpio: Arc::new(SimGpio { lines }),
-            i2c: Arc::new(SimI2c { buses }),
-        })
+        let mut buses = write(&self.i2c.buses);
+        for (label, binding) in &map.i2c {
+            if buses.contains_key(&binding.bus) {
+                continue;
+            }
+            let bus = Arc::new(SimBus::default());
+            for spec in map.sim_devices.iter().filter(|d| &d.bus == label) {
+                let mut device: Box<dyn SimDevice> = match spec.device {
+                    SimDeviceKind::Tmp102 => Box::new(Tmp102::default()),
+                    SimDeviceKind::Registers => Box::new(Registers::default()),
+                };
+                if let Some(t) = spec.temperature {
+                    // Only sensors have a temperature; the map checked the kind.
+                    let _ = device.set("temperature", t);
+                }
+                lock(&bus.devices).insert(spec.address, device);
+            }
+            buses.insert(binding.bus.clone(), bus);
+        }
+        *write(&self.map) = map.clone();
     }
 
     pub fn gpio_backend(&self) -> Arc<dyn GpioBackend> {
@@ -72,22 +88,24 @@ impl Simulator {
 
     /// The line a label names.
     pub fn line(&self, label: &str) -> Option<Arc<SimLine>> {
-        let id = &self.map.gpio.get(label)?.line;
-        self.gpio.lines.get(id).cloned()
+        let id = read(&self.map).gpio.get(label)?.line.clone();
+        read(&self.gpio.lines).get(&id).cloned()
     }
 
     /// Every line, with its label.
-    pub fn lines(&self) -> impl Iterator<Item = (&str, Arc<SimLine>)> + '_ {
-        self.map
+    pub fn lines(&self) -> Vec<(String, Arc<SimLine>)> {
+        let lines = read(&self.gpio.lines);
+        read(&self.map)
             .gpio
             .iter()
-            .filter_map(|(label, b)| Some((label.as_str(), self.gpio.lines.get(&b.line)?.clone())))
+            .filter_map(|(label, b)| Some((label.clone(), lines.get(&b.line)?.clone())))
+            .collect()
     }
 
     /// The bus a label names.
     pub fn bus(&self, label: &str) -> Option<Arc<SimBus>> {
-        let path = &self.map.i2c.get(label)?.bus;
-        self.i2c.buses.get(path).cloned()
+        let path = read(&self.map).i2c.get(label)?.bus.clone();
+        read(&self.i2c.buses).get(&path).cloned()
     }
 
     /// Applies a setting written as `LABEL=0|1` (drives an input line; `-`
@@ -144,14 +162,24 @@ fn parse_address(text: &str) -> Option<u16> {
 }
 
 struct SimGpio {
-    lines: HashMap<LineId, Arc<SimLine>>,
+    lines: RwLock<HashMap<LineId, Arc<SimLine>>>,
+}
+
+/// Every change under these locks is one insert: a poisoned map is still a
+/// whole map.
+fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
+    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
+}
+
+fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
+    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl GpioBackend for SimGpio {
     fn request(&self, id: &LineId, request: &LineRequest) -> Result<Box<dyn GpioLine>, HwError> {
-        let line = self
-            .lines
+        let line = read(&self.lines)
             .get(id)
+            .cloned()
             .ok_or_else(|| HwError::NotFound(id.to_string()))?;
         line.request(request)?;
         Ok(Box::new(Held { line: line.clone() }))
@@ -319,16 +347,16 @@ impl Drop for Held {
 }
 
 struct SimI2c {
-    buses: HashMap<PathBuf, Arc<SimBus>>,
+    buses: RwLock<HashMap<PathBuf, Arc<SimBus>>>,
 }
 
 impl I2cBackend for SimI2c {
     fn open(&self, bus: &Path) -> Result<Arc<dyn I2cBus>, HwError> {
-        let found = self
-            .buses
+        let found = read(&self.buses)
             .get(bus)
+            .cloned()
             .ok_or_else(|| HwError::NotFound(bus.display().to_string()))?;
-        Ok(found.clone())
+        Ok(found)
     }
 }
 
@@ -567,6 +595,30 @@ mod tests {
         dev.write(&[pointer]).unwrap();
         dev.read(&mut buf).unwrap();
         buf
+    }
+
+    #[test]
+    fn a_new_map_adds_lines_and_buses_and_keeps_the_old_ones() {
+        let sim = Simulator::new(&HardwareMap::default());
+        assert!(sim.line("led").is_none() && sim.bus("sensors").is_none());
+        let first = HardwareMap::parse(
+            "[gpio.led]\nchip = \"gpiochip0\"\nline = 17\n\
+             [i2c.sensors]\nbus = \"/dev/i2c-1\"\n\
+             [[sim.i2c]]\nbus = \"sensors\"\naddress = 0x48\ndevice = \"tmp102\"\ntemperature = 21.0\n",
+        )
+        .unwrap();
+        sim.extend(&first);
+        let led = sim.line("led").expect("the new map's line");
+        led.drive(Some(true));
+        assert_eq!(
+            sim.bus("sensors").unwrap().get(0x48, "temperature"),
+            Some(21.0)
+        );
+        // The same line under a new label keeps its state.
+        let second = HardwareMap::parse("[gpio.lamp]\nchip = \"gpiochip0\"\nline = 17\n").unwrap();
+        sim.extend(&second);
+        assert!(sim.line("led").is_none());
+        assert!(sim.line("lamp").unwrap().level());
     }
 
     #[test]

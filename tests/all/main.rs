@@ -6,6 +6,7 @@ mod support;
 
 mod agent;
 mod dashboard;
+mod demo;
 mod engine;
 mod fleet;
 mod fleet_cli;

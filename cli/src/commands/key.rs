@@ -78,7 +78,7 @@ impl GenerateArgs {
     }
 }
 
-fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
+pub(crate) fn write_new(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let context = || format!("cannot write `{}`", path.display());
     let mut file = OpenOptions::new()
         .write(true)

@@ -1,3 +1,4 @@
+pub mod demo;
 pub mod device;
 pub mod env;
 pub mod fleet;
@@ -25,6 +26,15 @@ pub fn read_file(path: &Path) -> anyhow::Result<Vec<u8>> {
 /// Writes `bytes` to `path` through a temporary file in the same directory,
 /// so a reader never sees half a file and a failed write leaves the old one.
 pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomically(path, bytes, 0o644)
+}
+
+/// [`write_file_atomically`], readable by its owner only: for keys.
+pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
+    write_atomically(path, bytes, 0o600)
+}
+
+fn write_atomically(path: &Path, bytes: &[u8], mode: u32) -> anyhow::Result<()> {
     let context = || format!("cannot write `{}`", path.display());
     let dir = match path.parent() {
         Some(dir) if !dir.as_os_str().is_empty() => dir,
@@ -36,7 +46,7 @@ pub fn write_file_atomically(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
         .with_context(context)?;
     tmp.write_all(bytes).with_context(context)?;
     tmp.as_file().sync_all().with_context(context)?;
-    set_mode(tmp.as_file(), 0o644).with_context(context)?;
+    set_mode(tmp.as_file(), mode).with_context(context)?;
     tmp.persist(path)
         .map_err(|e| e.error)
         .with_context(context)?;
