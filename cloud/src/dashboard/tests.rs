@@ -547,6 +547,35 @@ async fn pinning_from_a_page_changes_the_target_devices_see() {
         assert!(page.contains("gpiochip0 line 17 (output)"), "{page}");
         assert!(page.contains("refused: not in the hardware map"), "{page}");
 
+        // One device pinned on its own page, then following its fleet again.
+        let (status, _, _) = cloud
+            .post(
+                "/devices/d1/pin",
+                Some(&cookie),
+                origin,
+                &[("release", "2.0"), ("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let device = cloud.cp.db.device("d1").await.unwrap().unwrap();
+        assert_eq!(
+            device.pinned_release.as_deref(),
+            Some("22222222-2222-2222-2222-222222222222")
+        );
+        let (_, _, page) = cloud.get("/devices/d1", Some(&cookie)).await;
+        assert!(page.contains("(pinned to 2.0)"), "{page}");
+        let (status, _, _) = cloud
+            .post(
+                "/devices/d1/pin",
+                Some(&cookie),
+                origin,
+                &[("release", ""), ("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::SEE_OTHER);
+        let device = cloud.cp.db.device("d1").await.unwrap().unwrap();
+        assert_eq!(device.pinned_release, None);
+
         let (status, _, page) = cloud
             .post(
                 "/fleets/garden/pin",
