@@ -19,6 +19,8 @@ use kelp_core::api::ServiceSample;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row as _};
 
+mod sessions;
+
 /// Most connections one server process holds. SQLite in WAL mode lets one
 /// writer and many readers through; PostgreSQL's default `max_connections`
 /// is 100, so a handful of processes at this size fit under it.

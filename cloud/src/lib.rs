@@ -18,6 +18,7 @@
 
 mod api;
 mod changes;
+mod dashboard;
 mod db;
 mod keys;
 mod secret;
@@ -29,6 +30,7 @@ pub use api::{
     router as fleet_router,
 };
 pub use changes::Changes;
+pub use dashboard::{MAX_FORM_BODY, SESSION_LIFETIME, router as dashboard_router};
 pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
 pub use seen::SEEN_FLUSH;
 
@@ -116,6 +118,9 @@ pub struct ControlPlane {
     pub(crate) targets: api::Targets,
     pub(crate) seen: seen::Seen,
     pub(crate) keys: keys::KeyLookups,
+    /// Word that a device's log lines arrived, keyed by its uuid, for the
+    /// dashboard's live logs.
+    pub(crate) logs: Changes,
 }
 
 impl ControlPlane {
@@ -137,6 +142,7 @@ impl ControlPlane {
         seen.flush_every_while_used(db.clone());
         Ok(ControlPlane {
             keys: keys::KeyLookups::start(db.clone()),
+            logs: Changes::default(),
             db,
             changes,
             targets: api::Targets::default(),
@@ -183,15 +189,18 @@ impl ControlPlane {
     }
 }
 
-/// The whole HTTP service: the registry under `/v2/` and the fleet API, with
-/// body limits and timeouts on every route.
+/// The whole HTTP service: the registry under `/v2/`, the fleet API and the
+/// dashboard at `/`, with body limits and timeouts on every route.
 pub fn app_with_fleet(
     data: &DataDir,
     pull: PullPolicy,
     cp: ControlPlane,
 ) -> anyhow::Result<Router> {
     let registry = registry_router(data, pull, Arc::new(ApiTokens(cp.db.clone())))?;
-    Ok(with_limits(registry.merge(api::router(cp))))
+    let dashboard = dashboard::router(cp.clone());
+    Ok(with_limits(
+        registry.merge(api::router(cp)).merge(dashboard),
+    ))
 }
 
 /// The registry alone under `/v2/`, with body limits and timeouts on every

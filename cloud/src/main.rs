@@ -21,8 +21,8 @@ enum Command {
     Serve(ServeArgs),
 }
 
-/// Serve the registry under /v2/ and the fleet API under /api/v1/ and
-/// /device/v1/.
+/// Serve the registry under /v2/, the fleet API under /api/v1/ and
+/// /device/v1/, and the web dashboard at /.
 #[derive(clap::Args, Debug)]
 struct ServeArgs {
     /// Data directory: blobs, the admin token, and the SQLite database unless

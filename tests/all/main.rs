@@ -6,6 +6,7 @@ mod support;
 
 mod agent;
 mod client;
+mod dashboard;
 mod demo;
 mod engine;
 mod fleet;

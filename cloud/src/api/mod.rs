@@ -1040,6 +1040,7 @@ async fn upload_logs(
         });
     }
     cp.db.add_logs(&device.uuid, &rows).await?;
+    cp.logs.notify(&device.uuid);
     Ok(StatusCode::NO_CONTENT.into_response())
 }
 
