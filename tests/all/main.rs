@@ -13,5 +13,6 @@ mod images;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
+mod network;
 mod registry;
 mod signing;

@@ -1,0 +1,681 @@
+//! Outbound network access by grant: services reach exactly the hosts and
+//! ports they were granted, watched from outside by real listeners.
+
+use std::collections::BTreeMap;
+use std::io::ErrorKind;
+use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
+
+use kelp_core::{ExitReason, Grants, NetworkGrant, RestartPolicy};
+use kelp_hostcalls::{Hardware, HardwareMap};
+use kelp_runtime::{EngineConfig, Runtime, RuntimeConfig, ServiceSpec, Supervisor};
+use kelp_tests::artifacts::{FETCHER, REPORTER, SNEAKY};
+
+use crate::support::{quick_backoff, spec, texts, within};
+
+/// A supervisor on a device whose map is `map` (none: no narrowing).
+fn device(map: &str) -> Supervisor {
+    let hardware = Hardware::simulated(HardwareMap::parse(map).unwrap());
+    let runtime = Runtime::new(RuntimeConfig {
+        engine: EngineConfig {
+            pool_slots: 8,
+            ..EngineConfig::default()
+        },
+        cache_dir: None,
+        trusted_keys: Vec::new(),
+        hardware: Some(hardware),
+    })
+    .unwrap();
+    Supervisor::with_backoff(runtime, quick_backoff())
+}
+
+fn network(connect: &[String], udp: &[String]) -> Grants {
+    Grants {
+        network: NetworkGrant {
+            connect: connect.iter().map(|d| d.parse().unwrap()).collect(),
+            udp: udp.iter().map(|d| d.parse().unwrap()).collect(),
+            serve_http: false,
+        },
+        ..Grants::default()
+    }
+}
+
+/// Runs `module` once on `sup` with `grants` and `env`, to its end, and
+/// returns its output.
+async fn run_once(
+    sup: &Supervisor,
+    name: &str,
+    module: &str,
+    grants: Grants,
+    env: &[(&str, String)],
+) -> Vec<String> {
+    let svc = sup
+        .start(ServiceSpec {
+            grants: Some(grants),
+            env: env
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.clone()))
+                .collect::<BTreeMap<_, _>>(),
+            restart: RestartPolicy::Never,
+            ..spec(name, module)
+        })
+        .unwrap();
+    let status = within("the service to finish", svc.wait_final()).await;
+    let output = texts(svc.logs().drain());
+    assert_eq!(
+        status.last_exit,
+        Some(ExitReason::Exited { code: 0 }),
+        "{output:#?}"
+    );
+    output
+}
+
+/// A TCP listener on loopback that counts the connections that reached it.
+struct Watch(TcpListener);
+
+impl Watch {
+    fn on(addr: &str) -> Self {
+        let l = TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        Watch(l)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    /// Connections the kernel completed, accepted or not. A connect that
+    /// returned before the guest went on has already been queued here.
+    fn connections(&self) -> usize {
+        let mut n = 0;
+        loop {
+            match self.0.accept() {
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+}
+
+/// A UDP socket on loopback that counts the datagrams that reached it.
+struct UdpWatch(UdpSocket);
+
+impl UdpWatch {
+    fn new() -> Self {
+        let s = UdpSocket::bind("127.0.0.1:0").unwrap();
+        s.set_nonblocking(true).unwrap();
+        UdpWatch(s)
+    }
+
+    fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    fn datagrams(&self) -> usize {
+        let mut buf = [0u8; 1500];
+        let mut n = 0;
+        loop {
+            match self.0.recv_from(&mut buf) {
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
+                Err(e) => panic!("recv: {e}"),
+            }
+        }
+    }
+}
+
+/// A name other than `localhost` that this machine resolves on its own
+/// (from /etc/hosts: its host name on most machines, `ip6-localhost` on a
+/// fresh Debian), so that a refusal of it is the policy's and not the
+/// resolver's.
+fn another_local_name() -> String {
+    let hostname = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_owned())
+        .unwrap_or_default();
+    [hostname.as_str(), "ip6-localhost", "ip6-loopback"]
+        .into_iter()
+        .find(|n| {
+            !n.is_empty()
+                && (*n, 0)
+                    .to_socket_addrs()
+                    .is_ok_and(|mut a| a.next().is_some())
+        })
+        .unwrap_or("ip6-localhost")
+        .to_owned()
+}
+
+fn assert_has(output: &[String], expected: &str) {
+    assert!(
+        output.iter().any(|l| l == expected),
+        "missing `{expected}` in\n{output:#?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn sneaky_reaches_its_grant_and_nothing_else() {
+    let sup = device("");
+    let granted = Watch::on("127.0.0.1:0");
+    let other_port = Watch::on("127.0.0.1:0");
+    // Another loopback address on the granted port: reached only by address.
+    let other_address = Watch::on(&format!("127.0.0.2:{}", granted.port()));
+    let udp = UdpWatch::new();
+    let name = another_local_name();
+    let (p0, p1) = (granted.port(), other_port.port());
+
+    let grants = network(
+        &[format!("localhost:{p0}")],
+        // UDP to somewhere else: the socket may exist, the send may not.
+        &["127.0.0.1:9".to_owned()],
+    );
+    let output = run_once(
+        &sup,
+        "sneaky",
+        SNEAKY,
+        grants,
+        &[
+            ("GRANTED", format!("localhost:{p0}")),
+            ("UNGRANTED_HOST", format!("{name}:{p1}")),
+            ("UNGRANTED_PORT", format!("localhost:{p1}")),
+            ("RAW_ADDRESS", format!("127.0.0.2:{p0}")),
+            ("UDP_TARGET", format!("127.0.0.1:{}", udp.port())),
+            ("LISTEN", "127.0.0.1:0".to_owned()),
+            ("LOOKUP", name.clone()),
+        ],
+    )
+    .await;
+
+    assert_has(&output, &format!("granted localhost:{p0}: connected"));
+    for attempt in [
+        "ungranted host",
+        "ungranted port",
+        "raw address",
+        "udp send",
+        "listen",
+        "listen on any port",
+        "lookup",
+    ] {
+        assert_has(&output, &format!("{attempt}: refused (PermissionDenied)"));
+    }
+    assert_has(&output, "done");
+    // The operator sees each refusal once, by destination.
+    for note in [
+        format!("kelp: network `{name}` refused: not granted"),
+        // An address a granted name resolved to, on another port.
+        format!("kelp: network `127.0.0.1:{p1}` (localhost) refused: not granted"),
+        format!("kelp: network `127.0.0.2:{p0}` refused: not granted"),
+        format!(
+            "kelp: network udp `127.0.0.1:{}` (localhost) refused: not granted",
+            udp.port()
+        ),
+    ] {
+        assert_eq!(
+            output.iter().filter(|l| **l == note).count(),
+            1,
+            "`{note}` once in\n{output:#?}"
+        );
+    }
+    assert!(
+        output
+            .iter()
+            .any(|l| l.starts_with("kelp: network listen on `0.0.0.0:")),
+        "{output:#?}"
+    );
+
+    // Watched from outside: only the granted listener was reached.
+    assert_eq!(granted.connections(), 1);
+    assert_eq!(other_port.connections(), 0);
+    assert_eq!(other_address.connections(), 0);
+    assert_eq!(udp.datagrams(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_without_network_grants_has_no_network() {
+    let sup = device("");
+    let listener = Watch::on("127.0.0.1:0");
+    let udp = UdpWatch::new();
+    let port = listener.port();
+    let output = run_once(
+        &sup,
+        "sneaky",
+        SNEAKY,
+        Grants::default(),
+        &[
+            ("GRANTED", format!("localhost:{port}")),
+            ("UNGRANTED_HOST", format!("localhost:{port}")),
+            ("UNGRANTED_PORT", format!("127.0.0.1:{port}")),
+            ("RAW_ADDRESS", format!("127.0.0.1:{port}")),
+            ("UDP_TARGET", format!("127.0.0.1:{}", udp.port())),
+            ("LOOKUP", "localhost".to_owned()),
+        ],
+    )
+    .await;
+    assert_has(
+        &output,
+        &format!("granted localhost:{port}: refused (PermissionDenied)"),
+    );
+    assert!(!output.iter().any(|l| l.contains("ALLOWED")), "{output:#?}");
+    assert_has(&output, "kelp: network `localhost` refused: not granted");
+    assert_has(&output, "kelp: network udp refused: not granted");
+    assert_eq!(listener.connections(), 0);
+    assert_eq!(udp.datagrams(), 0);
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_device_map_narrows_a_grant_away() {
+    let sup = device("[network]\nallow = []\n");
+    let listener = Watch::on("127.0.0.1:0");
+    let port = listener.port();
+    let output = run_once(
+        &sup,
+        "sneaky",
+        SNEAKY,
+        network(&[format!("localhost:{port}")], &[]),
+        &[("GRANTED", format!("localhost:{port}"))],
+    )
+    .await;
+    // Said at start, and again when the service tries.
+    assert_has(
+        &output,
+        &format!("kelp: grant network.connect `localhost:{port}`: not allowed on this device"),
+    );
+    assert_has(
+        &output,
+        &format!("granted localhost:{port}: refused (PermissionDenied)"),
+    );
+    assert_has(
+        &output,
+        "kelp: network `localhost` refused: not allowed on this device",
+    );
+    assert_eq!(listener.connections(), 0);
+
+    // A map that allows loopback lets the same grant through.
+    let sup = device("[network]\nallow = [\"127.0.0.0/8\"]\n");
+    let output = run_once(
+        &sup,
+        "sneaky",
+        SNEAKY,
+        network(&[format!("localhost:{port}")], &[]),
+        &[("GRANTED", format!("localhost:{port}"))],
+    )
+    .await;
+    assert_has(&output, &format!("granted localhost:{port}: connected"));
+    assert_eq!(listener.connections(), 1);
+}
+
+/// An HTTP endpoint in the test, counting the requests it answered.
+struct Endpoint {
+    port: u16,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    _server: tokio::task::JoinHandle<()>,
+}
+
+impl Endpoint {
+    async fn start() -> Self {
+        use axum::routing::get;
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let seen = requests.clone();
+        let app = axum::Router::new().route(
+            "/reading",
+            get(move |headers: axum::http::HeaderMap| async move {
+                let host = headers
+                    .get("host")
+                    .and_then(|h| h.to_str().ok())
+                    .unwrap_or_default()
+                    .to_owned();
+                seen.lock().unwrap().push(host);
+                "21.5 °C from the test\n"
+            }),
+        );
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let server = tokio::spawn(async move {
+            axum::serve(listener, app).await.unwrap();
+        });
+        Endpoint {
+            port,
+            requests,
+            _server: server,
+        }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+}
+
+/// `kelp run ARGS…` from the repository's root, as the README shows it, to
+/// its end, without blocking the test's executor.
+async fn kelp_run(args: Vec<String>) -> std::process::Output {
+    let run = tokio::task::spawn_blocking(move || {
+        std::process::Command::new(kelp_tests::binary("kelp"))
+            .arg("run")
+            .args(&args)
+            .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
+            .stdin(std::process::Stdio::null())
+            .output()
+            .unwrap()
+    });
+    within("kelp run to finish", run).await.unwrap()
+}
+
+/// A `kelp.toml` like the sample's, granting `connect` instead.
+fn manifest_granting(dir: &std::path::Path, sample: &str, connect: &[String]) -> String {
+    let sample_toml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../sample-modules")
+            .join(sample)
+            .join("kelp.toml"),
+    )
+    .unwrap();
+    let mut manifest: toml::Table = sample_toml.parse().unwrap();
+    let grants = manifest
+        .entry("grants")
+        .or_insert(toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap();
+    grants.remove("network");
+    if !connect.is_empty() {
+        let mut network = toml::Table::new();
+        network.insert(
+            "connect".into(),
+            toml::Value::Array(
+                connect
+                    .iter()
+                    .map(|c| toml::Value::String(c.clone()))
+                    .collect(),
+            ),
+        );
+        grants.insert("network".into(), toml::Value::Table(network));
+    }
+    let path = dir.join(format!("{sample}-{}.toml", connect.len()));
+    std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
+    path.display().to_string()
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetcher_calls_its_granted_endpoint_and_is_denied_without_the_grant() {
+    let endpoint = Endpoint::start().await;
+    let port = endpoint.port;
+    let dir = tempfile::tempdir().unwrap();
+    let url = format!("http://localhost:{port}/reading");
+    let args = |manifest: String| {
+        vec![
+            FETCHER.to_owned(),
+            "--manifest".into(),
+            manifest,
+            "--env".into(),
+            format!("FETCH_URL={url}"),
+        ]
+    };
+
+    let granted = manifest_granting(dir.path(), "fetcher", &[format!("localhost:{port}")]);
+    let out = kelp_run(args(granted)).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!("fetched {url}: 200\n| 21.5 °C from the test\n")
+    );
+    // The request came to the test's server, for the name the service used.
+    assert_eq!(endpoint.requests(), [format!("localhost:{port}")]);
+
+    // The same run with the grant removed: denied, and nothing reaches the
+    // server.
+    let ungranted = manifest_granting(dir.path(), "fetcher", &[]);
+    let out = kelp_run(args(ungranted)).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert_eq!(out.status.code(), Some(1), "{stdout}\n{stderr}");
+    assert_eq!(
+        stdout,
+        format!("fetch {url} failed: denied by the host (HTTP-request-denied)\n")
+    );
+    assert!(
+        stderr.contains("kelp: network `localhost` refused: not granted"),
+        "{stderr}"
+    );
+    assert_eq!(endpoint.requests().len(), 1);
+
+    // Granted the name on another port: still denied, by address.
+    let other_port = manifest_granting(dir.path(), "fetcher", &["localhost:1".to_owned()]);
+    let out = kelp_run(args(other_port)).await;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(
+        stderr.contains(&format!(
+            "kelp: network `localhost:{port}` refused: not granted"
+        )),
+        "{stderr}"
+    );
+    assert_eq!(endpoint.requests().len(), 1);
+}
+
+/// A real `mosquitto` on a free loopback port, stopped when dropped.
+struct Broker {
+    child: std::process::Child,
+    port: u16,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    async fn start() -> Self {
+        let dir = tempfile::tempdir().unwrap();
+        let port = TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = dir.path().join("mosquitto.conf");
+        std::fs::write(
+            &config,
+            format!("listener {port} 127.0.0.1\nallow_anonymous true\npersistence false\n"),
+        )
+        .unwrap();
+        let child = std::process::Command::new("mosquitto")
+            .arg("-c")
+            .arg(&config)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto (apt install mosquitto)");
+        let mut broker = Broker {
+            child,
+            port,
+            _dir: dir,
+        };
+        within("mosquitto to listen", async {
+            while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
+                assert!(
+                    broker.child.try_wait().unwrap().is_none(),
+                    "mosquitto exited"
+                );
+                tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            }
+        })
+        .await;
+        broker
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// `mosquitto_sub` on `topic`, its output lines sent as they come.
+struct Subscriber {
+    child: std::process::Child,
+    lines: tokio::sync::mpsc::UnboundedReceiver<String>,
+}
+
+impl Subscriber {
+    async fn start(port: u16, topic: &str) -> Self {
+        use std::io::BufRead;
+        // Line-buffered, so that its acknowledgement shows as it comes.
+        let mut child = std::process::Command::new("stdbuf")
+            .args(["-oL", "mosquitto_sub"])
+            .args(["-h", "127.0.0.1", "-p", &port.to_string(), "-t", topic])
+            .args(["-q", "1", "-v", "-d"])
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .expect("mosquitto_sub (apt install mosquitto-clients)");
+        let stdout = child.stdout.take().unwrap();
+        let (tx, lines) = tokio::sync::mpsc::unbounded_channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stdout).lines() {
+                let Ok(line) = line else { break };
+                if tx.send(line).is_err() {
+                    break;
+                }
+            }
+        });
+        let mut sub = Subscriber { child, lines };
+        // Subscribed once the broker acknowledged it.
+        sub.until(|l| l.contains("SUBACK")).await;
+        sub
+    }
+
+    async fn until(&mut self, done: impl Fn(&str) -> bool) -> Vec<String> {
+        let mut seen = Vec::new();
+        within("the subscriber's line", async {
+            while !seen.iter().any(|l: &String| done(l)) {
+                match self.lines.recv().await {
+                    Some(line) => seen.push(line),
+                    None => panic!("mosquitto_sub ended; saw {seen:?}"),
+                }
+            }
+        })
+        .await;
+        seen
+    }
+}
+
+impl Drop for Subscriber {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn reporter_publishes_the_sensor_reading_to_a_real_broker() {
+    use kelp_hostcalls::sim::Simulator;
+    let broker = Broker::start().await;
+    let topic = "kelp/test/temperature";
+    let mut subscriber = Subscriber::start(broker.port, topic).await;
+
+    let map = include_str!("../../sample-modules/hardware-sim.toml");
+    let hardware = Hardware::simulated(HardwareMap::parse(map).unwrap());
+    let sim: std::sync::Arc<Simulator> = hardware.simulator().unwrap().clone();
+    sim.set("sensors/0x48/temperature=23.5").unwrap();
+    let runtime = Runtime::new(RuntimeConfig {
+        engine: EngineConfig {
+            pool_slots: 8,
+            ..EngineConfig::default()
+        },
+        cache_dir: None,
+        trusted_keys: Vec::new(),
+        hardware: Some(hardware),
+    })
+    .unwrap();
+    let sup = Supervisor::with_backoff(runtime, quick_backoff());
+    // The sample's own grants (the sensor), with the broker's real port.
+    let mut grants = kelp_core::read_manifest_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../sample-modules/reporter/kelp.toml"),
+    )
+    .unwrap()
+    .grants;
+    grants.network.connect = vec![format!("localhost:{}", broker.port).parse().unwrap()];
+    let output = run_once(
+        &sup,
+        "reporter",
+        REPORTER,
+        grants,
+        &[
+            ("BROKER", format!("localhost:{}", broker.port)),
+            ("TOPIC", topic.to_owned()),
+            ("READINGS", "1".to_owned()),
+        ],
+    )
+    .await;
+    assert_eq!(
+        output,
+        [
+            format!("connected to localhost:{}", broker.port),
+            format!("published 23.5 to {topic}"),
+        ]
+    );
+    let seen = subscriber.until(|l| l == format!("{topic} 23.5")).await;
+    assert_eq!(
+        seen.iter().filter(|l| l.starts_with(topic)).count(),
+        1,
+        "{seen:?}"
+    );
+
+    // Without the grant, it never reaches the broker.
+    let grants = grants_without_network("reporter");
+    sim.set("sensors/0x48/temperature=30").unwrap();
+    let svc = sup
+        .start(ServiceSpec {
+            grants: Some(grants),
+            env: [
+                ("BROKER".to_owned(), format!("localhost:{}", broker.port)),
+                ("TOPIC".to_owned(), topic.to_owned()),
+                ("READINGS".to_owned(), "1".to_owned()),
+            ]
+            .into_iter()
+            .collect(),
+            restart: RestartPolicy::Never,
+            ..spec("reporter-2", REPORTER)
+        })
+        .unwrap();
+    let status = within("the second reporter to give up", svc.wait_final()).await;
+    assert_eq!(status.last_exit, Some(ExitReason::Exited { code: 1 }));
+    let output = texts(svc.logs().drain());
+    assert!(
+        output.contains(&"kelp: network `localhost` refused: not granted".to_owned()),
+        "{output:#?}"
+    );
+    // The broker still has one subscriber and has passed on nothing more:
+    // a publish from a fresh client arrives next, not the refused reading.
+    let marker = std::process::Command::new("mosquitto_pub")
+        .args([
+            "-h",
+            "127.0.0.1",
+            "-p",
+            &broker.port.to_string(),
+            "-t",
+            topic,
+        ])
+        .args(["-q", "1", "-m", "marker"])
+        .status()
+        .unwrap();
+    assert!(marker.success());
+    let seen = subscriber.until(|l| l == format!("{topic} marker")).await;
+    assert!(
+        !seen.iter().any(|l| l == &format!("{topic} 30.0")),
+        "{seen:?}"
+    );
+}
+
+fn grants_without_network(sample: &str) -> Grants {
+    let mut grants = kelp_core::read_manifest_file(
+        &std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../sample-modules")
+            .join(sample)
+            .join("kelp.toml"),
+    )
+    .unwrap()
+    .grants;
+    grants.network = NetworkGrant::default();
+    grants
+}
