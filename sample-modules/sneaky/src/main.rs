@@ -6,7 +6,7 @@
 //! `GRANTED` [none], a granted `host:port` it connects to first, to show the
 //! network works at all; `UNGRANTED_HOST` [`example.com:80`];
 //! `UNGRANTED_PORT` [`localhost:22`], a granted host on another port;
-//! `RAW_ADDRESS` [`127.0.0.1:22`]; `UDP_TARGET` [`127.0.0.1:514`];
+//! `RAW_ADDRESS` [`192.0.2.1:80`]; `UDP_TARGET` [`127.0.0.1:514`];
 //! `LISTEN` [`0.0.0.0:8080`]; `LOOKUP` [`example.com`], a name it looks up.
 
 use std::io::ErrorKind;
@@ -52,7 +52,7 @@ fn main() {
     );
     report(
         "raw address",
-        connect(&setting("RAW_ADDRESS", "127.0.0.1:22")),
+        connect(&setting("RAW_ADDRESS", "192.0.2.1:80")),
     );
     let udp_target = setting("UDP_TARGET", "127.0.0.1:514");
     report(
