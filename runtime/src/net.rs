@@ -332,3 +332,124 @@ fn ip_of(address: IpAddress) -> IpAddr {
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|p| p.into_inner())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::logs::LogEvent;
+
+    fn run(connect: &[&str], udp: &[&str], allow: Option<&[&str]>) -> (NetRun, Arc<LogBuffer>) {
+        let grant = NetworkGrant {
+            connect: connect.iter().map(|d| d.parse().unwrap()).collect(),
+            udp: udp.iter().map(|d| d.parse().unwrap()).collect(),
+            serve_http: false,
+        };
+        let allow: Option<Vec<Destination>> =
+            allow.map(|a| a.iter().map(|d| d.parse().unwrap()).collect());
+        let logs = LogBuffer::new();
+        (NetRun::new(&grant, allow.as_deref(), logs.clone()), logs)
+    }
+
+    fn notes(logs: &LogBuffer) -> Vec<String> {
+        logs.drain()
+            .into_iter()
+            .filter_map(|e| match e {
+                LogEvent::Line(l) => Some(l.text),
+                LogEvent::Dropped(_) => None,
+            })
+            .collect()
+    }
+
+    fn addr(s: &str) -> SocketAddr {
+        s.parse().unwrap()
+    }
+
+    #[test]
+    fn binds_only_what_connect_and_send_do_on_their_own() {
+        let (net, logs) = run(&["localhost:80"], &[], None);
+        assert!(net.check(addr("0.0.0.0:0"), SocketAddrUse::TcpBind));
+        assert!(net.check(addr("[::]:0"), SocketAddrUse::TcpBind));
+        assert!(!net.check(addr("0.0.0.0:8080"), SocketAddrUse::TcpBind));
+        assert!(!net.check(addr("127.0.0.1:0"), SocketAddrUse::TcpBind));
+        assert!(!net.check(addr("0.0.0.0:41000"), SocketAddrUse::TcpListen));
+        // No UDP grant: not even a socket of its own.
+        assert!(!net.check(addr("0.0.0.0:0"), SocketAddrUse::UdpBind));
+        assert_eq!(
+            notes(&logs),
+            [
+                "kelp: network listen on `0.0.0.0:8080` refused: services do not listen; \
+                 answering HTTP is granted with `serve-http`",
+                "kelp: network listen on `127.0.0.1:0` refused: services do not listen; \
+                 answering HTTP is granted with `serve-http`",
+                "kelp: network listen on `0.0.0.0:41000` refused: services do not listen; \
+                 answering HTTP is granted with `serve-http`",
+                "kelp: network udp refused: not granted",
+            ]
+        );
+        let (net, _) = run(&[], &["10.0.0.5:514"], None);
+        assert!(net.check(addr("0.0.0.0:0"), SocketAddrUse::UdpBind));
+        assert!(!net.check(addr("0.0.0.0:514"), SocketAddrUse::UdpBind));
+        assert!(net.check(addr("10.0.0.5:514"), SocketAddrUse::UdpSend));
+        assert!(!net.check(addr("10.0.0.6:514"), SocketAddrUse::UdpSend));
+        assert!(net.check(addr("10.0.0.5:514"), SocketAddrUse::UdpReceive));
+        assert!(!net.check(addr("10.0.0.6:514"), SocketAddrUse::UdpReceive));
+    }
+
+    #[test]
+    fn a_granted_name_opens_the_addresses_it_resolved_to_in_this_run() {
+        let (net, logs) = run(&["broker.local:1883"], &[], None);
+        let broker = addr("192.168.1.20:1883");
+        assert!(!net.check(broker, SocketAddrUse::TcpConnect));
+        net.lookup_started(7, "broker.local".into());
+        net.lookup_answered(7, broker.ip());
+        assert!(net.check(broker, SocketAddrUse::TcpConnect));
+        // The IPv4-mapped form is the same address.
+        assert!(net.check(
+            addr("[::ffff:192.168.1.20]:1883"),
+            SocketAddrUse::TcpConnect
+        ));
+        assert!(!net.check(addr("192.168.1.20:22"), SocketAddrUse::TcpConnect));
+        // An answer to a stream that is not a granted lookup opens nothing.
+        net.lookup_answered(8, "10.9.9.9".parse().unwrap());
+        assert!(!net.check(addr("10.9.9.9:1883"), SocketAddrUse::TcpConnect));
+        assert_eq!(
+            notes(&logs),
+            [
+                "kelp: network `192.168.1.20:1883` refused: not granted",
+                "kelp: network `192.168.1.20:22` (broker.local) refused: not granted",
+                "kelp: network `10.9.9.9:1883` refused: not granted",
+            ]
+        );
+    }
+
+    #[test]
+    fn refusals_are_noted_once_each_and_then_no_more() {
+        let (net, logs) = run(&[], &[], None);
+        for _ in 0..3 {
+            assert!(!net.check(addr("10.0.0.1:80"), SocketAddrUse::TcpConnect));
+        }
+        assert_eq!(notes(&logs).len(), 1);
+        for port in 1..=200 {
+            net.check(addr(&format!("10.0.0.2:{port}")), SocketAddrUse::TcpConnect);
+        }
+        let noted = notes(&logs);
+        assert_eq!(noted.len(), MAX_NOTED_REFUSALS);
+        assert_eq!(
+            noted.last().map(String::as_str),
+            Some("kelp: network: more refusals, not noted")
+        );
+    }
+
+    #[test]
+    fn says_at_start_what_the_device_rules_out() {
+        let (net, _) = run(&["localhost:8080"], &["10.0.0.5:514"], Some(&[]));
+        assert_eq!(
+            net.notices(),
+            [
+                "grant network.connect `localhost:8080`: not allowed on this device",
+                "grant network.udp `10.0.0.5:514`: not allowed on this device",
+            ]
+        );
+        assert!(run(&["localhost:8080"], &[], None).0.notices().is_empty());
+    }
+}

@@ -679,3 +679,69 @@ fn grants_without_network(sample: &str) -> Grants {
     grants.network = NetworkGrant::default();
     grants
 }
+
+#[tokio::test(flavor = "multi_thread")]
+async fn kelpd_grants_the_network_the_signed_file_asks_for() {
+    use std::io::BufRead;
+    let endpoint = Endpoint::start().await;
+    let port = endpoint.port;
+    let dir = tempfile::tempdir().unwrap();
+    // The grant travels inside the file, as `kelp push` leaves it.
+    let manifest = manifest_granting(dir.path(), "fetcher", &[format!("localhost:{port}")]);
+    let manifest = kelp_core::read_manifest_file(std::path::Path::new(&manifest)).unwrap();
+    let module = kelp_core::embed(&std::fs::read(FETCHER).unwrap(), &manifest).unwrap();
+    std::fs::write(dir.path().join("fetcher.wasm"), module).unwrap();
+    std::fs::write(
+        dir.path().join("local.toml"),
+        format!(
+            "[services.fetcher]\nmodule = \"fetcher.wasm\"\nrestart = \"never\"\n\
+             env = {{ FETCH_URL = \"http://localhost:{port}/reading\" }}\n"
+        ),
+    )
+    .unwrap();
+    let mut kelpd = Kelpd(
+        std::process::Command::new(kelp_tests::binary("kelpd"))
+            .arg("--local")
+            .arg(dir.path().join("local.toml"))
+            .arg("--data-dir")
+            .arg(dir.path().join("var"))
+            .stdout(std::process::Stdio::piped())
+            .stderr(std::process::Stdio::null())
+            .spawn()
+            .unwrap(),
+    );
+    let stdout = kelpd.0.stdout.take().unwrap();
+    let lines = tokio::task::spawn_blocking(move || {
+        let mut seen = Vec::new();
+        for line in std::io::BufReader::new(stdout).lines() {
+            let line = line.unwrap();
+            let done = line.contains("| 21.5 °C from the test");
+            seen.push(line);
+            if done {
+                break;
+            }
+        }
+        seen
+    });
+    let lines = within("kelpd's fetcher to log the answer", lines)
+        .await
+        .unwrap();
+    drop(kelpd);
+    assert!(
+        lines.iter().any(|l| l.ends_with(&format!(
+            " fetcher | fetched http://localhost:{port}/reading: 200"
+        ))),
+        "{lines:#?}"
+    );
+    assert_eq!(endpoint.requests(), [format!("localhost:{port}")]);
+}
+
+/// A `kelpd` stopped when dropped, also when a test fails.
+struct Kelpd(std::process::Child);
+
+impl Drop for Kelpd {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
