@@ -49,7 +49,8 @@ pub use http::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT};
 
 /// The `wasi:sockets` name lookup interface as wasmtime-wasi 48 links it; its
 /// `resolve-addresses` is shadowed under this name (components importing
-/// any 0.2.x version are served by it).
+/// any 0.2.x version are served by it). wasmtime is pinned to one release;
+/// the network tests' refused lookup fails if this name ever stops matching.
 const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
 
 /// Most addresses one run remembers as resolved from a granted name. A
@@ -73,6 +74,8 @@ pub(crate) struct NetRun(Arc<Shared>);
 
 struct Shared {
     policy: NetworkPolicy,
+    /// The manifest asks for UDP (the device may still forbid it).
+    udp_granted: bool,
     logs: Arc<LogBuffer>,
     state: Mutex<RunState>,
 }
@@ -95,6 +98,7 @@ impl NetRun {
     ) -> Self {
         NetRun(Arc::new(Shared {
             policy: NetworkPolicy::new(grant, device_allow),
+            udp_granted: !grant.udp.is_empty(),
             logs,
             state: Mutex::default(),
         }))
@@ -144,7 +148,12 @@ impl NetRun {
                 false
             }
             SocketAddrUse::UdpBind if !policy.allows(Transport::Udp) => {
-                self.note("udp".into(), &Refusal::NotGranted.to_string());
+                let why = if self.0.udp_granted {
+                    Refusal::NotAllowedHere
+                } else {
+                    Refusal::NotGranted
+                };
+                self.note("udp".into(), &why.to_string());
                 false
             }
             SocketAddrUse::UdpBind if ephemeral => true,
@@ -385,6 +394,12 @@ mod tests {
                  answering HTTP is granted with `serve-http`",
                 "kelp: network udp refused: not granted",
             ]
+        );
+        let (net, logs) = run(&[], &["10.0.0.5:514"], Some(&[]));
+        assert!(!net.check(addr("0.0.0.0:0"), SocketAddrUse::UdpBind));
+        assert_eq!(
+            notes(&logs),
+            ["kelp: network udp refused: not allowed on this device"]
         );
         let (net, _) = run(&[], &["10.0.0.5:514"], None);
         assert!(net.check(addr("0.0.0.0:0"), SocketAddrUse::UdpBind));
