@@ -43,8 +43,8 @@ pub use engine::{
 };
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
 pub use net::{
-    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, MAX_NOTED_REFUSALS, MAX_OPEN_LOOKUPS,
-    MAX_RESOLVED_ADDRESSES,
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, MAX_HTTP_CONNECTIONS, MAX_NOTED_REFUSALS,
+    MAX_OPEN_LOOKUPS, MAX_RESOLVED_ADDRESSES,
 };
 pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, read_module};
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};

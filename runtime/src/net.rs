@@ -45,7 +45,7 @@ use crate::logs::{LogBuffer, Stream};
 use crate::program::ComponentState;
 
 pub(crate) use http::HttpState;
-pub use http::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT};
+pub use http::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, MAX_HTTP_CONNECTIONS};
 
 /// The `wasi:sockets` name lookup interface as wasmtime-wasi 48 links it; its
 /// `resolve-addresses` is shadowed under this name (components importing
@@ -76,6 +76,8 @@ struct Shared {
     policy: NetworkPolicy,
     /// The manifest asks for UDP (the device may still forbid it).
     udp_granted: bool,
+    /// Outgoing HTTP connections this run may still open.
+    http_connections: Arc<tokio::sync::Semaphore>,
     logs: Arc<LogBuffer>,
     state: Mutex<RunState>,
 }
@@ -99,6 +101,7 @@ impl NetRun {
         NetRun(Arc::new(Shared {
             policy: NetworkPolicy::new(grant, device_allow),
             udp_granted: !grant.udp.is_empty(),
+            http_connections: Arc::new(tokio::sync::Semaphore::new(http::MAX_HTTP_CONNECTIONS)),
             logs,
             state: Mutex::default(),
         }))

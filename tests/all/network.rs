@@ -7,7 +7,9 @@ use std::net::{TcpListener, ToSocketAddrs, UdpSocket};
 
 use kelp_core::{ExitReason, Grants, NetworkGrant, RestartPolicy};
 use kelp_hostcalls::{Hardware, HardwareMap};
-use kelp_runtime::{EngineConfig, Runtime, RuntimeConfig, ServiceSpec, Supervisor};
+use kelp_runtime::{
+    EngineConfig, MAX_HTTP_CONNECTIONS, Runtime, RuntimeConfig, ServiceSpec, Supervisor,
+};
 use kelp_tests::artifacts::{FETCHER, REPORTER, SNEAKY};
 
 use crate::support::{quick_backoff, spec, texts, within};
@@ -39,8 +41,8 @@ fn network(connect: &[String], udp: &[String]) -> Grants {
     }
 }
 
-/// Runs `module` once on `sup` with `grants` and `env`, to its end, and
-/// returns its output.
+/// Runs `module` once on `sup` with `grants` and `env`, to a clean exit,
+/// and returns its output.
 async fn run_once(
     sup: &Supervisor,
     name: &str,
@@ -48,6 +50,19 @@ async fn run_once(
     grants: Grants,
     env: &[(&str, String)],
 ) -> Vec<String> {
+    let (exit, output) = run_to_end(sup, name, module, grants, env).await;
+    assert_eq!(exit, Some(ExitReason::Exited { code: 0 }), "{output:#?}");
+    output
+}
+
+/// Runs `module` once to its end: how it ended, and its output.
+async fn run_to_end(
+    sup: &Supervisor,
+    name: &str,
+    module: &str,
+    grants: Grants,
+    env: &[(&str, String)],
+) -> (Option<ExitReason>, Vec<String>) {
     let svc = sup
         .start(ServiceSpec {
             grants: Some(grants),
@@ -60,13 +75,7 @@ async fn run_once(
         })
         .unwrap();
     let status = within("the service to finish", svc.wait_final()).await;
-    let output = texts(svc.logs().drain());
-    assert_eq!(
-        status.last_exit,
-        Some(ExitReason::Exited { code: 0 }),
-        "{output:#?}"
-    );
-    output
+    (status.last_exit, texts(svc.logs().drain()))
 }
 
 /// A TCP listener on loopback that counts the connections that reached it.
@@ -744,4 +753,98 @@ impl Drop for Kelpd {
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
+}
+
+/// An HTTP peer that answers every request with a head and part of a body,
+/// and then holds the connection open for ever: each request it gets keeps
+/// one of the caller's connections busy.
+struct Staller {
+    port: u16,
+    held: std::sync::Arc<std::sync::Mutex<Vec<std::net::TcpStream>>>,
+}
+
+impl Staller {
+    fn start() -> Self {
+        use std::io::{Read, Write};
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let held = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let keep = held.clone();
+        std::thread::spawn(move || {
+            for conn in listener.incoming() {
+                let Ok(mut conn) = conn else { break };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match conn.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                // Counted before the caller can see an answer.
+                keep.lock().unwrap().push(conn.try_clone().unwrap());
+                let _ = conn.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 100\r\n\r\npartial");
+            }
+        });
+        Staller { port, held }
+    }
+
+    fn connections(&self) -> usize {
+        self.held.lock().unwrap().len()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_holds_a_bounded_number_of_http_connections() {
+    let endpoint = Endpoint::start().await;
+    let staller = Staller::start();
+    let sup = device("");
+    let url = format!("http://localhost:{}/reading", endpoint.port);
+    let stalled = format!("http://localhost:{}/", staller.port);
+    let grants = || {
+        network(
+            &[
+                format!("localhost:{}", endpoint.port),
+                format!("localhost:{}", staller.port),
+            ],
+            &[],
+        )
+    };
+    // One under the limit held open: the next request still goes out.
+    let below = (MAX_HTTP_CONNECTIONS - 1).to_string();
+    let output = run_once(
+        &sup,
+        "fetcher",
+        FETCHER,
+        grants(),
+        &[
+            ("FETCH_URL", url.clone()),
+            ("HOLD_URL", stalled.clone()),
+            ("HOLD", below),
+        ],
+    )
+    .await;
+    assert_has(&output, &format!("fetched {url}: 200"));
+    assert_eq!(endpoint.requests().len(), 1);
+    // At the limit: the next one is refused, and never sent.
+    let at = MAX_HTTP_CONNECTIONS.to_string();
+    let (exit, output) = run_to_end(
+        &sup,
+        "fetcher",
+        FETCHER,
+        grants(),
+        &[
+            ("FETCH_URL", url.clone()),
+            ("HOLD_URL", stalled),
+            ("HOLD", at),
+        ],
+    )
+    .await;
+    assert_eq!(exit, Some(ExitReason::Exited { code: 1 }), "{output:#?}");
+    assert_has(
+        &output,
+        &format!("fetch {url} failed: ErrorCode::ConnectionLimitReached"),
+    );
+    assert_eq!(endpoint.requests().len(), 1);
+    assert_eq!(staller.connections(), 2 * MAX_HTTP_CONNECTIONS - 1);
 }

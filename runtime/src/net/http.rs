@@ -35,6 +35,12 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// timeout of its own.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Most outgoing HTTP connections one run holds open at once. A device
+/// service talks to a handful of endpoints; each connection costs the host a
+/// socket, a task and buffers. Past it the guest gets
+/// `connection-limit-reached` until one of its responses is done.
+pub const MAX_HTTP_CONNECTIONS: usize = 16;
+
 /// A component's `wasi:http` state.
 pub(crate) struct HttpState {
     ctx: WasiHttpCtx,
@@ -81,6 +87,12 @@ impl NetRun {
         mut request: Request<WasiBody>,
         options: Option<RequestOptions>,
     ) -> Result<(Response<WasiBody>, IoFuture), Error> {
+        let permit = self
+            .0
+            .http_connections
+            .clone()
+            .try_acquire_owned()
+            .map_err(|_| Error::ConnectionLimitReached)?;
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);
@@ -159,7 +171,11 @@ impl NetRun {
             .await
             .map_err(|_| Error::ConnectionReadTimeout)??;
         let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
-        let io: IoFuture = Box::new(async move { connection.await.map_err(Error::from) });
+        let io: IoFuture = Box::new(async move {
+            let done = connection.await.map_err(Error::from);
+            drop(permit);
+            done
+        });
         Ok((response, io))
     }
 }

@@ -1,11 +1,13 @@
 //! Calls `FETCH_URL` (default `http://localhost:8080/`) with a GET through
 //! `wasi:http/outgoing-handler` and logs the status and the body, or the
-//! error the host answered with.
+//! error the host answered with. With `HOLD=N` it first makes N requests
+//! to `HOLD_URL` (default: the same URL) and keeps their responses open,
+//! unread.
 
 use std::process::ExitCode;
 
 use wasip2::http::outgoing_handler;
-use wasip2::http::types::{ErrorCode, Fields, OutgoingRequest, Scheme};
+use wasip2::http::types::{ErrorCode, Fields, IncomingResponse, OutgoingRequest, Scheme};
 use wasip2::io::streams::StreamError;
 
 /// Most of the answer that is logged; an endpoint is free to send more.
@@ -13,6 +15,24 @@ const MAX_BODY: usize = 64 << 10;
 
 fn main() -> ExitCode {
     let url = std::env::var("FETCH_URL").unwrap_or_else(|_| "http://localhost:8080/".into());
+    let hold = std::env::var("HOLD")
+        .ok()
+        .and_then(|n| n.parse::<usize>().ok())
+        .unwrap_or(0);
+    let hold_url = std::env::var("HOLD_URL").unwrap_or_else(|_| url.clone());
+    let mut held = Vec::with_capacity(hold);
+    for _ in 0..hold {
+        match request(&hold_url) {
+            Ok(response) => held.push(response),
+            Err(e) => {
+                println!("holding {}: {e}", held.len());
+                return ExitCode::FAILURE;
+            }
+        }
+    }
+    if hold > 0 {
+        println!("holding {hold} responses open");
+    }
     match fetch(&url) {
         Ok((status, body)) => {
             println!("fetched {url}: {status}");
@@ -29,6 +49,25 @@ fn main() -> ExitCode {
 }
 
 fn fetch(url: &str) -> Result<(u16, String), String> {
+    let response = request(url)?;
+    let status = response.status();
+    let body = response.consume().map_err(|()| "no body")?;
+    let stream = body.stream().map_err(|()| "no body stream")?;
+    let mut bytes = Vec::new();
+    while bytes.len() < MAX_BODY {
+        match stream.blocking_read((MAX_BODY - bytes.len()) as u64) {
+            Ok(chunk) => bytes.extend(chunk),
+            Err(StreamError::Closed) => break,
+            Err(StreamError::LastOperationFailed(e)) => {
+                return Err(format!("reading the body: {}", e.to_debug_string()));
+            }
+        }
+    }
+    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
+}
+
+/// Sends a GET to `url` and waits for the response's head.
+fn request(url: &str) -> Result<IncomingResponse, String> {
     let (scheme, rest) = if let Some(rest) = url.strip_prefix("http://") {
         (Scheme::Http, rest)
     } else if let Some(rest) = url.strip_prefix("https://") {
@@ -52,25 +91,11 @@ fn fetch(url: &str) -> Result<(u16, String), String> {
         .map_err(|()| format!("invalid path `{path}`"))?;
     let pending = outgoing_handler::handle(request, None).map_err(|e| describe(&e))?;
     pending.subscribe().block();
-    let response = match pending.get() {
-        Some(Ok(Ok(response))) => response,
-        Some(Ok(Err(e))) => return Err(describe(&e)),
-        Some(Err(())) | None => return Err("the response was lost".into()),
-    };
-    let status = response.status();
-    let body = response.consume().map_err(|()| "no body")?;
-    let stream = body.stream().map_err(|()| "no body stream")?;
-    let mut bytes = Vec::new();
-    while bytes.len() < MAX_BODY {
-        match stream.blocking_read((MAX_BODY - bytes.len()) as u64) {
-            Ok(chunk) => bytes.extend(chunk),
-            Err(StreamError::Closed) => break,
-            Err(StreamError::LastOperationFailed(e)) => {
-                return Err(format!("reading the body: {}", e.to_debug_string()));
-            }
-        }
+    match pending.get() {
+        Some(Ok(Ok(response))) => Ok(response),
+        Some(Ok(Err(e))) => Err(describe(&e)),
+        Some(Err(())) | None => Err("the response was lost".into()),
     }
-    Ok((status, String::from_utf8_lossy(&bytes).into_owned()))
 }
 
 fn describe(e: &ErrorCode) -> String {
