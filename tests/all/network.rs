@@ -145,6 +145,7 @@ fn another_local_name() -> String {
         .into_iter()
         .find(|n| {
             !n.is_empty()
+                && *n != "localhost"
                 && (*n, 0)
                     .to_socket_addrs()
                     .is_ok_and(|mut a| a.next().is_some())
