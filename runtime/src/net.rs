@@ -229,8 +229,16 @@ impl NetRun {
         })
     }
 
-    fn lookup_started(&self, stream: u32, name: String) {
+    /// A lookup stream was opened: for a granted `name`, or (`None`) for an
+    /// address written out. A stream's index is reused once the guest drops
+    /// it, so an address's stream must clear what an earlier name left
+    /// under the same index, or its answer would count as that name's.
+    fn lookup_started(&self, stream: u32, name: Option<String>) {
         let mut state = lock(&self.0.state);
+        let Some(name) = name else {
+            state.lookups.remove(&stream);
+            return;
+        };
         if state.lookups.len() >= MAX_OPEN_LOOKUPS && !state.lookups.contains_key(&stream) {
             state.lookups.clear();
         }
@@ -298,9 +306,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
             };
             match view.resolve_addresses(network, name.clone()) {
                 Ok(stream) => {
-                    if !literal {
-                        net.lookup_started(stream.rep(), name);
-                    }
+                    net.lookup_started(stream.rep(), (!literal).then_some(name));
                     Ok((Ok(stream),))
                 }
                 Err(e) => Ok((Err(e.downcast()?),)),
@@ -418,9 +424,14 @@ mod tests {
         let (net, logs) = run(&["broker.local:1883"], &[], None);
         let broker = addr("192.168.1.20:1883");
         assert!(!net.check(broker, SocketAddrUse::TcpConnect));
-        net.lookup_started(7, "broker.local".into());
+        net.lookup_started(7, Some("broker.local".into()));
         net.lookup_answered(7, broker.ip());
         assert!(net.check(broker, SocketAddrUse::TcpConnect));
+        // The stream's index, reused for an address written out, does not
+        // make that address the name's.
+        net.lookup_started(7, None);
+        net.lookup_answered(7, "10.8.8.8".parse().unwrap());
+        assert!(!net.check(addr("10.8.8.8:1883"), SocketAddrUse::TcpConnect));
         // The IPv4-mapped form is the same address.
         assert!(net.check(
             addr("[::ffff:192.168.1.20]:1883"),
@@ -434,6 +445,7 @@ mod tests {
             notes(&logs),
             [
                 "kelp: network `192.168.1.20:1883` refused: not granted",
+                "kelp: network `10.8.8.8:1883` refused: not granted",
                 "kelp: network `192.168.1.20:22` (broker.local) refused: not granted",
                 "kelp: network `10.9.9.9:1883` refused: not granted",
             ]
