@@ -222,10 +222,15 @@ impl NetRun {
             .unwrap_or_default()
     }
 
-    /// May the guest look `name` up? Noted when not.
-    fn may_resolve(&self, name: &str) -> Result<(), Refusal> {
+    /// May the guest look `name` up? Noted when not, with the `port` it was
+    /// for when the host knows it (`wasi:http`; a socket's lookup has none).
+    fn may_resolve(&self, name: &str, port: Option<u16>) -> Result<(), Refusal> {
         self.0.policy.may_resolve(name).inspect_err(|refusal| {
-            self.note(format!("`{name}`"), &refusal.to_string());
+            let what = match port {
+                Some(port) => format!("`{name}:{port}`"),
+                None => format!("`{name}`"),
+            };
+            self.note(what, &refusal.to_string());
         })
     }
 
@@ -297,7 +302,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
                 .trim_end_matches(']')
                 .parse::<IpAddr>()
                 .is_ok();
-            if !literal && net.may_resolve(&name).is_err() {
+            if !literal && net.may_resolve(&name, None).is_err() {
                 return Ok((Err(ErrorCode::AccessDenied),));
             }
             let mut view = WasiSocketsCtxView {

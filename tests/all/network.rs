@@ -446,7 +446,9 @@ async fn fetcher_calls_its_granted_endpoint_and_is_denied_without_the_grant() {
         format!("fetch {url} failed: denied by the host (HTTP-request-denied)\n")
     );
     assert!(
-        stderr.contains("kelp: network `localhost` refused: not granted"),
+        stderr.contains(&format!(
+            "kelp: network `localhost:{port}` refused: not granted"
+        )),
         "{stderr}"
     );
     assert_eq!(endpoint.requests().len(), 1);

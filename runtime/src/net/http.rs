@@ -112,7 +112,7 @@ impl NetRun {
         let (candidates, name) = match host.parse::<IpAddr>() {
             Ok(ip) => (vec![SocketAddr::new(ip, port)], None),
             Err(_) => {
-                if self.may_resolve(&host).is_err() {
+                if self.may_resolve(&host, Some(port)).is_err() {
                     return Err(Error::HttpRequestDenied);
                 }
                 let found =
