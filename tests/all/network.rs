@@ -356,10 +356,20 @@ impl Endpoint {
 /// `kelp run ARGS…` from the repository's root, as the README shows it, to
 /// its end, without blocking the test's executor.
 async fn kelp_run(args: Vec<String>) -> std::process::Output {
+    kelp_run_with(args, &[]).await
+}
+
+/// `kelp run ARGS…` with `env` set for `kelp` itself.
+async fn kelp_run_with(args: Vec<String>, env: &[(&str, &str)]) -> std::process::Output {
+    let env: Vec<(String, String)> = env
+        .iter()
+        .map(|(k, v)| (k.to_string(), v.to_string()))
+        .collect();
     let run = tokio::task::spawn_blocking(move || {
         std::process::Command::new(kelp_tests::binary("kelp"))
             .arg("run")
             .args(&args)
+            .envs(env)
             .current_dir(std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join(".."))
             .stdin(std::process::Stdio::null())
             .output()
@@ -850,4 +860,194 @@ async fn a_service_holds_a_bounded_number_of_http_connections() {
     );
     assert_eq!(endpoint.requests().len(), 1);
     assert_eq!(staller.connections(), 2 * MAX_HTTP_CONNECTIONS - 1);
+}
+
+/// Runs the `openssl` command line tool in `dir`.
+fn openssl(dir: &std::path::Path, args: &[&str]) {
+    let out = std::process::Command::new("openssl")
+        .args(args)
+        .current_dir(dir)
+        .output()
+        .expect("openssl (apt install openssl)");
+    assert!(
+        out.status.success(),
+        "openssl {args:?}: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+}
+
+/// A private CA (`ca.pem`) and a certificate it signed for `localhost`
+/// (`localhost.pem`, `localhost.key`), made fresh in `dir`.
+fn private_ca(dir: &std::path::Path) {
+    let ec = [
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:prime256v1",
+        "-nodes",
+    ];
+    openssl(
+        dir,
+        &[
+            &["req", "-x509"][..],
+            &ec,
+            &[
+                "-keyout",
+                "ca.key",
+                "-out",
+                "ca.pem",
+                "-days",
+                "2",
+                "-subj",
+                "/CN=Kelp test CA",
+                "-addext",
+                "basicConstraints=critical,CA:TRUE",
+                "-addext",
+                "keyUsage=critical,keyCertSign,cRLSign",
+            ],
+        ]
+        .concat(),
+    );
+    openssl(
+        dir,
+        &[
+            &["req"][..],
+            &ec,
+            &[
+                "-keyout",
+                "localhost.key",
+                "-out",
+                "localhost.csr",
+                "-subj",
+                "/CN=localhost",
+            ],
+        ]
+        .concat(),
+    );
+    std::fs::write(
+        dir.join("ext.cnf"),
+        "subjectAltName=DNS:localhost\nextendedKeyUsage=serverAuth\nbasicConstraints=CA:FALSE\n",
+    )
+    .unwrap();
+    openssl(
+        dir,
+        &[
+            "x509",
+            "-req",
+            "-in",
+            "localhost.csr",
+            "-CA",
+            "ca.pem",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-out",
+            "localhost.pem",
+            "-days",
+            "2",
+            "-extfile",
+            "ext.cnf",
+        ],
+    );
+}
+
+/// An HTTPS endpoint with `localhost.pem` from `dir`, answering every
+/// request with one line; returns its port and how many it answered.
+async fn https_endpoint(
+    dir: &std::path::Path,
+) -> (u16, std::sync::Arc<std::sync::atomic::AtomicUsize>) {
+    use rustls::pki_types::pem::PemObject;
+    use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+    use std::sync::atomic::Ordering;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let certs: Vec<CertificateDer<'static>> =
+        CertificateDer::pem_file_iter(dir.join("localhost.pem"))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+    let key = PrivateKeyDer::from_pem_file(dir.join("localhost.key")).unwrap();
+    let config = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(
+        rustls::crypto::ring::default_provider(),
+    ))
+    .with_safe_default_protocol_versions()
+    .unwrap()
+    .with_no_client_auth()
+    .with_single_cert(certs, key)
+    .unwrap();
+    let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let port = listener.local_addr().unwrap().port();
+    let answered = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let count = answered.clone();
+    tokio::spawn(async move {
+        loop {
+            let Ok((tcp, _)) = listener.accept().await else {
+                break;
+            };
+            let acceptor = acceptor.clone();
+            let count = count.clone();
+            tokio::spawn(async move {
+                // A client that refuses the certificate ends here.
+                let Ok(mut tls) = acceptor.accept(tcp).await else {
+                    return;
+                };
+                let mut request = Vec::new();
+                let mut buf = [0u8; 1024];
+                while !request.windows(4).any(|w| w == b"\r\n\r\n") {
+                    match tls.read(&mut buf).await {
+                        Ok(0) | Err(_) => return,
+                        Ok(n) => request.extend_from_slice(&buf[..n]),
+                    }
+                }
+                count.fetch_add(1, Ordering::SeqCst);
+                let body = "hello over https\n";
+                let response = format!(
+                    "HTTP/1.1 200 OK\r\ncontent-length: {}\r\nconnection: close\r\n\r\n{body}",
+                    body.len()
+                );
+                let _ = tls.write_all(response.as_bytes()).await;
+                let _ = tls.shutdown().await;
+            });
+        }
+    });
+    (port, answered)
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn fetcher_speaks_https_to_a_granted_host_it_can_verify() {
+    use std::sync::atomic::Ordering;
+    let dir = tempfile::tempdir().unwrap();
+    private_ca(dir.path());
+    let (port, answered) = https_endpoint(dir.path()).await;
+    let url = format!("https://localhost:{port}/");
+    let manifest = manifest_granting(dir.path(), "fetcher", &[format!("localhost:{port}")]);
+    let args = vec![
+        FETCHER.to_owned(),
+        "--manifest".into(),
+        manifest,
+        "--env".into(),
+        format!("FETCH_URL={url}"),
+    ];
+    // The device trusts the private CA (as if installed in its bundle).
+    let ca = dir.path().join("ca.pem").display().to_string();
+    let out = kelp_run_with(args.clone(), &[("SSL_CERT_FILE", &ca)]).await;
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "{stdout}\n{stderr}");
+    assert_eq!(stdout, format!("fetched {url}: 200\n| hello over https\n"));
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
+
+    // A device that does not trust it refuses the certificate.
+    let elsewhere = dir.path().join("empty.pem").display().to_string();
+    std::fs::write(&elsewhere, "").unwrap();
+    let out = kelp_run_with(args, &[("SSL_CERT_FILE", &elsewhere)]).await;
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert_eq!(
+        stdout,
+        format!("fetch {url} failed: ErrorCode::TlsProtocolError\n")
+    );
+    assert_eq!(answered.load(Ordering::SeqCst), 1);
 }

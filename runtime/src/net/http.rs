@@ -3,9 +3,10 @@
 //! The request's host is checked like a socket's: a name must be granted
 //! before it is looked up (here, by the host), and the connection goes only
 //! to an address the policy allows for that name. The request then goes out
-//! over that one connection (HTTP/1.1, or HTTPS with rustls and the Mozilla
-//! roots that wasmtime-wasi-http's own sender uses), so no second lookup can
-//! take it elsewhere. A refusal is `HTTP-request-denied` to the guest.
+//! over that one connection (HTTP/1.1, or HTTPS with rustls, trusting the
+//! Mozilla roots wasmtime-wasi-http's own sender uses and the device's CA
+//! bundle), so no second lookup can take it elsewhere. A refusal is
+//! `HTTP-request-denied` to the guest.
 
 use std::net::{IpAddr, SocketAddr};
 use std::sync::{Arc, OnceLock};
@@ -195,15 +196,25 @@ async fn connect_any(addrs: &[SocketAddr]) -> Result<TcpStream, Error> {
     Err(last)
 }
 
-/// One client configuration for every request: the roots are parsed once.
+/// One client configuration for every request: the roots are read once.
+/// They are Mozilla's (built in, so a minimal OS image needs no CA bundle)
+/// and the device's own bundle where it has one (`SSL_CERT_FILE`,
+/// `SSL_CERT_DIR` or the system's), so a private CA on the local network is
+/// trusted once the operator installs it.
 fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
     static CONFIG: OnceLock<Arc<rustls::ClientConfig>> = OnceLock::new();
     if let Some(config) = CONFIG.get() {
         return Ok(config.clone());
     }
-    let roots = rustls::RootCertStore {
+    let mut roots = rustls::RootCertStore {
         roots: webpki_roots::TLS_SERVER_ROOTS.into(),
     };
+    let system = rustls_native_certs::load_native_certs();
+    for error in &system.errors {
+        tracing::warn!(%error, "skipped part of the device's CA bundle");
+    }
+    let (added, ignored) = roots.add_parsable_certificates(system.certs);
+    tracing::debug!(added, ignored, "device CA certificates");
     let config = rustls::ClientConfig::builder_with_provider(Arc::new(
         rustls::crypto::ring::default_provider(),
     ))
