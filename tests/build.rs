@@ -19,6 +19,9 @@ const COMPONENTS: &[&str] = &[
     "thermometer",
     "intruder",
     "toggler",
+    "sneaky",
+    "fetcher",
+    "reporter",
 ];
 
 /// Services built as WASI preview 1 core modules.

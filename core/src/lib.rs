@@ -36,7 +36,7 @@ pub use manifest::{
     MAX_MANIFEST_SIZE, MAX_NAME_LEN, Manifest, ManifestError, ManifestFileError, embed, extract,
     read_manifest_file, valid_label, valid_service_name,
 };
-pub use network::{Destination, NetworkGrant, NetworkPolicy};
+pub use network::{Destination, NetworkGrant, NetworkPolicy, Refusal, Transport};
 pub use signature::{
     Inspection, KeyError, KeyId, MAX_HASH_SETS, MAX_HASHES, MAX_KEY_FILE_SIZE, MAX_SIGNATURES,
     PublicKey, SIGNATURE_SECTION, SecretKey, SignatureError, SignatureSummary, VerifiedBy, inspect,

@@ -283,6 +283,40 @@ fn in_block(addr: IpAddr, net: IpAddr, prefix: u8) -> bool {
     }
 }
 
+/// Whether a device's allow entry `a` could let through some of granted `d`.
+fn could_allow(a: &Destination, d: &Destination) -> bool {
+    let ports = match (a.port, d.port) {
+        (Some(x), Some(y)) => x == y,
+        _ => true,
+    };
+    ports
+        && match (&a.host, &d.host) {
+            // A name may resolve to any address.
+            (Host::Ip(_) | Host::Net { .. }, Host::Name(_) | Host::Wildcard(_)) => true,
+            (Host::Name(_) | Host::Wildcard(_), Host::Ip(_) | Host::Net { .. }) => false,
+            (a, Host::Name(n)) => a.matches_name(n),
+            (Host::Name(n), d) => d.matches_name(n),
+            (Host::Wildcard(x), Host::Wildcard(y)) => {
+                x.ends_with(y.as_str()) || y.ends_with(x.as_str())
+            }
+            (Host::Ip(x), d) => d.matches_ip(*x),
+            (a, Host::Ip(y)) => a.matches_ip(*y),
+            (
+                Host::Net {
+                    addr: x,
+                    prefix: px,
+                },
+                Host::Net {
+                    addr: y,
+                    prefix: py,
+                },
+            ) => {
+                let p = (*px).min(*py);
+                in_block(canonical(*x), canonical(*y), p)
+            }
+        }
+}
+
 /// What a manifest asks of the network.
 #[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case", deny_unknown_fields)]
@@ -389,6 +423,22 @@ impl NetworkPolicy {
             Transport::Tcp => &self.grant.connect,
             Transport::Udp => &self.grant.udp,
         }
+    }
+
+    /// The granted destinations this device's allow list rules out entirely,
+    /// so the operator can be told at start. A granted name is ruled out
+    /// only when the list holds no address (the name might resolve into one
+    /// of them) and no name covering it; a granted address or block only
+    /// when no address or block on the list overlaps it.
+    pub fn narrowed_away(&self) -> Vec<(Transport, &Destination)> {
+        let Some(allow) = &self.device else {
+            return Vec::new();
+        };
+        [Transport::Tcp, Transport::Udp]
+            .into_iter()
+            .flat_map(|t| self.list(t).iter().map(move |d| (t, d)))
+            .filter(|(_, d)| !allow.iter().any(|a| could_allow(a, d)))
+            .collect()
     }
 
     /// May the service look `name` up? Only a name its grant covers, and
@@ -621,6 +671,50 @@ mod tests {
         assert_eq!(
             p.may_connect(Transport::Tcp, addr("192.168.1.20:1883"), &["broker.local"]),
             Err(Refusal::NotAllowedHere)
+        );
+    }
+
+    #[test]
+    fn the_device_says_which_grants_it_rules_out() {
+        let g = grant(
+            &["api.example.com:443", "broker.local:1883", "10.0.0.5:502"],
+            &["10.0.0.5:514"],
+        );
+        let shown = |p: &NetworkPolicy| {
+            p.narrowed_away()
+                .iter()
+                .map(|(t, d)| format!("{t} {d}"))
+                .collect::<Vec<_>>()
+        };
+        assert!(shown(&NetworkPolicy::new(&g, None)).is_empty());
+        assert_eq!(
+            shown(&NetworkPolicy::new(&g, Some(&[]))),
+            [
+                "tcp api.example.com:443",
+                "tcp broker.local:1883",
+                "tcp 10.0.0.5:502",
+                "udp 10.0.0.5:514"
+            ]
+        );
+        // Names only: addresses are ruled out, and names not covered.
+        assert_eq!(
+            shown(&NetworkPolicy::new(&g, Some(&[d("*.local")]))),
+            [
+                "tcp api.example.com:443",
+                "tcp 10.0.0.5:502",
+                "udp 10.0.0.5:514"
+            ]
+        );
+        // A block may hold what any name resolves to...
+        assert!(shown(&NetworkPolicy::new(&g, Some(&[d("10.0.0.0/8")]))).is_empty());
+        // ...on the ports it names.
+        assert_eq!(
+            shown(&NetworkPolicy::new(&g, Some(&[d("10.0.0.0/8:502")]))),
+            [
+                "tcp api.example.com:443",
+                "tcp broker.local:1883",
+                "udp 10.0.0.5:514"
+            ]
         );
     }
 

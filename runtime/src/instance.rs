@@ -66,6 +66,16 @@ pub(crate) async fn run(
                 io.logs
                     .write(Stream::Stderr, format!("kelp: {notice}\n").as_bytes());
             }
+            let net = crate::net::NetRun::new(
+                &grants.network,
+                io.hardware.map().network_allow.as_deref(),
+                io.logs.clone(),
+            );
+            for notice in net.notices() {
+                io.logs
+                    .write(Stream::Stderr, format!("kelp: {notice}\n").as_bytes());
+            }
+            net.configure(&mut wasi);
             let logs = io.logs.clone();
             hardware.set_notify(Arc::new(move |note: &str| {
                 logs.write(Stream::Stderr, format!("kelp: {note}\n").as_bytes());
@@ -75,6 +85,8 @@ pub(crate) async fn run(
                 table: ResourceTable::new(),
                 limiter,
                 hardware,
+                net,
+                http: crate::net::HttpState::new(),
             };
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);

@@ -27,6 +27,7 @@ mod limits;
 pub mod local;
 pub mod local_api;
 mod logs;
+mod net;
 pub mod node;
 mod program;
 mod service;
@@ -41,6 +42,10 @@ pub use engine::{
     EngineConfig, EngineError,
 };
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
+pub use net::{
+    DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, MAX_HTTP_CONNECTIONS, MAX_NOTED_REFUSALS,
+    MAX_OPEN_LOOKUPS, MAX_RESOLVED_ADDRESSES,
+};
 pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, read_module};
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};
 pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};

@@ -28,6 +28,8 @@ pub(crate) struct ComponentState {
     pub(crate) table: ResourceTable,
     pub(crate) limiter: ServiceLimiter,
     pub(crate) hardware: HardwareCtx,
+    pub(crate) net: crate::net::NetRun,
+    pub(crate) http: crate::net::HttpState,
 }
 
 impl HardwareView for ComponentState {
@@ -172,6 +174,8 @@ impl Loader {
     ) -> wasmtime::Result<Self> {
         let mut component_linker = ComponentLinker::new(&engine);
         wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
+        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
+        crate::net::add_to_linker(&mut component_linker)?;
         kelp_hostcalls::add_to_linker(&mut component_linker)?;
         let mut module_linker = Linker::new(&engine);
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {

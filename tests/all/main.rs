@@ -16,5 +16,6 @@ mod images;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
+mod network;
 mod registry;
 mod signing;

@@ -59,8 +59,8 @@ pub struct RunArgs {
     #[arg(long = "public-key", value_name = "FILE")]
     public_keys: Vec<PathBuf>,
 
-    /// Take the service's hardware grants from this `kelp.toml` instead of
-    /// the manifest embedded in the file.
+    /// Take the service's grants (hardware and network) from this
+    /// `kelp.toml` instead of the manifest embedded in the file.
     #[arg(long, value_name = "FILE")]
     manifest: Option<PathBuf>,
 
