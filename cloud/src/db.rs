@@ -487,6 +487,7 @@ impl Db {
         .execute(&mut *tx)
         .await?;
         if revoked.rows_affected() == 0 {
+            tx.rollback().await?;
             return Ok(Revoke::NotFound);
         }
         let live: i64 =
@@ -495,7 +496,7 @@ impl Db {
                 .await?
                 .try_get("n")?;
         if live == 0 {
-            // Dropping the transaction undoes the revocation.
+            tx.rollback().await?;
             return Ok(Revoke::LastToken);
         }
         tx.commit().await?;
@@ -532,7 +533,10 @@ impl Db {
             .await;
         match inserted {
             Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => return Ok(false),
+            Err(e) if is_unique_violation(&e) => {
+                tx.rollback().await?;
+                return Ok(false);
+            }
             Err(e) => return Err(e.into()),
         }
         sqlx::query(
@@ -710,6 +714,7 @@ impl Db {
             Some(row) => {
                 let fleet: String = row.try_get("fleet")?;
                 if fleet != d.fleet {
+                    tx.rollback().await?;
                     return Ok(Registered::OtherFleet(fleet));
                 }
                 sqlx::query(
@@ -869,6 +874,7 @@ impl Db {
                 .await?
                 .is_some();
             if taken {
+                tx.rollback().await?;
                 return Ok(NewRelease::VersionTaken);
             }
             let seq: i64 = sqlx::query(
