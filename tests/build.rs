@@ -19,6 +19,7 @@ const COMPONENTS: &[&str] = &[
     "thermometer",
     "intruder",
     "toggler",
+    "http-hello",
 ];
 
 /// Services built as WASI preview 1 core modules.

@@ -21,6 +21,7 @@
 pub mod agent;
 mod cache;
 mod engine;
+mod http;
 pub mod images;
 mod instance;
 mod limits;
@@ -39,6 +40,9 @@ pub use cache::CacheError;
 pub use engine::{
     Allocator, AllocatorChoice, DEFAULT_MAX_SERVICE_MEMORY, DEFAULT_POOL_SLOTS, DEFAULT_TIMESLICE,
     EngineConfig, EngineError,
+};
+pub use http::{
+    DRAIN_WAIT, MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, QUEUE_WAIT, REQUEST_TIMEOUT,
 };
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
 pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, read_module};
