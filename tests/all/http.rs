@@ -64,7 +64,7 @@ fn service(name: &str, module: &Path, extra: &str) -> String {
 }
 
 struct Setup {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     device: Device,
     target: String,
     /// own-port's entry in the target.
@@ -111,7 +111,7 @@ fn start(extra: &str) -> Setup {
             && curl(&format!("http://127.0.0.1:{own}/")).0 == 200
     });
     Setup {
-        _dir: dir,
+        dir,
         device,
         target,
         own_block,
@@ -137,10 +137,34 @@ fn curl_gets_the_page_on_a_path_and_on_a_port() {
         let (code, _) = curl(&format!("http://127.0.0.1:{}{path}", s.shared));
         assert_eq!(code, 404, "{path}");
     }
-    assert_eq!(
-        s.device.service_state("http-hello").as_deref(),
-        Some("running")
-    );
+    // A body over the limit is refused before the guest sees it.
+    let big = s.dir.path().join("big");
+    std::fs::write(&big, vec![b'x'; 2 << 20]).unwrap();
+    let out = Command::new("curl")
+        .args([
+            "-sS",
+            "-o",
+            "/dev/null",
+            "-w",
+            "%{http_code}",
+            "--data-binary",
+        ])
+        .arg(format!("@{}", big.display()))
+        .arg(format!("http://127.0.0.1:{}/hello", s.shared))
+        .output()
+        .unwrap();
+    assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
+    // Outgoing HTTP from a service that answers HTTP is refused for now,
+    // even to a server that answers (own-port's).
+    let (code, page) = curl(&format!(
+        "http://127.0.0.1:{}/hello/fetch?port={}",
+        s.shared, s.own
+    ));
+    assert_eq!(code, 200, "{page}");
+    assert!(page.starts_with("outgoing request failed"), "{page}");
+    s.device.wait_until("status to show it running", |d| {
+        d.service_state("http-hello").as_deref() == Some("running")
+    });
     assert!(
         s.device.stdout().contains(&format!(
             "http-hello ! kelp: answering HTTP at http://127.0.0.1:{}/hello",
@@ -171,10 +195,9 @@ fn a_trap_or_a_memory_hog_fails_only_its_own_request() {
                     "http-hello ! kelp: request `GET /hello/hog` memory limit 16 MiB exceeded",
                 )
         });
-    assert_eq!(
-        s.device.service_state("http-hello").as_deref(),
-        Some("running")
-    );
+    s.device.wait_until("status to show it running", |d| {
+        d.service_state("http-hello").as_deref() == Some("running")
+    });
 }
 
 #[test]

@@ -167,7 +167,7 @@ pub(crate) fn refusal(name: &str, grants: &Grants, map: &HardwareMap) -> Result<
             )),
         },
         None => Err(format!(
-            "`{name}` answers HTTP but is not served: the device's hardware map binds it to no port or path (add `[http.{name}]` with `path = \"/{name}\"` or `listen = \"0.0.0.0:8081\"`)"
+            "`{name}` answers HTTP but is not served: the device's hardware map binds it to no port or path (add `[http.{name}]` with `path = \"/{name}\"` or `listen = \"0.0.0.0:8081\"` to the map, or give `kelp run` `--listen ADDR`)"
         )),
     }
 }

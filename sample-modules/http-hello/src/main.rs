@@ -14,11 +14,13 @@
 //! - `/hog` allocates until its memory limit stops it: 500 again.
 //! - `/sleep?ms=N` answers after N milliseconds (at most a minute), for
 //!   filling the host's concurrency limit.
+//! - `/fetch?port=N` tries a request to `http://127.0.0.1:N/` and reports
+//!   how it went.
 
 use std::sync::atomic::{AtomicU32, Ordering};
 use std::time::Duration;
 
-use wstd::http::{Body, Error, Request, Response, StatusCode};
+use wstd::http::{Body, Client, Error, Request, Response, StatusCode};
 
 /// Requests this instance has answered.
 static SERVED: AtomicU32 = AtomicU32::new(0);
@@ -40,14 +42,17 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         "/crash" => panic!("asked to crash at {path}"),
         "/hog" => hog(),
         "/sleep" => {
-            let ms = request
-                .uri()
-                .query()
-                .and_then(|q| q.split('&').find_map(|kv| kv.strip_prefix("ms=")))
-                .and_then(|ms| ms.parse::<u64>().ok())
-                .unwrap_or(1_000)
-                .min(MAX_SLEEP_MS);
+            let ms = query(&request, "ms").unwrap_or(1_000).min(MAX_SLEEP_MS);
             wstd::task::sleep(Duration::from_millis(ms).into()).await;
+        }
+        "/fetch" => {
+            let port = query(&request, "port").unwrap_or(80);
+            let outgoing = Request::get(format!("http://127.0.0.1:{port}/")).body(Body::empty())?;
+            let text = match Client::new().send(outgoing).await {
+                Ok(response) => format!("outgoing request answered {}\n", response.status()),
+                Err(e) => format!("outgoing request failed: {e:?}\n"),
+            };
+            return Ok(Response::new(text.into()));
         }
         _ => {}
     }
@@ -60,6 +65,14 @@ async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
         .status(StatusCode::OK)
         .header("content-type", "text/html; charset=utf-8")
         .body(page.into())?)
+}
+
+/// A number from the query string: `name=N`.
+fn query(request: &Request<Body>, name: &str) -> Option<u64> {
+    request.uri().query()?.split('&').find_map(|kv| {
+        let (k, v) = kv.split_once('=')?;
+        if k == name { v.parse().ok() } else { None }
+    })
 }
 
 /// Allocates and touches memory, a mebibyte at a time, until the host's
