@@ -190,7 +190,8 @@ impl Runtime {
     }
 
     /// Runs a loaded program once, outside any supervisor: no restarts, no
-    /// stop. Its output goes to `invocation.logs`.
+    /// stop. Its output goes to `invocation.logs`. A program that answers
+    /// HTTP is served until the future is dropped.
     pub async fn run(&self, program: &Program, invocation: &Invocation) -> kelp_core::ExitReason {
         let meter = Arc::new(limits::MemoryMeter::default());
         let (_stop, stdin) = logs::StopSignal::new();

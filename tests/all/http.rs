@@ -69,6 +69,8 @@ struct Setup {
     target: String,
     /// own-port's entry in the target.
     own_block: String,
+    /// The listener holding `busy-port`'s port.
+    held: std::net::TcpListener,
     /// The shared listener, where `http-hello` is at `/hello`.
     shared: u16,
     /// `own-port`'s listener.
@@ -82,6 +84,9 @@ fn start(extra: &str) -> Setup {
     let module = http_hello(dir.path(), true);
     let unsigned = http_hello(dir.path(), false);
     let (shared, own) = (free_port(), free_port());
+    // A port something else holds.
+    let held = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let busy = held.local_addr().unwrap();
     let map = dir.path().join("map.toml");
     std::fs::write(
         &map,
@@ -89,7 +94,8 @@ fn start(extra: &str) -> Setup {
             "[network]\nhttp-listen = \"127.0.0.1:{shared}\"\n\
              [http.http-hello]\npath = \"/hello\"\n\
              [http.own-port]\nlisten = \"127.0.0.1:{own}\"\n\
-             [http.unsigned]\npath = \"/unsigned\"\n"
+             [http.unsigned]\npath = \"/unsigned\"\n\
+             [http.busy-port]\nlisten = \"{busy}\"\n"
         ),
     )
     .unwrap();
@@ -115,6 +121,7 @@ fn start(extra: &str) -> Setup {
         device,
         target,
         own_block,
+        held,
         shared,
         own,
     }
@@ -238,8 +245,21 @@ fn every_request_gets_a_fresh_instance_and_excess_ones_get_503() {
 
 #[test]
 fn unserved_services_say_why_and_removed_ones_stop_listening() {
-    let mut s =
-        start("[services.unbound]\nmodule = MODULE\n[services.unsigned]\nmodule = UNSIGNED\n");
+    let mut s = start(
+        "[services.unbound]\nmodule = MODULE\n[services.unsigned]\nmodule = UNSIGNED\n\
+         [services.busy-port]\nmodule = MODULE\n",
+    );
+    // A port in use is reported in the service's log, and retried.
+    let busy = s.held.local_addr().unwrap();
+    s.device.wait_until("the port in use to be reported", |d| {
+        d.stdout().contains(&format!(
+            "busy-port ! kelp: cannot listen on {busy}: Address already in use"
+        ))
+    });
+    assert_ne!(
+        s.device.service_state("busy-port").as_deref(),
+        Some("failed")
+    );
     s.device.wait_until("both to fail", |d| {
         d.service_state("unbound").as_deref() == Some("failed")
             && d.service_state("unsigned").as_deref() == Some("failed")
