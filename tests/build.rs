@@ -22,6 +22,7 @@ const COMPONENTS: &[&str] = &[
     "sneaky",
     "fetcher",
     "reporter",
+    "http-hello",
 ];
 
 /// Services built as WASI preview 1 core modules.

@@ -41,7 +41,7 @@ pub(crate) async fn run(
     argv.extend(io.args.iter().cloned());
     wasi.args(&argv)
         .envs(io.env)
-        .stdin(io.stdin)
+        .stdin(io.stdin.clone())
         .stdout(io.logs.stream(Stream::Stdout))
         .stderr(io.logs.stream(Stream::Stderr));
     if let Some(dir) = io.data_dir {
@@ -100,6 +100,10 @@ pub(crate) async fn run(
                 Err(e) => Err(e),
             }
         }
+        Pre::Proxy(pre) => {
+            let manifest_grants = program.manifest().map(|m| &m.grants);
+            return crate::http::serve(engine, pre, manifest_grants, io).await;
+        }
         Pre::Module(pre) => {
             let state = ModuleState {
                 ctx: wasi.build_p1(),
@@ -128,12 +132,12 @@ pub(crate) async fn run(
 /// Every instance yields to the executor once per epoch tick. The first
 /// deadline must be set too, or a new store starts with a deadline of zero and
 /// waits a whole timeslice before running at all.
-fn time_slice<T>(store: &mut Store<T>) {
+pub(crate) fn time_slice<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
     store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
 }
 
-fn exit_reason(e: &wasmtime::Error, limit: ByteSize, over_limit: bool) -> ExitReason {
+pub(crate) fn exit_reason(e: &wasmtime::Error, limit: ByteSize, over_limit: bool) -> ExitReason {
     if let Some(exit) = e.downcast_ref::<I32Exit>() {
         return ExitReason::Exited { code: exit.0 };
     }

@@ -21,6 +21,7 @@
 pub mod agent;
 mod cache;
 mod engine;
+mod http;
 pub mod images;
 mod instance;
 mod limits;
@@ -40,6 +41,9 @@ pub use cache::CacheError;
 pub use engine::{
     Allocator, AllocatorChoice, DEFAULT_MAX_SERVICE_MEMORY, DEFAULT_POOL_SLOTS, DEFAULT_TIMESLICE,
     EngineConfig, EngineError,
+};
+pub use http::{
+    DRAIN_WAIT, MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, QUEUE_WAIT, REQUEST_TIMEOUT,
 };
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
 pub use net::{
@@ -191,7 +195,8 @@ impl Runtime {
     }
 
     /// Runs a loaded program once, outside any supervisor: no restarts, no
-    /// stop. Its output goes to `invocation.logs`.
+    /// stop. Its output goes to `invocation.logs`. A program that answers
+    /// HTTP is served until the future is dropped.
     pub async fn run(&self, program: &Program, invocation: &Invocation) -> kelp_core::ExitReason {
         let meter = Arc::new(limits::MemoryMeter::default());
         let (_stop, stdin) = logs::StopSignal::new();

@@ -14,6 +14,7 @@ use wasmtime::{Linker, Module};
 use wasmtime_wasi::p1::WasiP1Ctx;
 use wasmtime_wasi::p2::bindings::CommandPre;
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::{CompileCache, Lookup};
 use crate::limits::ServiceLimiter;
@@ -76,6 +77,8 @@ impl std::fmt::Display for ProgramKind {
 pub(crate) enum Pre {
     Component(CommandPre<ComponentState>),
     Module(wasmtime::InstancePre<ModuleState>),
+    /// A component that answers HTTP: one instance per request.
+    Proxy(ProxyPre<crate::http::ProxyState>),
 }
 
 /// A loaded, linked program; instantiating it is cheap.
@@ -99,6 +102,12 @@ impl Program {
 
     pub fn kind(&self) -> ProgramKind {
         self.kind
+    }
+
+    /// Whether it answers HTTP (exports `wasi:http/incoming-handler`)
+    /// rather than running as a command.
+    pub fn answers_http(&self) -> bool {
+        matches!(self.pre, Pre::Proxy(_))
     }
 }
 
@@ -160,6 +169,7 @@ pub(crate) struct Loader {
     engine: wasmtime::Engine,
     cache: Option<CompileCache>,
     component_linker: ComponentLinker<ComponentState>,
+    proxy_linker: ComponentLinker<crate::http::ProxyState>,
     module_linker: Linker<ModuleState>,
     loaded: Mutex<HashMap<Digest, std::sync::Weak<Program>>>,
     counters: Counters,
@@ -181,10 +191,12 @@ impl Loader {
         wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
             &mut s.ctx
         })?;
+        let proxy_linker = crate::http::linker(&engine)?;
         Ok(Loader {
             engine,
             cache,
             component_linker,
+            proxy_linker,
             module_linker,
             loaded: Mutex::default(),
             counters: Counters::default(),
@@ -317,6 +329,23 @@ impl Loader {
                         c
                     }
                 };
+                if crate::http::is_proxy(&self.engine, &component) {
+                    let pre = self
+                        .proxy_linker
+                        .instantiate_pre(&component)
+                        .map_err(link)?;
+                    return Ok(Program {
+                        digest,
+                        kind,
+                        manifest,
+                        pre: Pre::Proxy(ProxyPre::new(pre).map_err(|e| {
+                            LoadError::NotRunnable {
+                                path: name.to_owned(),
+                                message: root_message(&e),
+                            }
+                        })?),
+                    });
+                }
                 let pre = self
                     .component_linker
                     .instantiate_pre(&component)
@@ -324,7 +353,7 @@ impl Loader {
                 Pre::Component(CommandPre::new(pre).map_err(|e| LoadError::NotRunnable {
                     path: name.to_owned(),
                     message: format!(
-                        "a component service must export `wasi:cli/run` (build it as a binary for wasm32-wasip2): {}",
+                        "a component service must export `wasi:cli/run` (build it as a binary for wasm32-wasip2) or `wasi:http/incoming-handler`: {}",
                         root_message(&e)
                     ),
                 })?)

@@ -225,13 +225,23 @@ pub(crate) async fn supervise(
     shared.update(|s| s.state = ServiceState::Starting);
     // Loaded once: restarts reuse it. A changed file is a changed service,
     // which the supervisor replaces as a whole.
-    let program = match runtime.load_file(&spec.module).await {
+    // A service that answers HTTP but is not to be served here is not
+    // started at all: no restart would change that (a new map or grant is a
+    // new start).
+    let loaded = match runtime.load_file(&spec.module).await {
+        Ok(p) => {
+            match crate::http::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
+                Some(why) => Err(why),
+                None => Ok(p),
+            }
+        }
+        Err(e) => Err(e.to_string()),
+    };
+    let program = match loaded {
         Ok(p) => p,
-        Err(e) => {
-            let reason = ExitReason::StartFailed {
-                message: e.to_string(),
-            };
-            tracing::error!(service = %spec.name, error = %e, "cannot start");
+        Err(message) => {
+            tracing::error!(service = %spec.name, error = %message, "cannot start");
+            let reason = ExitReason::StartFailed { message };
             shared
                 .logs
                 .write(Stream::Stderr, format!("kelp: {reason}\n").as_bytes());

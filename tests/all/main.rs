@@ -12,6 +12,7 @@ mod engine;
 mod fleet;
 mod fleet_cli;
 mod hardware;
+mod http;
 mod images;
 mod kelp_run;
 mod kelpd;

@@ -75,6 +75,11 @@ pub struct RunArgs {
     #[arg(long, value_name = "FILE")]
     hardware_map: Option<PathBuf>,
 
+    /// For a service that answers HTTP: serve it on this address (e.g.
+    /// 127.0.0.1:8080), as the map's `[http.NAME] listen = ADDR` would.
+    #[arg(long, value_name = "ADDR")]
+    listen: Option<std::net::SocketAddr>,
+
     /// Set a simulated input or device before the service starts:
     /// LABEL=1|0|- or BUS/ADDRESS/PROPERTY=VALUE (e.g.
     /// sensors/0x48/temperature=23.5). Repeatable; lines of the same form
@@ -121,6 +126,13 @@ impl RunArgs {
                 "--hardware linux needs --hardware-map FILE: which line and bus each label names"
             ),
         };
+        let mut hardware = hardware;
+        if let Some(addr) = self.listen {
+            hardware.http.insert(
+                name.clone(),
+                kelp_core::hardware_map::HttpBinding::Listen(addr),
+            );
+        }
         let hardware = Hardware::with_backend(self.hardware, hardware);
         if !self.sim_set.is_empty() && hardware.simulator().is_none() {
             bail!("--sim-set needs --hardware sim");
@@ -134,8 +146,10 @@ impl RunArgs {
         let runtime = Runtime::new(RuntimeConfig {
             engine: EngineConfig {
                 allocator: self.allocator,
-                // One service: a pool of a few slots is all it needs.
-                pool_slots: 4,
+                // One service: a slot for it, or, for a service that
+                // answers HTTP, one per request it may handle at once.
+                pool_slots: u32::try_from(kelp_runtime::MAX_CONCURRENT_REQUESTS + 1)
+                    .unwrap_or(u32::MAX),
                 ..EngineConfig::default()
             },
             cache_dir: self.cache_dir.or_else(default_cache_dir),
