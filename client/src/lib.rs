@@ -38,7 +38,8 @@ pub use reqwest::{StatusCode, Url};
 use kelp_core::api::{
     DeviceUpdate, DeviceView, EnvValue, EnvView, ErrorBody, FleetCreated, FleetView,
     HardwareMapView, NewFleet, NewHardwareMap, NewRelease, NewToken, Pin, ProvisioningKeyCreated,
-    ReleaseView, StoredLogLine, TagValue, TokenCreated, TokenInfo,
+    ReleaseView, RestartRequested, ServiceSamples, StoredLogLine, TagValue, TokenCreated,
+    TokenInfo,
 };
 
 /// How long to wait for the cloud to accept a connection: long enough for
@@ -381,6 +382,26 @@ impl Client {
     pub async fn delete_tag(&self, uuid: &str, tag: &str) -> Result<(), Error> {
         let path = ["api", "v1", "devices", uuid, "tags", tag];
         self.empty(Method::DELETE, &path, &[], None::<&()>).await
+    }
+
+    /// Asks the device to restart `service`; it does when it next hears
+    /// from the cloud.
+    pub async fn restart_service(
+        &self,
+        uuid: &str,
+        service: &str,
+    ) -> Result<RestartRequested, Error> {
+        let path = ["api", "v1", "devices", uuid, "services", service, "restart"];
+        self.send(Method::POST, &path, &[], None::<&()>).await
+    }
+
+    /// Each service's memory and restarts over time, since `since`
+    /// (seconds since the epoch; the last hour when `None`).
+    pub async fn samples(&self, uuid: &str, since: Option<i64>) -> Result<ServiceSamples, Error> {
+        let since = since.map(|s| s.to_string());
+        let query: Vec<(&str, &str)> = since.as_deref().map(|s| ("since", s)).into_iter().collect();
+        self.get(&["api", "v1", "devices", uuid, "samples"], &query)
+            .await
     }
 
     // --- environment variables ---

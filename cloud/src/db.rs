@@ -75,9 +75,9 @@ pub fn now_ms() -> i64 {
 /// arrive, so a chatty device cannot fill the database.
 pub const KEPT_LOG_LINES: i64 = 10_000;
 
-/// Seconds between two stored samples of a service that only changed its
-/// memory: a device reports each change, and a plot needs no more than one
-/// point in this long. A change of restarts is always stored.
+/// Seconds within which a report that says what the last sample said adds
+/// no sample; a change of memory or restarts is always stored (a device
+/// reports memory at most every 10 seconds).
 pub const SAMPLE_EVERY: i64 = 10;
 
 /// Seconds a sample is kept: a day of history, at most 8,640 samples of a
@@ -1162,12 +1162,12 @@ impl Db {
                     .bind(at)
                     .execute(&mut *tx)
                     .await?;
-                    // A sample unless one this recent says the same restarts.
+                    // A sample unless one this recent says the same.
                     sqlx::query(
                         "INSERT INTO service_samples (uuid, service, at, memory, restarts) \
                          SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (\
                          SELECT 1 FROM service_samples WHERE uuid = $1 AND service = $2 \
-                         AND at > $6 AND restarts = $5)",
+                         AND at > $6 AND restarts = $5 AND memory IS NOT DISTINCT FROM $4)",
                     )
                     .bind(uuid)
                     .bind(service)

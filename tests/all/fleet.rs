@@ -202,17 +202,42 @@ fn three_devices_follow_releases_roll_back_a_bad_one_and_ride_out_the_cloud() {
     }
 
     // A restart asked from the cloud restarts that service on that device.
-    let (status, answer) = api(
-        &cloud,
-        reqwest::Method::POST,
-        &format!("/api/v1/devices/{}/services/idle/restart", uuids[1]),
-        None,
+    let asked = std::process::Command::new(kelp_tests::binary("kelp"))
+        .args(["device", "restart", &uuids[1], "idle"])
+        .env("KELP_URL", cloud.url(""))
+        .env("KELP_TOKEN", &cloud.token)
+        .env("XDG_CONFIG_HOME", dir.path())
+        .output()
+        .unwrap();
+    assert!(asked.status.success(), "{}", text(&asked.stderr));
+    assert_eq!(
+        text(&asked.stdout).trim(),
+        format!("asked device {} to restart idle (restart #1)", uuids[1])
     );
-    assert_eq!(status, 202, "{answer}");
     devices[1].wait_until("idle to restart from the cloud", |d| {
         d.lines_of("idle", "idle: ready") == 2
     });
     assert_eq!(devices[2].lines_of("idle", "idle: ready"), 1);
+    // Its memory reaches the cloud, and its history, though no state
+    // changed after it grew.
+    wait_for_cloud(&cloud, &uuids[1], "idle's memory", |d| {
+        d["services"]["idle"]["memory"]
+            .as_i64()
+            .is_some_and(|m| m > 0)
+    });
+    let (status, samples) = api(
+        &cloud,
+        reqwest::Method::GET,
+        &format!("/api/v1/devices/{}/samples", uuids[1]),
+        None,
+    );
+    assert_eq!(status, 200, "{samples}");
+    let grew = samples["idle"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .any(|s| s["memory"].as_i64().is_some_and(|m| m > 0));
+    assert!(grew, "{samples}");
 
     // v3 crashes at start: every device goes back to v2 and says why.
     release(

@@ -25,6 +25,7 @@ enum DeviceCommand {
     Show(ShowArgs),
     Pin(PinArgs),
     Rename(RenameArgs),
+    Restart(RestartArgs),
     Tag(TagArgs),
     Untag(UntagArgs),
 }
@@ -70,6 +71,15 @@ struct RenameArgs {
     name: String,
 }
 
+/// Restart one service on a device, when the device next hears from the
+/// cloud (at once if it is online).
+#[derive(Args, Debug)]
+struct RestartArgs {
+    uuid: String,
+    /// A service the device runs.
+    service: String,
+}
+
 /// Set tags on a device: labels of your own, such as its site.
 #[derive(Args, Debug)]
 struct TagArgs {
@@ -95,6 +105,7 @@ impl DeviceArgs {
             DeviceCommand::Show(args) => args.run(&cloud).await?,
             DeviceCommand::Pin(args) => args.run(&cloud).await?,
             DeviceCommand::Rename(args) => args.run(&cloud).await?,
+            DeviceCommand::Restart(args) => args.run(&cloud).await?,
             DeviceCommand::Tag(args) => args.run(&cloud).await?,
             DeviceCommand::Untag(args) => args.run(&cloud).await?,
         }
@@ -259,6 +270,20 @@ impl RenameArgs {
             .await
             .for_user()?;
         println!("device {} is now named {}", d.uuid, d.name);
+        Ok(())
+    }
+}
+
+impl RestartArgs {
+    async fn run(self, cloud: &Client) -> anyhow::Result<()> {
+        let asked = cloud
+            .restart_service(&self.uuid, &self.service)
+            .await
+            .for_user()?;
+        println!(
+            "asked device {} to restart {} (restart #{})",
+            self.uuid, asked.service, asked.count
+        );
         Ok(())
     }
 }

@@ -936,15 +936,23 @@ async fn restarts_and_exits_are_kept_with_their_history_and_a_restart_reaches_th
             })
             .collect();
         assert_eq!(points, [(1000, 0), (2000, 1)]);
-        // A memory change moments later adds no point.
-        patch(json!({ "services": { "web": {
-            "state": "running", "memory": 3000, "restarts": 1
-        } } }))
-        .await;
-        let h = cloud
-            .get("/api/v1/devices/press/samples", &cloud.admin)
+        // The same again moments later adds no point; new memory does.
+        for (memory, points) in [(2000, 2), (3000, 3)] {
+            patch(json!({ "services": { "web": {
+                "state": "running", "memory": memory, "restarts": 1,
+                "last_exit": "trapped: unreachable"
+            } } }))
             .await;
-        assert_eq!(h.body["web"].as_array().unwrap().len(), 2, "{}", h.body);
+            let h = cloud
+                .get("/api/v1/devices/press/samples", &cloud.admin)
+                .await;
+            assert_eq!(
+                h.body["web"].as_array().unwrap().len(),
+                points,
+                "{}",
+                h.body
+            );
+        }
         let future = cloud
             .get(
                 "/api/v1/devices/press/samples?since=99999999999",

@@ -17,6 +17,11 @@ use crate::node::{self, Node};
 
 /// A burst of service changes is one report, this long after the first.
 const REPORT_DEBOUNCE: Duration = Duration::from_secs(1);
+
+/// How often the memory services hold is compared with what the cloud was
+/// last told. A change of state is reported at once; memory moves without
+/// one (a service grows after it starts), and is reported within this.
+const MEMORY_CHECK: Duration = Duration::from_secs(10);
 /// Lines are gathered this long before a batch goes, so a chatty service
 /// costs a request per this, not per line.
 const LOG_GATHER: Duration = Duration::from_millis(250);
@@ -368,6 +373,8 @@ async fn follow(
                 trial.judge(node, store, services_dir, true).await;
                 continue;
             }
+            // Memory moved: report it (the poll is asked again).
+            () = memory_moved(node, &told) => continue,
         };
         match poll {
             Ok(Poll::Unchanged) => failures = 0,
@@ -406,6 +413,20 @@ async fn follow(
                 }
                 tracing::warn!(error = %e, "cannot get the target; trying again");
             }
+        }
+    }
+}
+
+/// Resolves once a service's memory differs from what the cloud was told.
+async fn memory_moved(node: &Node, told: &BTreeMap<String, ServiceReport>) {
+    loop {
+        tokio::time::sleep(MEMORY_CHECK).await;
+        let moved = node.supervisor.status().into_iter().any(|s| {
+            told.get(&s.name)
+                .is_some_and(|t| t.memory != Some(s.memory_bytes))
+        });
+        if moved {
+            return;
         }
     }
 }
