@@ -41,7 +41,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Row, percentile};
+use common::{Load, Row, cpu_time};
 
 /// Set in the environment of this program run again as the baseline
 /// server: a process of its own, like `kelp-cloud`, on the same cores.
@@ -602,47 +602,6 @@ async fn first_polls(addr: SocketAddr, devices: &mut [Device]) {
     }
 }
 
-/// What one run of polls measured.
-struct Load {
-    polls: usize,
-    elapsed: Duration,
-    /// Every measured poll's latency, in ascending order.
-    latencies: Vec<Duration>,
-    /// Cores the server and this client kept busy while measured.
-    server_cores: f64,
-    client_cores: f64,
-}
-
-impl Load {
-    fn rate(&self) -> f64 {
-        self.polls as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn p(&self, p: f64) -> Duration {
-        percentile(&self.latencies, p)
-    }
-
-    fn cpu(&self) -> String {
-        format!(
-            "CPU server {:.2} + client {:.2} cores",
-            self.server_cores, self.client_cores
-        )
-    }
-}
-
-/// CPU time (user and system) process `pid` has used so far, from
-/// `/proc/PID/stat`.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    // The fields after the command name, which is in parentheses and may
-    // hold spaces: utime and stime are the 12th and 13th.
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant of the system and touches no memory.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
-}
-
 /// Every device polls with its ETag, over `connections` keep-alive
 /// connections each cycling through its share of the devices, for
 /// [`WARMUP`] and then `measure`; every answer must be a 304.
@@ -704,7 +663,7 @@ async fn poll_load(
     latencies.sort();
     let (server_cores, client_cores) = cpu.await.unwrap();
     Load {
-        polls: latencies.len(),
+        requests: latencies.len(),
         elapsed: measure,
         latencies,
         server_cores,

@@ -24,7 +24,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 mod common;
-use common::{Row, percentile};
+use common::{Load, Row, cpu_time};
 
 /// Set in the environment of this program run again as the native server:
 /// a process of its own, like kelpd, on the same cores.
@@ -217,42 +217,6 @@ impl Drop for Server {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
-}
-
-struct Load {
-    requests: usize,
-    elapsed: Duration,
-    /// Every measured request's latency, in ascending order.
-    latencies: Vec<Duration>,
-    server_cores: f64,
-    client_cores: f64,
-}
-
-impl Load {
-    fn rate(&self) -> f64 {
-        self.requests as f64 / self.elapsed.as_secs_f64()
-    }
-
-    fn p(&self, p: f64) -> Duration {
-        percentile(&self.latencies, p)
-    }
-
-    fn cpu(&self) -> String {
-        format!(
-            "CPU server {:.2} + client {:.2} cores",
-            self.server_cores, self.client_cores
-        )
-    }
-}
-
-/// CPU time (user and system) process `pid` has used so far.
-fn cpu_time(pid: &str) -> Duration {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
-    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
-    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
-    // SAFETY: sysconf reads a constant of the system and touches no memory.
-    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
-    Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
 
 async fn load(server: &Server, expected: &str, connections: usize, measure: Duration) -> Load {

@@ -77,3 +77,44 @@ pub fn print_rows(rows: &[Row]) {
         &cells,
     );
 }
+
+/// What one run of requests against a server measured.
+pub struct Load {
+    pub requests: usize,
+    pub elapsed: Duration,
+    /// Every measured request's latency, in ascending order.
+    pub latencies: Vec<Duration>,
+    /// Cores the server and the client kept busy while measured.
+    pub server_cores: f64,
+    pub client_cores: f64,
+}
+
+impl Load {
+    pub fn rate(&self) -> f64 {
+        self.requests as f64 / self.elapsed.as_secs_f64()
+    }
+
+    pub fn p(&self, p: f64) -> Duration {
+        percentile(&self.latencies, p)
+    }
+
+    pub fn cpu(&self) -> String {
+        format!(
+            "CPU server {:.2} + client {:.2} cores",
+            self.server_cores, self.client_cores
+        )
+    }
+}
+
+/// CPU time (user and system) process `pid` has used so far, from
+/// `/proc/PID/stat`.
+pub fn cpu_time(pid: &str) -> Duration {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    // The fields after the command name, which is in parentheses and may
+    // hold spaces: utime and stime are the 12th and 13th.
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    let ticks: u64 = fields[11].parse::<u64>().unwrap() + fields[12].parse::<u64>().unwrap();
+    // SAFETY: sysconf reads a constant of the system and touches no memory.
+    let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
+    Duration::from_secs_f64(ticks as f64 / per_second as f64)
+}
