@@ -41,7 +41,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Load, Row, cpu_time};
+use common::{Load, Row, server_and_client_cores};
 
 /// Set in the environment of this program run again as the baseline
 /// server: a process of its own, like `kelp-cloud`, on the same cores.
@@ -614,17 +614,7 @@ async fn poll_load(
     let addr = server.addr;
     let start = Instant::now() + Duration::from_millis(200);
     let (from, until) = (start + WARMUP, start + WARMUP + measure);
-    let pid = server.child.id().to_string();
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(from.into()).await;
-        let (server, client) = (cpu_time(&pid), cpu_time("self"));
-        tokio::time::sleep_until(until.into()).await;
-        let wall = until.elapsed() + measure;
-        (
-            (cpu_time(&pid) - server).as_secs_f64() / wall.as_secs_f64(),
-            (cpu_time("self") - client).as_secs_f64() / wall.as_secs_f64(),
-        )
-    });
+    let cpu = server_and_client_cores(server.child.id(), from, until);
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let devices = devices.clone();

@@ -24,7 +24,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 mod common;
-use common::{Load, Row, cpu_time};
+use common::{Load, Row, server_and_client_cores};
 
 /// Set in the environment of this program run again as the native server:
 /// a process of its own, like kelpd, on the same cores.
@@ -223,17 +223,7 @@ async fn load(server: &Server, expected: &str, connections: usize, measure: Dura
     let addr = server.addr;
     let start = Instant::now() + Duration::from_millis(200);
     let (from, until) = (start + WARMUP, start + WARMUP + measure);
-    let pid = server.child.id().to_string();
-    let cpu = tokio::spawn(async move {
-        tokio::time::sleep_until(from.into()).await;
-        let (server, client) = (cpu_time(&pid), cpu_time("self"));
-        tokio::time::sleep_until(until.into()).await;
-        let wall = until.elapsed() + measure;
-        (
-            (cpu_time(&pid) - server).as_secs_f64() / wall.as_secs_f64(),
-            (cpu_time("self") - client).as_secs_f64() / wall.as_secs_f64(),
-        )
-    });
+    let cpu = server_and_client_cores(server.child.id(), from, until);
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let expected = Bytes::from(expected.to_owned());

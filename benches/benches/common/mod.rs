@@ -118,3 +118,23 @@ pub fn cpu_time(pid: &str) -> Duration {
     let per_second = unsafe { libc::sysconf(libc::_SC_CLK_TCK) } as u64;
     Duration::from_secs_f64(ticks as f64 / per_second as f64)
 }
+
+/// The cores process `pid` (the server) and this process (the client) keep
+/// busy from `from` to `until`, measured in the background.
+pub fn server_and_client_cores(
+    pid: u32,
+    from: std::time::Instant,
+    until: std::time::Instant,
+) -> tokio::task::JoinHandle<(f64, f64)> {
+    let pid = pid.to_string();
+    tokio::spawn(async move {
+        tokio::time::sleep_until(from.into()).await;
+        let (server, client) = (cpu_time(&pid), cpu_time("self"));
+        tokio::time::sleep_until(until.into()).await;
+        let wall = until.duration_since(from) + until.elapsed();
+        (
+            (cpu_time(&pid) - server).as_secs_f64() / wall.as_secs_f64(),
+            (cpu_time("self") - client).as_secs_f64() / wall.as_secs_f64(),
+        )
+    })
+}
