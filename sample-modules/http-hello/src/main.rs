@@ -1,4 +1,6 @@
-//! A service that answers HTTP (`wasi:http/incoming-handler`).
+//! A service that answers HTTP (`wasi:http/incoming-handler`), written
+//! against the `wasi:http` interfaces themselves: no async runtime in the
+//! guest, so a request costs the instance a handful of host calls.
 //!
 //! Every request gets a page naming the path it asked for, a greeting from
 //! the `GREETING` environment variable, and how many requests this instance
@@ -18,9 +20,16 @@
 //!   how it went.
 
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::time::Duration;
 
-use wstd::http::{Body, Client, Error, Request, Response, StatusCode};
+use wasip2::clocks::monotonic_clock;
+use wasip2::exports::http::incoming_handler::Guest;
+use wasip2::http::outgoing_handler;
+use wasip2::http::types::{
+    Fields, IncomingRequest, OutgoingBody, OutgoingRequest, OutgoingResponse, ResponseOutparam,
+    Scheme,
+};
+
+wasip2::http::proxy::export!(HttpHello);
 
 /// Requests this instance has answered.
 static SERVED: AtomicU32 = AtomicU32::new(0);
@@ -28,48 +37,85 @@ static SERVED: AtomicU32 = AtomicU32::new(0);
 /// Longest `/sleep` sleeps.
 const MAX_SLEEP_MS: u64 = 60_000;
 
-#[wstd::http_server]
-async fn main(request: Request<Body>) -> Result<Response<Body>, Error> {
-    let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
-    let path = request.uri().path().to_owned();
-    let route = request
-        .headers()
-        .get("kelp-path-info")
-        .and_then(|v| v.to_str().ok())
-        .map(str::to_owned)
-        .unwrap_or_else(|| path.clone());
-    match route.as_str() {
-        "/crash" => panic!("asked to crash at {path}"),
-        "/hog" => hog(),
-        "/sleep" => {
-            let ms = query(&request, "ms").unwrap_or(1_000).min(MAX_SLEEP_MS);
-            wstd::task::sleep(Duration::from_millis(ms).into()).await;
+struct HttpHello;
+
+impl Guest for HttpHello {
+    fn handle(request: IncomingRequest, out: ResponseOutparam) {
+        let served = SERVED.fetch_add(1, Ordering::Relaxed) + 1;
+        let target = request.path_with_query().unwrap_or_else(|| "/".to_owned());
+        let (path, query) = target.split_once('?').unwrap_or((&target, ""));
+        let route = request
+            .headers()
+            .get("kelp-path-info")
+            .pop()
+            .and_then(|v| String::from_utf8(v).ok())
+            .unwrap_or_else(|| path.to_owned());
+        match route.as_str() {
+            "/crash" => panic!("asked to crash at {path}"),
+            "/hog" => hog(),
+            "/sleep" => {
+                let ms = number(query, "ms").unwrap_or(1_000).min(MAX_SLEEP_MS);
+                monotonic_clock::subscribe_duration(ms * 1_000_000).block();
+            }
+            "/fetch" => {
+                let port = number(query, "port").unwrap_or(80);
+                return respond(out, "text/plain; charset=utf-8", &fetch(port));
+            }
+            _ => {}
         }
-        "/fetch" => {
-            let port = query(&request, "port").unwrap_or(80);
-            let outgoing = Request::get(format!("http://127.0.0.1:{port}/")).body(Body::empty())?;
-            let text = match Client::new().send(outgoing).await {
-                Ok(response) => format!("outgoing request answered {}\n", response.status()),
-                Err(e) => format!("outgoing request failed: {e:?}\n"),
-            };
-            return Ok(Response::new(text.into()));
-        }
-        _ => {}
+        let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello".to_owned());
+        let page = format!(
+            "<!doctype html>\n<title>http-hello</title>\n<h1>{greeting} from Kelp!</h1>\n<p>path: {}</p>\n<p>requests served by this instance: {served}</p>\n",
+            escape(path)
+        );
+        respond(out, "text/html; charset=utf-8", &page);
     }
-    let greeting = std::env::var("GREETING").unwrap_or_else(|_| "Hello".to_owned());
-    let page = format!(
-        "<!doctype html>\n<title>http-hello</title>\n<h1>{greeting} from Kelp!</h1>\n<p>path: {}</p>\n<p>requests served by this instance: {served}</p>\n",
-        escape(&path)
-    );
-    Ok(Response::builder()
-        .status(StatusCode::OK)
-        .header("content-type", "text/html; charset=utf-8")
-        .body(page.into())?)
 }
 
-/// A number from the query string: `name=N`.
-fn query(request: &Request<Body>, name: &str) -> Option<u64> {
-    request.uri().query()?.split('&').find_map(|kv| {
+/// Answers 200 with `body`.
+fn respond(out: ResponseOutparam, content_type: &str, body: &str) {
+    let headers = Fields::from_list(&[("content-type".to_owned(), content_type.into())])
+        .expect("content-type is a valid header");
+    let response = OutgoingResponse::new(headers);
+    let outgoing = response.body().expect("a new response has a body");
+    ResponseOutparam::set(out, Ok(response));
+    let stream = outgoing.write().expect("a new body has a stream");
+    // At most 4 KiB a call; a page is one. A client that went away is no
+    // error of this service's.
+    for chunk in body.as_bytes().chunks(4096) {
+        if stream.blocking_write_and_flush(chunk).is_err() {
+            break;
+        }
+    }
+    drop(stream);
+    let _ = OutgoingBody::finish(outgoing, None);
+}
+
+/// `GET http://127.0.0.1:{port}/`, and how it went, in a line.
+fn fetch(port: u64) -> String {
+    let request = OutgoingRequest::new(Fields::new());
+    let prepared = request
+        .set_scheme(Some(&Scheme::Http))
+        .and_then(|()| request.set_authority(Some(&format!("127.0.0.1:{port}"))))
+        .and_then(|()| request.set_path_with_query(Some("/")));
+    if prepared.is_err() {
+        return format!("outgoing request failed: bad address 127.0.0.1:{port}\n");
+    }
+    let answer = match outgoing_handler::handle(request, None) {
+        Ok(answer) => answer,
+        Err(e) => return format!("outgoing request failed: {e:?}\n"),
+    };
+    answer.subscribe().block();
+    match answer.get() {
+        Some(Ok(Ok(response))) => format!("outgoing request answered {}\n", response.status()),
+        Some(Ok(Err(e))) => format!("outgoing request failed: {e:?}\n"),
+        _ => "outgoing request failed: no answer\n".to_owned(),
+    }
+}
+
+/// A number from a query string: `name=N`.
+fn number(query: &str, name: &str) -> Option<u64> {
+    query.split('&').find_map(|kv| {
         let (k, v) = kv.split_once('=')?;
         if k == name { v.parse().ok() } else { None }
     })
@@ -77,7 +123,7 @@ fn query(request: &Request<Body>, name: &str) -> Option<u64> {
 
 /// Allocates and touches memory, a mebibyte at a time, until the host's
 /// limit ends the instance.
-fn hog() {
+fn hog() -> ! {
     let mut held: Vec<Vec<u8>> = Vec::new();
     loop {
         held.push(vec![1u8; 1 << 20]);
@@ -99,3 +145,7 @@ fn escape(s: &str) -> String {
     }
     out
 }
+
+/// A component's `main` is its `wasi:cli/run`; this one only answers
+/// requests, which the host asks of its `wasi:http/incoming-handler`.
+fn main() {}
