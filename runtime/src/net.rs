@@ -1,9 +1,10 @@
 //! Outbound network access by grant.
 //!
-//! Each run of a component gets a [`NetRun`]: the service's
+//! Each instance of a component gets a [`NetRun`]: the service's
 //! [`NetworkPolicy`] (its manifest's `[grants.network]`, narrowed by the
-//! device map's `[network] allow`) and what the run's own name lookups
-//! returned. Every way out goes through it:
+//! device map's `[network] allow`) and what the instance's own name lookups
+//! returned. A command has one instance per run; a service that answers
+//! HTTP has one per request. Every way out goes through it:
 //!
 //! - `wasi:sockets` TCP and UDP: wasmtime-wasi asks [`NetRun::check`] about
 //!   every address before any syscall. Connections and datagrams go only to
@@ -68,28 +69,36 @@ pub const MAX_OPEN_LOOKUPS: usize = 256;
 /// noted once; a guest scanning ports must not fill the log with them.
 pub const MAX_NOTED_REFUSALS: usize = 64;
 
-/// One run's network rights and what its lookups returned.
+/// One instance's network rights and what its lookups returned.
+///
+/// A command's run is one instance. A service that answers HTTP has an
+/// instance per request; those share the service's [`NetRun`] parts
+/// (policy, outgoing HTTP connections, refusals noted) and each gets its own
+/// lookups from [`NetRun::instance`], since lookup streams are numbered per
+/// instance.
 #[derive(Clone)]
-pub(crate) struct NetRun(Arc<Shared>);
+pub(crate) struct NetRun {
+    shared: Arc<Shared>,
+    lookups: Arc<Mutex<Lookups>>,
+}
 
 struct Shared {
     policy: NetworkPolicy,
     /// The manifest asks for UDP (the device may still forbid it).
     udp_granted: bool,
-    /// Outgoing HTTP connections this run may still open.
+    /// Outgoing HTTP connections the service may still open.
     http_connections: Arc<tokio::sync::Semaphore>,
     logs: Arc<LogBuffer>,
-    state: Mutex<RunState>,
+    /// Destinations whose refusal was noted.
+    noted: Mutex<HashSet<String>>,
 }
 
 #[derive(Default)]
-struct RunState {
-    /// Address → the granted names that resolved to it in this run.
+struct Lookups {
+    /// Address → the granted names that resolved to it in this instance.
     resolved: HashMap<IpAddr, Vec<String>>,
     /// Open lookup stream (its resource index) → the name it resolves.
-    lookups: HashMap<u32, String>,
-    /// Destinations whose refusal was noted.
-    noted: HashSet<String>,
+    open: HashMap<u32, String>,
 }
 
 impl NetRun {
@@ -98,18 +107,30 @@ impl NetRun {
         device_allow: Option<&[Destination]>,
         logs: Arc<LogBuffer>,
     ) -> Self {
-        NetRun(Arc::new(Shared {
-            policy: NetworkPolicy::new(grant, device_allow),
-            udp_granted: !grant.udp.is_empty(),
-            http_connections: Arc::new(tokio::sync::Semaphore::new(http::MAX_HTTP_CONNECTIONS)),
-            logs,
-            state: Mutex::default(),
-        }))
+        NetRun {
+            shared: Arc::new(Shared {
+                policy: NetworkPolicy::new(grant, device_allow),
+                udp_granted: !grant.udp.is_empty(),
+                http_connections: Arc::new(tokio::sync::Semaphore::new(http::MAX_HTTP_CONNECTIONS)),
+                logs,
+                noted: Mutex::default(),
+            }),
+            lookups: Arc::default(),
+        }
+    }
+
+    /// The same rights for another instance of the service, with lookups of
+    /// its own.
+    pub(crate) fn instance(&self) -> NetRun {
+        NetRun {
+            shared: self.shared.clone(),
+            lookups: Arc::default(),
+        }
     }
 
     /// What the operator should know at start: grants this device rules out.
     pub(crate) fn notices(&self) -> Vec<String> {
-        self.0
+        self.shared
             .policy
             .narrowed_away()
             .into_iter()
@@ -126,7 +147,7 @@ impl NetRun {
     /// Hands wasmtime-wasi the checks for this run's sockets.
     pub(crate) fn configure(&self, wasi: &mut WasiCtxBuilder) {
         let run = self.clone();
-        wasi.allow_ip_name_lookup(!self.0.policy.denies_all())
+        wasi.allow_ip_name_lookup(!self.shared.policy.denies_all())
             .allow_tcp(true)
             .allow_udp(true)
             .socket_addr_check(move |addr, used| {
@@ -137,7 +158,7 @@ impl NetRun {
 
     /// Whether the guest may use `addr` for `used`; notes refusals.
     fn check(&self, addr: SocketAddr, used: SocketAddrUse) -> bool {
-        let policy = &self.0.policy;
+        let policy = &self.shared.policy;
         // What `connect` and `send` bind on their own: a local port the
         // kernel picks, on no address in particular.
         let ephemeral = addr.ip().is_unspecified() && addr.port() == 0;
@@ -151,7 +172,7 @@ impl NetRun {
                 false
             }
             SocketAddrUse::UdpBind if !policy.allows(Transport::Udp) => {
-                let why = if self.0.udp_granted {
+                let why = if self.shared.udp_granted {
                     Refusal::NotAllowedHere
                 } else {
                     Refusal::NotGranted
@@ -190,7 +211,7 @@ impl NetRun {
             names.insert(0, name.to_owned());
         }
         let name_refs: Vec<&str> = names.iter().map(String::as_str).collect();
-        match self.0.policy.may_connect(transport, addr, &name_refs) {
+        match self.shared.policy.may_connect(transport, addr, &name_refs) {
             Ok(()) => true,
             Err(refusal) => {
                 if note {
@@ -215,7 +236,7 @@ impl NetRun {
 
     /// The granted names that resolved to `ip` in this run.
     fn names_of(&self, ip: IpAddr) -> Vec<String> {
-        lock(&self.0.state)
+        lock(&self.lookups)
             .resolved
             .get(&ip.to_canonical())
             .cloned()
@@ -225,7 +246,7 @@ impl NetRun {
     /// May the guest look `name` up? Noted when not, with the `port` it was
     /// for when the host knows it (`wasi:http`; a socket's lookup has none).
     fn may_resolve(&self, name: &str, port: Option<u16>) -> Result<(), Refusal> {
-        self.0.policy.may_resolve(name).inspect_err(|refusal| {
+        self.shared.policy.may_resolve(name).inspect_err(|refusal| {
             let what = match port {
                 Some(port) => format!("`{name}:{port}`"),
                 None => format!("`{name}`"),
@@ -239,27 +260,27 @@ impl NetRun {
     /// it, so an address's stream must clear what an earlier name left
     /// under the same index, or its answer would count as that name's.
     fn lookup_started(&self, stream: u32, name: Option<String>) {
-        let mut state = lock(&self.0.state);
+        let mut lookups = lock(&self.lookups);
         let Some(name) = name else {
-            state.lookups.remove(&stream);
+            lookups.open.remove(&stream);
             return;
         };
-        if state.lookups.len() >= MAX_OPEN_LOOKUPS && !state.lookups.contains_key(&stream) {
-            state.lookups.clear();
+        if lookups.open.len() >= MAX_OPEN_LOOKUPS && !lookups.open.contains_key(&stream) {
+            lookups.open.clear();
         }
-        state.lookups.insert(stream, name);
+        lookups.open.insert(stream, name);
     }
 
     fn lookup_answered(&self, stream: u32, ip: IpAddr) {
-        let mut state = lock(&self.0.state);
-        let Some(name) = state.lookups.get(&stream).cloned() else {
+        let mut lookups = lock(&self.lookups);
+        let Some(name) = lookups.open.get(&stream).cloned() else {
             return;
         };
         let ip = ip.to_canonical();
-        if !state.resolved.contains_key(&ip) && state.resolved.len() >= MAX_RESOLVED_ADDRESSES {
+        if !lookups.resolved.contains_key(&ip) && lookups.resolved.len() >= MAX_RESOLVED_ADDRESSES {
             return;
         }
-        let names = state.resolved.entry(ip).or_default();
+        let names = lookups.resolved.entry(ip).or_default();
         if !names.contains(&name) {
             names.push(name);
         }
@@ -268,33 +289,51 @@ impl NetRun {
     /// Writes `kelp: network WHAT refused: WHY` to the service's log, once
     /// per `what`.
     fn note(&self, what: String, why: &str) {
-        let mut state = lock(&self.0.state);
-        if state.noted.len() > MAX_NOTED_REFUSALS || state.noted.contains(&what) {
+        let mut noted = lock(&self.shared.noted);
+        if noted.len() > MAX_NOTED_REFUSALS || noted.contains(&what) {
             return;
         }
-        let line = if state.noted.len() == MAX_NOTED_REFUSALS {
+        let line = if noted.len() == MAX_NOTED_REFUSALS {
             "kelp: network: more refusals, not noted\n".to_owned()
         } else {
             format!("kelp: network {what} refused: {why}\n")
         };
-        state.noted.insert(what);
-        drop(state);
-        self.0.logs.write(Stream::Stderr, line.as_bytes());
+        noted.insert(what);
+        drop(noted);
+        self.shared.logs.write(Stream::Stderr, line.as_bytes());
+    }
+}
+
+/// Store data whose instance's network goes through a [`NetRun`].
+pub(crate) trait NetView: Send + 'static {
+    fn net(&self) -> &NetRun;
+    fn sockets(&mut self) -> WasiSocketsCtxView<'_>;
+}
+
+impl NetView for ComponentState {
+    fn net(&self) -> &NetRun {
+        &self.net
+    }
+
+    fn sockets(&mut self) -> WasiSocketsCtxView<'_> {
+        WasiSocketsCtxView {
+            ctx: self.ctx.sockets(),
+            table: &mut self.table,
+        }
     }
 }
 
 /// Shadows the stock `resolve-addresses` (and the stream's
 /// `resolve-next-address`, to record answers) with the policy's checks.
 /// Call after `wasmtime_wasi::p2::add_to_linker_async`.
-pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Result<()> {
+pub(crate) fn add_to_linker<T: NetView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
     let mut lookup = linker.instance(IP_NAME_LOOKUP)?;
     lookup.func_wrap(
         "resolve-addresses",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (network, name): (Resource<Network>, String)| {
+        |mut store: StoreContextMut<'_, T>, (network, name): (Resource<Network>, String)| {
             let state = store.data_mut();
-            let net = state.net.clone();
+            let net = state.net().clone();
             // An address written out needs no lookup; connecting to it is
             // checked on its own.
             let literal = name
@@ -305,11 +344,7 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
             if !literal && net.may_resolve(&name, None).is_err() {
                 return Ok((Err(ErrorCode::AccessDenied),));
             }
-            let mut view = WasiSocketsCtxView {
-                ctx: state.ctx.sockets(),
-                table: &mut state.table,
-            };
-            match view.resolve_addresses(network, name.clone()) {
+            match state.sockets().resolve_addresses(network, name.clone()) {
                 Ok(stream) => {
                     net.lookup_started(stream.rep(), (!literal).then_some(name));
                     Ok((Ok(stream),))
@@ -320,16 +355,11 @@ pub(crate) fn add_to_linker(linker: &mut Linker<ComponentState>) -> wasmtime::Re
     )?;
     lookup.func_wrap(
         "[method]resolve-address-stream.resolve-next-address",
-        |mut store: StoreContextMut<'_, ComponentState>,
-         (stream,): (Resource<ResolveAddressStream>,)| {
+        |mut store: StoreContextMut<'_, T>, (stream,): (Resource<ResolveAddressStream>,)| {
             let state = store.data_mut();
-            let net = state.net.clone();
+            let net = state.net().clone();
             let rep = stream.rep();
-            let mut view = WasiSocketsCtxView {
-                ctx: state.ctx.sockets(),
-                table: &mut state.table,
-            };
-            match view.resolve_next_address(stream) {
+            match state.sockets().resolve_next_address(stream) {
                 Ok(Some(address)) => {
                     net.lookup_answered(rep, ip_of(address));
                     Ok((Ok(Some(address)),))

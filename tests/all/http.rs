@@ -95,6 +95,7 @@ fn start(extra: &str) -> Setup {
              [http.http-hello]\npath = \"/hello\"\n\
              [http.own-port]\nlisten = \"127.0.0.1:{own}\"\n\
              [http.unsigned]\npath = \"/unsigned\"\n\
+             [http.granted]\npath = \"/granted\"\n\
              [http.busy-port]\nlisten = \"{busy}\"\n"
         ),
     )
@@ -161,14 +162,17 @@ fn curl_gets_the_page_on_a_path_and_on_a_port() {
         .output()
         .unwrap();
     assert_eq!(String::from_utf8_lossy(&out.stdout), "413");
-    // Outgoing HTTP from a service that answers HTTP is refused for now,
+    // http-hello is granted no network: its outgoing request is refused,
     // even to a server that answers (own-port's).
     let (code, page) = curl(&format!(
         "http://127.0.0.1:{}/hello/fetch?port={}",
         s.shared, s.own
     ));
     assert_eq!(code, 200, "{page}");
-    assert!(page.starts_with("outgoing request failed"), "{page}");
+    assert_eq!(
+        page,
+        "outgoing request failed: ErrorCode::HttpRequestDenied\n"
+    );
     s.device.wait_until("status to show it running", |d| {
         d.service_state("http-hello").as_deref() == Some("running")
     });
@@ -180,6 +184,100 @@ fn curl_gets_the_page_on_a_path_and_on_a_port() {
         "{}",
         s.device.stdout()
     );
+}
+
+/// A plain HTTP/1.1 server in the test: answers every request 200, and
+/// counts the connections it accepted.
+struct Peer {
+    port: u16,
+    connections: std::sync::Arc<std::sync::atomic::AtomicUsize>,
+}
+
+impl Peer {
+    fn start() -> Peer {
+        use std::io::{BufRead, Write};
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let connections = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+        let counted = connections.clone();
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                let Ok(mut stream) = stream else { return };
+                counted.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let mut reader = std::io::BufReader::new(stream.try_clone().unwrap());
+                let mut line = String::new();
+                // The request's head, up to its blank line.
+                while reader.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                    line.clear();
+                }
+                let _ = stream.write_all(
+                    b"HTTP/1.1 200 OK\r\ncontent-length: 3\r\nconnection: close\r\n\r\nok\n",
+                );
+            }
+        });
+        Peer { port, connections }
+    }
+
+    fn connections(&self) -> usize {
+        self.connections.load(std::sync::atomic::Ordering::SeqCst)
+    }
+}
+
+/// http-hello with its `kelp.toml`, granted `connect` to `destinations`.
+fn http_hello_granting(dir: &Path, destinations: &[String]) -> PathBuf {
+    let toml = std::fs::read_to_string(
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/http-hello/kelp.toml"),
+    )
+    .unwrap();
+    let list: Vec<String> = destinations.iter().map(|d| format!("{d:?}")).collect();
+    let toml = toml.replace(
+        "[grants.network]\n",
+        &format!("[grants.network]\nconnect = [{}]\n", list.join(", ")),
+    );
+    let manifest_path = dir.join("granted.toml");
+    std::fs::write(&manifest_path, toml).unwrap();
+    let manifest = kelp_core::read_manifest_file(&manifest_path).unwrap();
+    assert_eq!(manifest.grants.network.connect.len(), destinations.len());
+    let path = dir.join("granted.wasm");
+    let bytes = std::fs::read(HTTP_HELLO).unwrap();
+    std::fs::write(&path, kelp_core::embed(&bytes, &manifest).unwrap()).unwrap();
+    path
+}
+
+#[test]
+fn a_service_answering_http_reaches_only_what_it_was_granted() {
+    let (peer, other) = (Peer::start(), Peer::start());
+    let modules = tempfile::tempdir().unwrap();
+    let granted = http_hello_granting(modules.path(), &[format!("127.0.0.1:{}", peer.port)]);
+    let s = start(&service("granted", &granted, ""));
+    let fetch = |port: u16| {
+        curl(&format!(
+            "http://127.0.0.1:{}/granted/fetch?port={port}",
+            s.shared
+        ))
+    };
+    // Every request is a fresh instance; each reaches the granted peer.
+    for n in 1..=3 {
+        let (code, page) = fetch(peer.port);
+        assert_eq!(code, 200, "{page}");
+        assert_eq!(page, "outgoing request answered 200\n");
+        assert_eq!(peer.connections(), n);
+    }
+    // Another port on the same host is not granted: refused before any
+    // packet is sent, and noted in the service's log.
+    let (code, page) = fetch(other.port);
+    assert_eq!(code, 200, "{page}");
+    assert_eq!(
+        page,
+        "outgoing request failed: ErrorCode::HttpRequestDenied\n"
+    );
+    s.device.wait_until("the refusal to be noted", |d| {
+        d.stdout().contains(&format!(
+            "granted ! kelp: network `127.0.0.1:{}` refused: not granted",
+            other.port
+        ))
+    });
+    assert_eq!(other.connections(), 0);
 }
 
 #[test]

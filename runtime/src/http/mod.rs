@@ -7,7 +7,10 @@
 //! stopped; in-flight requests then get [`DRAIN_WAIT`] to finish.
 //!
 //! Per request the host gives the guest a new store, with the service's
-//! memory limit, its environment, and its output going to the service's log.
+//! memory limit, its environment, its output going to the service's log,
+//! and its network grants: outgoing requests and sockets go where a
+//! command's would (see [`crate::net`]), the service's instances sharing its
+//! outgoing connection limit.
 //! A trap, a passed memory limit or a passed deadline ends that instance and
 //! that request only (500, or 504 for the deadline); the service keeps
 //! answering.
@@ -30,12 +33,12 @@ use kelp_core::{ByteSize, ExitReason, Grants};
 use wasmtime::component::{Component, Linker, ResourceTable};
 use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::p2::bindings::http::types::ErrorCode;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView};
+use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
 use crate::instance::InstanceIo;
 use crate::limits::ServiceLimiter;
 use crate::logs::Stream;
+use crate::net::NetRun;
 
 pub(crate) use listener::Binding;
 
@@ -75,7 +78,9 @@ pub(crate) struct ProxyState {
     http: WasiHttpCtx,
     table: ResourceTable,
     limiter: ServiceLimiter,
-    hooks: DenyOutgoing,
+    /// The service's network grants, with this instance's lookups: its
+    /// sockets and outgoing requests go where a command's would.
+    net: NetRun,
 }
 
 impl WasiView for ProxyState {
@@ -92,42 +97,32 @@ impl WasiHttpView for ProxyState {
         WasiHttpCtxView {
             ctx: &mut self.http,
             table: &mut self.table,
-            hooks: &mut self.hooks,
+            hooks: &mut self.net,
         }
     }
 }
 
-/// Outgoing HTTP from a service that answers HTTP: refused, until outgoing
-/// requests are checked against the service's network grants here too.
-struct DenyOutgoing;
+impl crate::net::NetView for ProxyState {
+    fn net(&self) -> &NetRun {
+        &self.net
+    }
 
-impl WasiHttpHooks for DenyOutgoing {
-    fn send_request(
-        &mut self,
-        _request: hyper::http::Request<wasmtime_wasi_http::WasiBody>,
-        _options: Option<wasmtime_wasi_http::RequestOptions>,
-        _fut: Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-    ) -> Box<
-        dyn Future<
-                Output = Result<
-                    (
-                        hyper::http::Response<wasmtime_wasi_http::WasiBody>,
-                        Box<dyn Future<Output = Result<(), wasmtime_wasi_http::Error>> + Send>,
-                    ),
-                    wasmtime_wasi_http::Error,
-                >,
-            > + Send,
-    > {
-        Box::new(async { Err(ErrorCode::HttpRequestDenied.into()) })
+    fn sockets(&mut self) -> wasmtime_wasi::sockets::WasiSocketsCtxView<'_> {
+        wasmtime_wasi::sockets::WasiSocketsCtxView {
+            ctx: self.wasi.sockets(),
+            table: &mut self.table,
+        }
     }
 }
 
-/// The linker proxies are prepared with: WASI 0.2 and `wasi:http`.
-/// Hardware interfaces are not offered: a request's instance lives for one
-/// request, and GPIO lines and buses are held by one holder at a time.
+/// The linker proxies are prepared with: WASI 0.2 (name lookups checked
+/// against the grants) and `wasi:http`. Hardware interfaces are not
+/// offered: a request's instance lives for one request, and GPIO lines and
+/// buses are held by one holder at a time.
 pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ProxyState>> {
     let mut linker = Linker::new(engine);
     wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
+    crate::net::add_to_linker(&mut linker)?;
     wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
     Ok(linker)
 }
@@ -210,6 +205,14 @@ pub(crate) async fn serve(
             return ExitReason::StartFailed { message: why };
         }
     };
+    let net = NetRun::new(
+        &grants.network,
+        io.hardware.map().network_allow.as_deref(),
+        io.logs.clone(),
+    );
+    for notice in net.notices() {
+        note(&notice);
+    }
     let (cancel, cancelled) = tokio::sync::watch::channel(false);
     let served = Arc::new(request::Served {
         name: io.name.to_owned(),
@@ -221,6 +224,7 @@ pub(crate) async fn serve(
         permits: Arc::new(tokio::sync::Semaphore::new(MAX_CONCURRENT_REQUESTS)),
         cancelled,
         prefix: binding.prefix.clone(),
+        net,
     });
     let registration = match listener::register(&binding, served.clone()).await {
         Ok(r) => r,

@@ -17,10 +17,7 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use super::{
-    DenyOutgoing, MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, ProxyState, QUEUE_WAIT,
-    REQUEST_TIMEOUT,
-};
+use super::{MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, ProxyState, QUEUE_WAIT, REQUEST_TIMEOUT};
 use crate::logs::{LogBuffer, Stream};
 
 /// Header naming the part of the path after the binding's prefix.
@@ -42,6 +39,8 @@ pub(crate) struct Served {
     /// are dropped.
     pub(crate) cancelled: tokio::sync::watch::Receiver<bool>,
     pub(crate) prefix: String,
+    /// The service's network rights; each instance gets its own lookups.
+    pub(crate) net: crate::net::NetRun,
 }
 
 /// How one instance's work ended.
@@ -137,6 +136,8 @@ impl Served {
             .envs(&self.env)
             .stdout(self.logs.stream(Stream::Stdout))
             .stderr(self.logs.stream(Stream::Stderr));
+        let net = self.net.instance();
+        net.configure(&mut wasi);
         let mut store = Store::new(
             &self.engine,
             ProxyState {
@@ -144,7 +145,7 @@ impl Served {
                 http: WasiHttpCtx::new(),
                 table: ResourceTable::new(),
                 limiter,
-                hooks: DenyOutgoing,
+                net,
             },
         );
         store.limiter(|s| &mut s.limiter);

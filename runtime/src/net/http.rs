@@ -89,7 +89,7 @@ impl NetRun {
         options: Option<RequestOptions>,
     ) -> Result<(Response<WasiBody>, IoFuture), Error> {
         let permit = self
-            .0
+            .shared
             .http_connections
             .clone()
             .try_acquire_owned()
