@@ -46,7 +46,10 @@ use crate::logs::{LogBuffer, Stream};
 use crate::program::ComponentState;
 
 pub(crate) use http::HttpState;
-pub use http::{DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT, MAX_HTTP_CONNECTIONS};
+pub use http::{
+    DEFAULT_BETWEEN_BYTES_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
+    MAX_HTTP_CONNECTIONS,
+};
 
 /// The `wasi:sockets` name lookup interface as wasmtime-wasi 48 links it; its
 /// `resolve-addresses` is shadowed under this name (components importing

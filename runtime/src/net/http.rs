@@ -36,6 +36,11 @@ pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(30);
 /// timeout of its own.
 pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 
+/// Longest pause between two parts of a response's body when the guest
+/// sets no timeout of its own: a server that stops sending mid-body frees
+/// the connection and the guest gets `connection-read-timeout`.
+pub const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
+
 /// Most outgoing HTTP connections one run holds open at once. A device
 /// service talks to a handful of endpoints; each connection costs the host a
 /// socket, a task and buffers. Past it the guest gets
@@ -100,6 +105,9 @@ impl NetRun {
         let first_byte_timeout = options
             .and_then(|o| o.first_byte_timeout)
             .unwrap_or(DEFAULT_FIRST_BYTE_TIMEOUT);
+        let between_bytes_timeout = options
+            .and_then(|o| o.between_bytes_timeout)
+            .unwrap_or(DEFAULT_BETWEEN_BYTES_TIMEOUT);
         let uri = request.uri();
         let authority = uri.authority().ok_or(Error::HttpRequestUriInvalid)?;
         let tls = uri.scheme() == Some(&Scheme::HTTPS);
@@ -171,13 +179,69 @@ impl NetRun {
         let response = tokio::time::timeout(first_byte_timeout, sender.send_request(request))
             .await
             .map_err(|_| Error::ConnectionReadTimeout)??;
-        let response = response.map(|body| body.map_err(Error::from).boxed_unsync());
+        let response = response.map(|body| {
+            BetweenBytes::new(body.map_err(Error::from), between_bytes_timeout).boxed_unsync()
+        });
         let io: IoFuture = Box::new(async move {
             let done = connection.await.map_err(Error::from);
             drop(permit);
             done
         });
         Ok((response, io))
+    }
+}
+
+/// A response body that fails with `connection-read-timeout` when `wait`
+/// passes without a part of it arriving.
+struct BetweenBytes<B> {
+    body: B,
+    wait: Duration,
+    deadline: std::pin::Pin<Box<tokio::time::Sleep>>,
+}
+
+impl<B> BetweenBytes<B> {
+    fn new(body: B, wait: Duration) -> Self {
+        BetweenBytes {
+            body,
+            wait,
+            deadline: Box::pin(tokio::time::sleep(wait)),
+        }
+    }
+}
+
+impl<B> hyper::body::Body for BetweenBytes<B>
+where
+    B: hyper::body::Body<Data = bytes::Bytes, Error = Error> + Unpin,
+{
+    type Data = bytes::Bytes;
+    type Error = Error;
+
+    fn poll_frame(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<Option<Result<hyper::body::Frame<Self::Data>, Self::Error>>> {
+        use std::task::Poll;
+        match std::pin::Pin::new(&mut self.body).poll_frame(cx) {
+            Poll::Ready(Some(Ok(frame))) => {
+                let next = tokio::time::Instant::now() + self.wait;
+                self.deadline.as_mut().reset(next);
+                Poll::Ready(Some(Ok(frame)))
+            }
+            Poll::Ready(Some(Err(e))) => Poll::Ready(Some(Err(e))),
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Pending => match self.deadline.as_mut().poll(cx) {
+                Poll::Ready(()) => Poll::Ready(Some(Err(Error::ConnectionReadTimeout))),
+                Poll::Pending => Poll::Pending,
+            },
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.body.is_end_stream()
+    }
+
+    fn size_hint(&self) -> hyper::body::SizeHint {
+        self.body.size_hint()
     }
 }
 
@@ -223,4 +287,39 @@ fn tls_config() -> Result<Arc<rustls::ClientConfig>, Error> {
     .with_root_certificates(roots)
     .with_no_client_auth();
     Ok(CONFIG.get_or_init(|| Arc::new(config)).clone())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use hyper::body::Frame;
+
+    /// A body that sends `parts` and then nothing, without ending.
+    fn stalling(
+        parts: &[&'static str],
+    ) -> impl hyper::body::Body<Data = bytes::Bytes, Error = Error> + Unpin {
+        let frames: Vec<Result<Frame<bytes::Bytes>, Error>> = parts
+            .iter()
+            .map(|p| Ok(Frame::data(bytes::Bytes::from_static(p.as_bytes()))))
+            .collect();
+        use futures_util::StreamExt;
+        http_body_util::StreamBody::new(
+            futures_util::stream::iter(frames).chain(futures_util::stream::pending()),
+        )
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn a_body_that_stalls_ends_in_a_read_timeout() {
+        let wait = Duration::from_secs(5);
+        let mut body = BetweenBytes::new(stalling(&["one", "two"]), wait);
+        let start = tokio::time::Instant::now();
+        // Parts that arrive are passed on, each restarting the wait.
+        for part in ["one", "two"] {
+            let frame = body.frame().await.unwrap().unwrap();
+            assert_eq!(frame.into_data().unwrap(), part);
+        }
+        let end = body.frame().await.unwrap();
+        assert!(matches!(end, Err(Error::ConnectionReadTimeout)), "{end:?}");
+        assert_eq!(start.elapsed(), wait);
+    }
 }
