@@ -49,6 +49,7 @@ pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES,
 pub use net::{
     DEFAULT_BETWEEN_BYTES_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
     MAX_HTTP_CONNECTIONS, MAX_NOTED_REFUSALS, MAX_OPEN_LOOKUPS, MAX_RESOLVED_ADDRESSES,
+    MAX_SOCKETS,
 };
 pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, read_module};
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};

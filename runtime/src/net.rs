@@ -39,7 +39,12 @@ use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi::p2::bindings::sockets::ip_name_lookup::{
     Host as _, HostResolveAddressStream as _, ResolveAddressStream,
 };
-use wasmtime_wasi::p2::bindings::sockets::network::{ErrorCode, IpAddress, Network};
+use wasmtime_wasi::p2::bindings::sockets::network::{
+    ErrorCode, IpAddress, IpAddressFamily, Network,
+};
+use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host as TcpCreate;
+use wasmtime_wasi::p2::bindings::sockets::udp_create_socket::Host as UdpCreate;
+use wasmtime_wasi::p2::{TcpSocket, UdpSocket};
 use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
 
 use crate::logs::{LogBuffer, Stream};
@@ -56,6 +61,17 @@ pub use http::{
 /// any 0.2.x version are served by it). wasmtime is pinned to one release;
 /// the network tests' refused lookup fails if this name ever stops matching.
 const IP_NAME_LOOKUP: &str = "wasi:sockets/ip-name-lookup@0.2.12";
+
+/// The `wasi:sockets` interfaces that make sockets, as wasmtime-wasi 48
+/// links them; shadowed to count sockets against [`MAX_SOCKETS`].
+const TCP_CREATE_SOCKET: &str = "wasi:sockets/tcp-create-socket@0.2.12";
+const UDP_CREATE_SOCKET: &str = "wasi:sockets/udp-create-socket@0.2.12";
+
+/// Most sockets, TCP and UDP together, one instance holds at once. Each is
+/// a file descriptor of kelpd's, shared by every service on the device; a
+/// service talks to a handful of hosts. Past it the guest gets
+/// `new-socket-limit` until it drops one.
+pub const MAX_SOCKETS: usize = 64;
 
 /// Most addresses one run remembers as resolved from a granted name. A
 /// service talks to a handful of hosts with a few addresses each; this
@@ -326,11 +342,48 @@ impl NetView for ComponentState {
     }
 }
 
+/// Sockets the instance whose resources are in `view` holds now.
+fn sockets_held(view: &mut WasiSocketsCtxView<'_>) -> usize {
+    view.table
+        .iter_mut()
+        .filter(|entry| entry.is::<TcpSocket>() || entry.is::<UdpSocket>())
+        .count()
+}
+
 /// Shadows the stock `resolve-addresses` (and the stream's
-/// `resolve-next-address`, to record answers) with the policy's checks.
+/// `resolve-next-address`, to record answers) with the policy's checks, and
+/// the socket constructors with the [`MAX_SOCKETS`] limit.
 /// Call after `wasmtime_wasi::p2::add_to_linker_async`.
 pub(crate) fn add_to_linker<T: NetView>(linker: &mut Linker<T>) -> wasmtime::Result<()> {
     linker.allow_shadowing(true);
+    linker.instance(TCP_CREATE_SOCKET)?.func_wrap(
+        "create-tcp-socket",
+        |mut store: StoreContextMut<'_, T>, (family,): (IpAddressFamily,)| {
+            let mut view = store.data_mut().sockets();
+            if sockets_held(&mut view) >= MAX_SOCKETS {
+                return Ok((Err(ErrorCode::NewSocketLimit),));
+            }
+            match TcpCreate::create_tcp_socket(&mut view, family) {
+                Ok(socket) => Ok((Ok(socket),)),
+                Err(e) => Ok((Err(e.downcast()?),)),
+            }
+        },
+    )?;
+    linker.instance(UDP_CREATE_SOCKET)?.func_wrap_async(
+        "create-udp-socket",
+        |mut store: StoreContextMut<'_, T>, (family,): (IpAddressFamily,)| {
+            Box::new(async move {
+                let mut view = store.data_mut().sockets();
+                if sockets_held(&mut view) >= MAX_SOCKETS {
+                    return Ok((Err(ErrorCode::NewSocketLimit),));
+                }
+                match UdpCreate::create_udp_socket(&mut view, family).await {
+                    Ok(socket) => Ok((Ok(socket),)),
+                    Err(e) => Ok((Err(e.downcast()?),)),
+                }
+            })
+        },
+    )?;
     let mut lookup = linker.instance(IP_NAME_LOOKUP)?;
     lookup.func_wrap(
         "resolve-addresses",

@@ -162,6 +162,38 @@ fn assert_has(output: &[String], expected: &str) {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_service_holds_a_bounded_number_of_sockets() {
+    let sup = device("");
+    let granted = Watch::on("127.0.0.1:0");
+    let target = format!("127.0.0.1:{}", granted.port());
+    let output = run_once(
+        &sup,
+        "sneaky",
+        SNEAKY,
+        network(std::slice::from_ref(&target), &[]),
+        &[
+            ("GRANTED", target.clone()),
+            ("HOARD", (kelp_runtime::MAX_SOCKETS * 2).to_string()),
+        ],
+    )
+    .await;
+    assert_has(&output, &format!("granted {target}: connected"));
+    // The limit counts sockets held at once: the first, dropped, is not.
+    let held = output
+        .iter()
+        .find(|line| line.contains("hoard: "))
+        .unwrap_or_else(|| panic!("no hoard line in {output:#?}"));
+    assert!(
+        held.contains(&format!(
+            "hoard: {} held, then failed",
+            kelp_runtime::MAX_SOCKETS
+        )),
+        "{held}"
+    );
+    assert_has(&output, "done");
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn sneaky_reaches_its_grant_and_nothing_else() {
     let sup = device("");
     let granted = Watch::on("127.0.0.1:0");

@@ -7,7 +7,9 @@
 //! network works at all; `UNGRANTED_HOST` [`example.com:80`];
 //! `UNGRANTED_PORT` [`localhost:22`], a granted host on another port;
 //! `RAW_ADDRESS` [`192.0.2.1:80`]; `UDP_TARGET` [`127.0.0.1:514`];
-//! `LISTEN` [`0.0.0.0:8080`]; `LOOKUP` [`example.com`], a name it looks up.
+//! `LISTEN` [`0.0.0.0:8080`]; `LOOKUP` [`example.com`], a name it looks up;
+//! `HOARD` [none], how many connections to `GRANTED` it tries to hold at
+//! once.
 
 use std::io::ErrorKind;
 use std::net::{TcpListener, TcpStream, ToSocketAddrs, UdpSocket};
@@ -31,6 +33,22 @@ fn failure(e: &std::io::Error) -> String {
     }
 }
 
+/// Opens up to `wanted` connections to `target`, holding them all, and
+/// says how many it got.
+fn hoard(target: &str, wanted: usize) {
+    let mut held = Vec::new();
+    while held.len() < wanted {
+        match TcpStream::connect(target) {
+            Ok(stream) => held.push(stream),
+            Err(e) => {
+                println!("hoard: {} held, then {}", held.len(), failure(&e));
+                return;
+            }
+        }
+    }
+    println!("hoard: {} held", held.len());
+}
+
 fn connect(target: &str) -> std::io::Result<()> {
     TcpStream::connect(target).map(drop)
 }
@@ -40,6 +58,9 @@ fn main() {
         match TcpStream::connect(&granted) {
             Ok(_) => println!("granted {granted}: connected"),
             Err(e) => println!("granted {granted}: {}", failure(&e)),
+        }
+        if let Some(wanted) = std::env::var("HOARD").ok().and_then(|n| n.parse().ok()) {
+            hoard(&granted, wanted);
         }
     }
     report(
