@@ -74,8 +74,11 @@ impl Guest for HttpHello {
 
 /// Answers 200 with `body`.
 fn respond(out: ResponseOutparam, content_type: &str, body: &str) {
-    let headers = Fields::from_list(&[("content-type".to_owned(), content_type.into())])
-        .expect("content-type is a valid header");
+    let headers = Fields::from_list(&[
+        ("content-type".to_owned(), content_type.into()),
+        ("content-length".to_owned(), body.len().to_string().into()),
+    ])
+    .expect("content-type and content-length are valid headers");
     let response = OutgoingResponse::new(headers);
     let outgoing = response.body().expect("a new response has a body");
     ResponseOutparam::set(out, Ok(response));
