@@ -5,7 +5,7 @@ use std::sync::Arc;
 
 use kelp_core::{ByteSize, ExitReason, Grants};
 use kelp_hostcalls::Hardware;
-use wasmtime::component::ResourceTable;
+use wasmtime::component::ResourceTableError;
 use wasmtime::{Store, UpdateDeadline};
 use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
 
@@ -82,7 +82,7 @@ pub(crate) async fn run(
             }));
             let state = ComponentState {
                 ctx: wasi.build(),
-                table: ResourceTable::new(),
+                table: crate::limits::resource_table(),
                 limiter,
                 hardware,
                 net,
@@ -149,6 +149,11 @@ pub(crate) fn exit_reason(e: &wasmtime::Error, limit: ByteSize, over_limit: bool
     if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
         return ExitReason::Trapped {
             message: trap.to_string(),
+        };
+    }
+    if let Some(ResourceTableError::Full) = e.downcast_ref::<ResourceTableError>() {
+        return ExitReason::Trapped {
+            message: crate::limits::too_many_resources(),
         };
     }
     ExitReason::Trapped {

@@ -25,6 +25,7 @@ mod http;
 pub mod images;
 mod instance;
 mod limits;
+pub use limits::MAX_RESOURCES;
 pub mod local;
 pub mod local_api;
 mod logs;

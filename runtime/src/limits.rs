@@ -16,6 +16,26 @@ const MAX_INSTANCES: usize = 32;
 const MAX_TABLES: usize = 32;
 const MAX_MEMORIES: usize = 8;
 
+/// Resources (streams, sockets, HTTP requests and headers, pollables…) one
+/// instance may hold at once. Each lives in kelpd's memory, outside the
+/// guest's memory limit; a service holds tens to hundreds. Past it the
+/// guest traps, with [`too_many_resources`] as the reason.
+pub const MAX_RESOURCES: usize = 10_000;
+
+/// Why an instance that reached [`MAX_RESOURCES`] ended.
+pub(crate) fn too_many_resources() -> String {
+    format!(
+        "held more resources (streams, sockets, requests, pollables) at once than the {MAX_RESOURCES} allowed"
+    )
+}
+
+/// An instance's resource table, bounded by [`MAX_RESOURCES`].
+pub(crate) fn resource_table() -> wasmtime::component::ResourceTable {
+    let mut table = wasmtime::component::ResourceTable::new();
+    table.set_max_capacity(MAX_RESOURCES);
+    table
+}
+
 /// Memory accounting shared between a running instance and whoever asks for
 /// the service's status.
 #[derive(Debug, Default)]

@@ -178,6 +178,42 @@ async fn a_service_over_its_memory_limit_stops_and_the_others_go_on() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn a_service_cannot_hold_host_memory_past_its_resource_limit() {
+    let sup = supervisor();
+    let memhog = sup
+        .start(ServiceSpec {
+            restart: RestartPolicy::Never,
+            env: [("MEMHOG_HOLD".to_owned(), "handles".to_owned())].into(),
+            ..spec("memhog", MEMHOG)
+        })
+        .unwrap();
+    let status = within("memhog to hit the limit", memhog.wait_final()).await;
+    assert_eq!(status.state, ServiceState::Failed);
+    assert_eq!(
+        status.last_exit.unwrap().to_string(),
+        format!(
+            "trapped: held more resources (streams, sockets, requests, pollables) at once than the {} allowed",
+            kelp_runtime::MAX_RESOURCES
+        )
+    );
+    // It held thousands before it was stopped, and never more than the
+    // limit (a timer takes two places: its deadline and its pollable).
+    let held = texts(memhog.logs().drain());
+    let most = held
+        .iter()
+        .filter_map(|l| l.strip_prefix("memhog: holding ")?.strip_suffix(" handles"))
+        .filter_map(|n| n.parse::<usize>().ok())
+        .max()
+        .unwrap_or(0);
+    assert!(
+        (1000..=kelp_runtime::MAX_RESOURCES).contains(&most),
+        "{most}: {:?}",
+        held.last()
+    );
+    sup.shutdown().await;
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn running_services_report_their_memory() {
     let sup = supervisor();
     let idle = sup.start(spec("idle", IDLE)).unwrap();

@@ -10,7 +10,6 @@ use hyper::body::Incoming;
 use hyper::http::{HeaderValue, Request, Response};
 use kelp_core::{ByteSize, ExitReason};
 use wasmtime::Store;
-use wasmtime::component::ResourceTable;
 use wasmtime_wasi::WasiCtxBuilder;
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
@@ -143,7 +142,7 @@ impl Served {
             ProxyState {
                 wasi: wasi.build(),
                 http: WasiHttpCtx::new(),
-                table: ResourceTable::new(),
+                table: crate::limits::resource_table(),
                 limiter,
                 net,
             },
