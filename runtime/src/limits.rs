@@ -19,7 +19,7 @@ const MAX_MEMORIES: usize = 8;
 /// Resources (streams, sockets, HTTP requests and headers, pollables…) one
 /// instance may hold at once. Each lives in kelpd's memory, outside the
 /// guest's memory limit; a service holds tens to hundreds. Past it the
-/// guest traps, with [`too_many_resources`] as the reason.
+/// guest traps, and its exit reason says it held too many.
 pub const MAX_RESOURCES: usize = 10_000;
 
 /// Why an instance that reached [`MAX_RESOURCES`] ended.

@@ -27,9 +27,9 @@ use crate::db::DbError;
 
 pub use session::SESSION_LIFETIME;
 
-/// Largest form a page posts. The largest field is a variable's value
-/// ([`crate::api::MAX_ENV_VALUE`], 16 KiB), which percent-encoding can make
-/// three times longer; anything past this is refused before it is parsed.
+/// Largest form a page posts. The largest field is a variable's value (at
+/// most 16 KiB), which percent-encoding can make three times longer;
+/// anything past this is refused before it is parsed.
 pub const MAX_FORM_BODY: usize = 64 << 10;
 
 /// What every dashboard response says about how a browser may use it:
