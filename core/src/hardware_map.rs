@@ -79,11 +79,28 @@ pub struct GpioBinding {
     pub safe: SafeLevel,
 }
 
+impl GpioBinding {
+    /// Of the modes a grant `asked` for, those this line allows.
+    pub fn allowed_modes(&self, asked: &BTreeSet<GpioMode>) -> BTreeSet<GpioMode> {
+        asked.intersection(&self.modes).copied().collect()
+    }
+}
+
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct I2cBinding {
     pub bus: PathBuf,
     /// Devices services may reach; `None` allows any address.
     pub addresses: Option<BTreeSet<u16>>,
+}
+
+impl I2cBinding {
+    /// Of the addresses a grant `asked` for, those this bus allows.
+    pub fn allowed_addresses(&self, asked: &BTreeSet<u16>) -> BTreeSet<u16> {
+        match &self.addresses {
+            Some(allowed) => asked.intersection(allowed).copied().collect(),
+            None => asked.clone(),
+        }
+    }
 }
 
 /// A device the simulated backend puts on a bus.

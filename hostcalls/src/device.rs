@@ -158,8 +158,7 @@ impl Hardware {
                 ));
                 continue;
             };
-            let modes: BTreeSet<GpioMode> =
-                grant.modes.intersection(&binding.modes).copied().collect();
+            let modes = binding.allowed_modes(&grant.modes);
             let refused: Vec<String> = grant
                 .modes
                 .difference(&modes)
@@ -187,10 +186,7 @@ impl Hardware {
                 ));
                 continue;
             };
-            let addresses: BTreeSet<u16> = match &binding.addresses {
-                Some(allowed) => grant.addresses.intersection(allowed).copied().collect(),
-                None => grant.addresses.clone(),
-            };
+            let addresses = binding.allowed_addresses(&grant.addresses);
             let refused: Vec<String> = grant
                 .addresses
                 .difference(&addresses)

@@ -586,9 +586,9 @@ fn grants_of(service: &str, spec: &ServiceSpec, map: Option<&HardwareMap>) -> Ve
             Some(m) => match m.gpio.get(label) {
                 None => "refused: not in the hardware map".to_owned(),
                 Some(b) => {
-                    let allowed: Vec<String> = grant
-                        .modes
-                        .intersection(&b.modes)
+                    let allowed: Vec<String> = b
+                        .allowed_modes(&grant.modes)
+                        .iter()
                         .map(ToString::to_string)
                         .collect();
                     format!(
@@ -621,10 +621,9 @@ fn grants_of(service: &str, spec: &ServiceSpec, map: Option<&HardwareMap>) -> Ve
             Some(m) => match m.i2c.get(label) {
                 None => "refused: not in the hardware map".to_owned(),
                 Some(b) => {
-                    let allowed: Vec<String> = grant
-                        .addresses
+                    let allowed: Vec<String> = b
+                        .allowed_addresses(&grant.addresses)
                         .iter()
-                        .filter(|a| b.addresses.as_ref().is_none_or(|set| set.contains(a)))
                         .map(|a| format!("{a:#04x}"))
                         .collect();
                     format!(
