@@ -41,7 +41,7 @@ use hyper_util::rt::TokioIo;
 use serde_json::{Value, json};
 
 mod common;
-use common::{Load, Row, server_and_client_cores};
+use common::{Load, Row, Window};
 
 /// Set in the environment of this program run again as the baseline
 /// server: a process of its own, like `kelp-cloud`, on the same cores.
@@ -296,18 +296,7 @@ fn spawn(mut cmd: Command) -> (Child, SocketAddr, Vec<String>) {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SIGTERM: a clean stop that closes its database connections.
-        // SAFETY: kill(2) on a child this struct owns and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::stop(&mut self.child);
     }
 }
 
@@ -612,21 +601,19 @@ async fn poll_load(
     measure: Duration,
 ) -> Load {
     let addr = server.addr;
-    let start = Instant::now() + Duration::from_millis(200);
-    let (from, until) = (start + WARMUP, start + WARMUP + measure);
-    let cpu = server_and_client_cores(server.child.id(), from, until);
+    let window = Window::new(WARMUP, measure);
     let tasks: Vec<_> = (0..connections)
         .map(|c| {
             let devices = devices.clone();
             tokio::spawn(async move {
                 let mut conn = Conn::open(addr).await;
-                tokio::time::sleep_until(start.into()).await;
+                tokio::time::sleep_until(window.start.into()).await;
                 let mut latencies = Vec::new();
                 let mut i = c % devices.len();
                 loop {
                     let req = devices[i].poll(None);
                     let sent = Instant::now();
-                    if sent >= until {
+                    if sent >= window.until {
                         break;
                     }
                     let (status, _, _) = conn.send(req).await;
@@ -637,7 +624,7 @@ async fn poll_load(
                         "device {}",
                         devices[i].uuid
                     );
-                    if sent >= from && done <= until {
+                    if window.measures(sent, done) {
                         latencies.push(done - sent);
                     }
                     i = (i + connections) % devices.len();
@@ -646,19 +633,7 @@ async fn poll_load(
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    latencies.sort();
-    let (server_cores, client_cores) = cpu.await.unwrap();
-    Load {
-        requests: latencies.len(),
-        elapsed: measure,
-        latencies,
-        server_cores,
-        client_cores,
-    }
+    Load::run(server.child.id(), window, tasks).await
 }
 
 /// Convergence: [`CONVERGE_DEVICES`] devices long-poll, a release is made,

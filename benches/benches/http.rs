@@ -24,7 +24,7 @@ use hyper::{Request, StatusCode};
 use hyper_util::rt::TokioIo;
 
 mod common;
-use common::{Load, Row, server_and_client_cores};
+use common::{Load, Row, Window};
 
 /// Set in the environment of this program run again as the native server:
 /// a process of its own, like kelpd, on the same cores.
@@ -205,25 +205,13 @@ impl Server {
 
 impl Drop for Server {
     fn drop(&mut self) {
-        // SAFETY: kill(2) on a child this struct owns and has not reaped.
-        unsafe { libc::kill(self.child.id() as i32, libc::SIGTERM) };
-        let deadline = Instant::now() + Duration::from_secs(10);
-        while Instant::now() < deadline {
-            if let Ok(Some(_)) = self.child.try_wait() {
-                return;
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        common::stop(&mut self.child);
     }
 }
 
 async fn load(server: &Server, expected: &str, connections: usize, measure: Duration) -> Load {
     let addr = server.addr;
-    let start = Instant::now() + Duration::from_millis(200);
-    let (from, until) = (start + WARMUP, start + WARMUP + measure);
-    let cpu = server_and_client_cores(server.child.id(), from, until);
+    let window = Window::new(WARMUP, measure);
     let tasks: Vec<_> = (0..connections)
         .map(|_| {
             let expected = Bytes::from(expected.to_owned());
@@ -235,11 +223,11 @@ async fn load(server: &Server, expected: &str, connections: usize, measure: Dura
                         .await
                         .unwrap();
                 tokio::spawn(conn);
-                tokio::time::sleep_until(start.into()).await;
+                tokio::time::sleep_until(window.start.into()).await;
                 let mut latencies = Vec::new();
                 loop {
                     let sent = Instant::now();
-                    if sent >= until {
+                    if sent >= window.until {
                         break;
                     }
                     let req = Request::get(PATH)
@@ -252,7 +240,7 @@ async fn load(server: &Server, expected: &str, connections: usize, measure: Dura
                     let done = Instant::now();
                     assert_eq!(status, StatusCode::OK, "{body:?}");
                     assert_eq!(body, expected);
-                    if sent >= from && done <= until {
+                    if window.measures(sent, done) {
                         latencies.push(done - sent);
                     }
                 }
@@ -260,19 +248,7 @@ async fn load(server: &Server, expected: &str, connections: usize, measure: Dura
             })
         })
         .collect();
-    let mut latencies = Vec::new();
-    for t in tasks {
-        latencies.extend(t.await.unwrap());
-    }
-    latencies.sort();
-    let (server_cores, client_cores) = cpu.await.unwrap();
-    Load {
-        requests: latencies.len(),
-        elapsed: measure,
-        latencies,
-        server_cores,
-        client_cores,
-    }
+    Load::run(server.child.id(), window, tasks).await
 }
 
 fn ms(d: Duration) -> String {

@@ -138,3 +138,71 @@ pub fn server_and_client_cores(
         )
     })
 }
+
+/// The clock of a load run: connections open, then wait for `start`; they
+/// send from then on, and what ends between `from` (after the warm-up) and
+/// `until` is measured.
+#[derive(Clone, Copy)]
+pub struct Window {
+    pub start: std::time::Instant,
+    pub from: std::time::Instant,
+    pub until: std::time::Instant,
+}
+
+impl Window {
+    /// A window opening shortly (connections get a moment to open).
+    pub fn new(warmup: Duration, measure: Duration) -> Window {
+        let start = std::time::Instant::now() + Duration::from_millis(200);
+        Window {
+            start,
+            from: start + warmup,
+            until: start + warmup + measure,
+        }
+    }
+
+    /// Whether a request sent at `sent` and answered at `done` counts.
+    pub fn measures(&self, sent: std::time::Instant, done: std::time::Instant) -> bool {
+        sent >= self.from && done <= self.until
+    }
+}
+
+impl Load {
+    /// The load each connection's task measured (its latencies) in
+    /// `window`, with the cores the server (`pid`) and this process used.
+    pub async fn run(
+        pid: u32,
+        window: Window,
+        connections: Vec<tokio::task::JoinHandle<Vec<Duration>>>,
+    ) -> Load {
+        let cpu = server_and_client_cores(pid, window.from, window.until);
+        let mut latencies = Vec::new();
+        for c in connections {
+            latencies.extend(c.await.unwrap());
+        }
+        latencies.sort();
+        let (server_cores, client_cores) = cpu.await.unwrap();
+        Load {
+            requests: latencies.len(),
+            elapsed: window.until.duration_since(window.from),
+            latencies,
+            server_cores,
+            client_cores,
+        }
+    }
+}
+
+/// Stops a server this bench started: SIGTERM (a clean stop, closing its
+/// database connections), up to ten seconds to exit, then SIGKILL.
+pub fn stop(child: &mut std::process::Child) {
+    // SAFETY: kill(2) on a child the caller owns and has not reaped.
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    while std::time::Instant::now() < deadline {
+        if let Ok(Some(_)) = child.try_wait() {
+            return;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let _ = child.kill();
+    let _ = child.wait();
+}
