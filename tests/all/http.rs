@@ -9,15 +9,7 @@ use std::time::{Duration, Instant};
 use kelp_tests::artifacts::HTTP_HELLO;
 
 use crate::kelpd::Device;
-
-/// A free TCP port on 127.0.0.1: bound, read and let go.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
-}
+use crate::support::free_port;
 
 /// What curl got: the status (0 when it got no response at all, with curl's
 /// exit code in the body) and the body.

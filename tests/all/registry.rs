@@ -12,6 +12,8 @@ use kelp_tests::artifacts::HELLO;
 use kelp_tests::binary;
 use sha2::{Digest as _, Sha256};
 
+use crate::support::free_port;
+
 /// `kelp-cloud serve` on a free port, killed when dropped.
 pub(crate) struct TestCloud {
     child: Child,
@@ -485,15 +487,6 @@ fn sigterm_stops_the_server_cleanly() {
         assert!(Instant::now() < deadline, "kelp-cloud ignored SIGTERM");
         std::thread::sleep(Duration::from_millis(20));
     }
-}
-
-/// A free port on 127.0.0.1 for a server that cannot be told to pick one.
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
 }
 
 /// The config blob of a Wasm artifact, as [`wasm_manifest`] names it.

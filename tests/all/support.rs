@@ -71,3 +71,13 @@ pub fn lines(events: Vec<LogEvent>) -> Vec<LogLine> {
 pub fn texts(events: Vec<LogEvent>) -> Vec<String> {
     lines(events).into_iter().map(|l| l.text).collect()
 }
+
+/// A free TCP port on 127.0.0.1, for a server that cannot be told to pick
+/// one: bound, read and let go.
+pub fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port()
+}
