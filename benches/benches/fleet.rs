@@ -105,8 +105,12 @@ fn main() {
         drop(sqlite);
         match &postgres {
             Some(url) => {
-                let schema = Schema::create(url).await;
-                let server = Server::cloud(&dir.path().join("postgres"), Some(&schema.url));
+                // A schema of this run's own: the bench starts empty and
+                // leaves nothing behind.
+                let schema = kelp_cloud::ScratchSchema::create(url, "kelp_bench")
+                    .await
+                    .unwrap();
+                let server = Server::cloud(&dir.path().join("postgres"), Some(&schema.url()));
                 fleet_rows(
                     &mut rows,
                     "PostgreSQL",
@@ -118,7 +122,7 @@ fn main() {
                 )
                 .await;
                 drop(server);
-                schema.drop().await;
+                schema.remove().await.unwrap();
             }
             None => rows.push(Row {
                 what: "PostgreSQL".into(),
@@ -322,42 +326,6 @@ fn baseline_server() {
         println!("listening on http://{}", listener.local_addr().unwrap());
         axum::serve(listener, app).await.unwrap();
     });
-}
-
-/// A PostgreSQL schema of this run's own, so the bench starts empty and
-/// leaves nothing behind.
-struct Schema {
-    base: String,
-    name: String,
-    url: String,
-}
-
-impl Schema {
-    async fn create(base: &str) -> Schema {
-        use sqlx::Connection as _;
-        let name = format!("kelp_bench_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {name}"))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{name}");
-        Schema {
-            base: base.to_owned(),
-            name,
-            url,
-        }
-    }
-
-    async fn drop(self) {
-        use sqlx::Connection as _;
-        let mut conn = sqlx::PgConnection::connect(&self.base).await.unwrap();
-        sqlx::query(&format!("DROP SCHEMA {} CASCADE", self.name))
-            .execute(&mut conn)
-            .await
-            .unwrap();
-    }
 }
 
 // --- the client ---

@@ -19,7 +19,10 @@ use kelp_core::api::ServiceSample;
 use sqlx::any::{AnyConnectOptions, AnyPoolOptions};
 use sqlx::{AnyPool, Row as _};
 
+mod scratch;
 mod sessions;
+
+pub use scratch::ScratchSchema;
 
 /// Most connections one server process holds. SQLite in WAL mode lets one
 /// writer and many readers through; PostgreSQL's default `max_connections`
@@ -1406,19 +1409,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         numbers_old_log_lines(&sqlite_url(dir.path()).unwrap()).await;
         if let Ok(base) = std::env::var("KELP_TEST_POSTGRES") {
-            use sqlx::Connection as _;
-            let schema = format!("kelp_unit_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            numbers_old_log_lines(&format!("{base}{sep}options=-c%20search_path%3D{schema}")).await;
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+            let schema = ScratchSchema::create(&base, "kelp_unit").await.unwrap();
+            numbers_old_log_lines(&schema.url()).await;
+            schema.remove().await.unwrap();
         }
     }
 

@@ -31,7 +31,7 @@ pub use api::{
 };
 pub use changes::Changes;
 pub use dashboard::{MAX_FORM_BODY, SESSION_LIFETIME, router as dashboard_router};
-pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, sqlite_url};
+pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, ScratchSchema, sqlite_url};
 pub use seen::SEEN_FLUSH;
 
 use std::fs;

@@ -17,11 +17,11 @@ struct Cloud {
     cp: ControlPlane,
     admin: String,
     /// The PostgreSQL server and schema to drop afterwards.
-    schema: Option<(String, String)>,
+    schema: Option<crate::ScratchSchema>,
 }
 
 impl Cloud {
-    async fn open(url: Option<String>, schema: Option<(String, String)>) -> Cloud {
+    async fn open(url: Option<String>, schema: Option<crate::ScratchSchema>) -> Cloud {
         let dir = tempfile::tempdir().unwrap();
         let data = DataDir::open(dir.path()).unwrap();
         let url = url.unwrap_or_else(|| crate::sqlite_url(dir.path()).unwrap());
@@ -41,29 +41,18 @@ impl Cloud {
     async fn all() -> Vec<Cloud> {
         let mut clouds = vec![Cloud::open(None, None).await];
         if let Ok(base) = std::env::var("KELP_TEST_POSTGRES") {
-            use sqlx::Connection as _;
-            let schema = format!("kelp_dash_{}", uuid::Uuid::new_v4().simple());
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("CREATE SCHEMA {schema}"))
-                .execute(&mut conn)
+            let schema = crate::ScratchSchema::create(&base, "kelp_dash")
                 .await
                 .unwrap();
-            let sep = if base.contains('?') { '&' } else { '?' };
-            let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-            clouds.push(Cloud::open(Some(url), Some((base, schema))).await);
+            clouds.push(Cloud::open(Some(schema.url()), Some(schema)).await);
         }
         clouds
     }
 
     async fn close(self) {
         self.cp.close().await;
-        if let Some((base, schema)) = self.schema {
-            use sqlx::Connection as _;
-            let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-            sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                .execute(&mut conn)
-                .await
-                .unwrap();
+        if let Some(schema) = self.schema {
+            schema.remove().await.unwrap();
         }
     }
 

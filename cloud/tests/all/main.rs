@@ -27,30 +27,23 @@ pub struct TestCloud {
     pub app: Router,
     pub cp: kelp_cloud::ControlPlane,
     pub admin: String,
-    /// The PostgreSQL server and schema to drop afterwards.
-    postgres: Option<(String, String)>,
+    /// The PostgreSQL schema to drop afterwards.
+    postgres: Option<kelp_cloud::ScratchSchema>,
 }
 
 impl Drop for TestCloud {
     fn drop(&mut self) {
-        let Some((base, schema)) = self.postgres.take() else {
+        let Some(schema) = self.postgres.take() else {
             return;
         };
         // Drop runs inside the test's runtime, which cannot be blocked on;
         // a thread of its own with a runtime of its own can.
         let dropped = std::thread::spawn(move || {
-            use sqlx::Connection as _;
             let rt = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
                 .build()
                 .unwrap();
-            rt.block_on(async {
-                let mut conn = sqlx::PgConnection::connect(&base).await.unwrap();
-                sqlx::query(&format!("DROP SCHEMA {schema} CASCADE"))
-                    .execute(&mut conn)
-                    .await
-                    .unwrap();
-            });
+            rt.block_on(schema.remove()).unwrap();
         })
         .join();
         if dropped.is_err() && !std::thread::panicking() {
@@ -90,17 +83,11 @@ impl TestCloud {
     }
 
     async fn postgres(base: &str) -> TestCloud {
-        use sqlx::Connection as _;
-        let schema = format!("kelp_test_{}", uuid::Uuid::new_v4().simple());
-        let mut conn = sqlx::PgConnection::connect(base).await.unwrap();
-        sqlx::query(&format!("CREATE SCHEMA {schema}"))
-            .execute(&mut conn)
+        let schema = kelp_cloud::ScratchSchema::create(base, "kelp_test")
             .await
             .unwrap();
-        let sep = if base.contains('?') { '&' } else { '?' };
-        let url = format!("{base}{sep}options=-c%20search_path%3D{schema}");
-        let mut cloud = Self::start(tempfile::tempdir().unwrap(), url).await;
-        cloud.postgres = Some((base.to_owned(), schema));
+        let mut cloud = Self::start(tempfile::tempdir().unwrap(), schema.url()).await;
+        cloud.postgres = Some(schema);
         cloud
     }
 
