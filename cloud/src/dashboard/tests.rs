@@ -123,6 +123,21 @@ impl Cloud {
         assert_eq!(status, StatusCode::OK, "{page}");
         (cookie, csrf_of(&page))
     }
+
+    /// Signs in and makes fleet `name` from the fleets page.
+    async fn sign_in_with_fleet(&self, name: &str) -> (String, String) {
+        let (cookie, csrf) = self.sign_in().await;
+        let (status, _, page) = self
+            .post(
+                "/fleets",
+                Some(&cookie),
+                Some("http://cloud.test"),
+                &[("name", name), ("csrf", &csrf)],
+            )
+            .await;
+        assert_eq!(status, StatusCode::OK, "{page}");
+        (cookie, csrf)
+    }
 }
 
 fn csrf_of(page: &str) -> String {
@@ -238,16 +253,8 @@ async fn forms_without_this_sessions_csrf_token_or_from_another_site_change_noth
 #[tokio::test]
 async fn what_users_and_devices_typed_is_shown_escaped() {
     for cloud in Cloud::all().await {
-        let (cookie, csrf) = cloud.sign_in().await;
+        let (cookie, csrf) = cloud.sign_in_with_fleet("garden").await;
         let origin = Some("http://cloud.test");
-        cloud
-            .post(
-                "/fleets",
-                Some(&cookie),
-                origin,
-                &[("name", "garden"), ("csrf", &csrf)],
-            )
-            .await;
         let evil = "<script>alert(1)</script>";
         let (status, headers, _) = cloud
             .post(
@@ -346,15 +353,7 @@ async fn next_event(body: &mut axum::body::BodyDataStream, buffer: &mut String) 
 #[tokio::test]
 async fn live_logs_stream_stored_lines_then_new_ones_and_resume_after_the_last_seen() {
     for cloud in Cloud::all().await {
-        let (cookie, csrf) = cloud.sign_in().await;
-        cloud
-            .post(
-                "/fleets",
-                Some(&cookie),
-                Some("http://cloud.test"),
-                &[("name", "garden"), ("csrf", &csrf)],
-            )
-            .await;
+        let (cookie, _) = cloud.sign_in_with_fleet("garden").await;
         register(&cloud, "d1").await;
         logs(&cloud, "d1", &["one", "two"]).await;
 
@@ -464,16 +463,8 @@ async fn signing_out_ends_the_session() {
 #[tokio::test]
 async fn pinning_from_a_page_changes_the_target_devices_see() {
     for cloud in Cloud::all().await {
-        let (cookie, csrf) = cloud.sign_in().await;
+        let (cookie, csrf) = cloud.sign_in_with_fleet("garden").await;
         let origin = Some("http://cloud.test");
-        cloud
-            .post(
-                "/fleets",
-                Some(&cookie),
-                origin,
-                &[("name", "garden"), ("csrf", &csrf)],
-            )
-            .await;
         let image = format!("127.0.0.1:1/kelp/hello@sha256:{}", "a".repeat(64));
         let services = serde_json::json!({ "hello": {
             "image": image,
@@ -599,16 +590,8 @@ async fn pinning_from_a_page_changes_the_target_devices_see() {
 #[tokio::test]
 async fn a_service_restarts_from_its_device_page_and_its_history_is_plotted() {
     for cloud in Cloud::all().await {
-        let (cookie, csrf) = cloud.sign_in().await;
+        let (cookie, csrf) = cloud.sign_in_with_fleet("garden").await;
         let origin = Some("http://cloud.test");
-        cloud
-            .post(
-                "/fleets",
-                Some(&cookie),
-                origin,
-                &[("name", "garden"), ("csrf", &csrf)],
-            )
-            .await;
         register(&cloud, "d1").await;
         let report = |memory: i64, restarts: i64| crate::db::ReportedService {
             service: "web".to_owned(),
