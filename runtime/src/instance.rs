@@ -132,9 +132,20 @@ pub(crate) async fn run(
 /// Every instance yields to the executor once per epoch tick. The first
 /// deadline must be set too, or a new store starts with a deadline of zero and
 /// waits a whole timeslice before running at all.
+///
+/// The yield is tokio's own: the guest's task is put back only after the
+/// worker has polled its I/O and timer driver and run the tasks that woke,
+/// where a plain wake-up would put it straight back in the queue, in front of
+/// sockets and timers that are ready. A busy guest thus delays the rest by
+/// one timeslice, and the executor keeps tokio's default intervals.
 pub(crate) fn time_slice<T>(store: &mut Store<T>) {
     store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| Ok(UpdateDeadline::Yield(1)));
+    store.epoch_deadline_callback(|_| {
+        Ok(UpdateDeadline::YieldCustom(
+            1,
+            Box::pin(tokio::task::yield_now()),
+        ))
+    });
 }
 
 pub(crate) fn exit_reason(e: &wasmtime::Error, limit: ByteSize, over_limit: bool) -> ExitReason {

@@ -56,20 +56,6 @@ pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, r
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};
 pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};
 
-/// How often, in task polls, a tokio worker looks at its queue of tasks woken
-/// from other threads (finished file reads, compiles, timers from the
-/// blocking pool). Tokio's default (31 or 61) assumes polls take microseconds;
-/// a guest's poll lasts a whole timeslice, so the default would make such a
-/// task wait 31 timeslices behind a busy guest. One means such a task runs as
-/// soon as the guest in front of it yields: at most one timeslice.
-pub const GLOBAL_QUEUE_INTERVAL: u32 = 1;
-
-/// How often, in task polls, a tokio worker polls its I/O and timer driver
-/// (and, on the current-thread executor, the future it was asked to block
-/// on). The default, 61, would let a busy guest hold timers and sockets for
-/// 61 timeslices.
-pub const EVENT_INTERVAL: u32 = 2;
-
 /// Threads the executor may start for blocking work (reading modules,
 /// compiling). Services start in bursts — every service at boot — and each
 /// extra thread costs a stack and, with glibc, a malloc arena; a handful is
@@ -78,6 +64,12 @@ pub const MAX_BLOCKING_THREADS: usize = 4;
 
 /// A tokio runtime builder set up for running guests: `threads` workers (one
 /// per core if `None`), or the current thread for `Some(0)`.
+///
+/// Tokio's scheduling intervals are left as they are: a guest gives up its
+/// worker at the end of each timeslice with a yield that tokio defers until
+/// it has polled its I/O and timer driver and run what that woke, so a busy
+/// guest holds sockets and timers up for one timeslice at most, and the
+/// executor need not poll its driver more often for everything else.
 pub fn executor(threads: Option<usize>) -> tokio::runtime::Builder {
     let mut builder = match threads {
         Some(0) => tokio::runtime::Builder::new_current_thread(),
@@ -90,8 +82,6 @@ pub fn executor(threads: Option<usize>) -> tokio::runtime::Builder {
     };
     builder
         .enable_all()
-        .global_queue_interval(GLOBAL_QUEUE_INTERVAL)
-        .event_interval(EVENT_INTERVAL)
         .max_blocking_threads(MAX_BLOCKING_THREADS);
     builder
 }
