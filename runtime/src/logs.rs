@@ -114,16 +114,23 @@ impl LogBuffer {
 
     /// Queues whatever was written after the last newline: called when an
     /// instance ends, so its last words are not lost.
+    ///
+    /// Wakes the reader only if that completed a line: a service that answers
+    /// HTTP flushes after every request, and most requests write nothing.
     pub fn flush(&self) {
         let mut inner = self.lock();
+        let mut pushed = false;
         for stream in [Stream::Stdout, Stream::Stderr] {
             let line = std::mem::take(&mut inner.partial[stream as usize]);
             if !line.is_empty() {
                 push_line(&mut inner, stream, line);
+                pushed = true;
             }
         }
         drop(inner);
-        self.ready.notify_one();
+        if pushed {
+            self.ready.notify_one();
+        }
     }
 
     /// Marks the end of output: once drained, [`LogBuffer::next`] returns

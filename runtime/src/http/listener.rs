@@ -205,7 +205,7 @@ async fn accept(socket: tokio::net::TcpListener, routes: Routes, mut stop: watch
                     let _ = stream.set_nodelay(true);
                     let routes = routes.clone();
                     let stop = stop.clone();
-                    tokio::spawn(async move {
+                    hand_over(stream, move |stream| async move {
                         connection(stream, routes, stop).await;
                         drop(slot);
                     });
@@ -218,6 +218,33 @@ async fn accept(socket: tokio::net::TcpListener, routes: Routes, mut stop: watch
             () = super::stopped(&mut stop) => return,
         }
     }
+}
+
+/// Starts serving an accepted connection on the next serving thread
+/// (see [`super::threads`]), or here if there is none.
+fn hand_over<F, Fut>(stream: tokio::net::TcpStream, serve: F)
+where
+    F: FnOnce(tokio::net::TcpStream) -> Fut + Send + 'static,
+    Fut: Future<Output = ()> + Send + 'static,
+{
+    let Some(thread) = super::threads::next() else {
+        tokio::spawn(serve(stream));
+        return;
+    };
+    // The socket moves to the other thread's poller.
+    let stream = match stream.into_std() {
+        Ok(stream) => stream,
+        Err(error) => {
+            tracing::warn!(%error, "cannot hand an HTTP connection over");
+            return;
+        }
+    };
+    thread.spawn(async move {
+        match tokio::net::TcpStream::from_std(stream) {
+            Ok(stream) => serve(stream).await,
+            Err(error) => tracing::warn!(%error, "cannot take an HTTP connection over"),
+        }
+    });
 }
 
 async fn connection(

@@ -23,6 +23,7 @@
 
 mod listener;
 mod request;
+mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
