@@ -417,14 +417,21 @@ impl Loader {
 }
 
 /// Compiling allocates tens of MiB across Cranelift's threads and frees it
-/// again, but glibc keeps freed memory in per-thread arenas: a supervisor
-/// that compiled once would hold it for ever. Hand it back to the kernel.
+/// again, but allocators keep freed memory for reuse: a supervisor that
+/// compiled once would hold it for ever. Hand it back to the kernel, from
+/// glibc's arenas and from mimalloc's (kelpd allocates with mimalloc).
 fn release_freed_memory() {
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: malloc_trim only returns free heap memory to the kernel; it
     // touches no memory in use and is safe to call from any thread.
     unsafe {
         libc::malloc_trim(0);
+    }
+    // SAFETY: mi_collect frees only what mimalloc holds unused, from any
+    // thread; in a process allocating with another allocator it has nothing
+    // to free.
+    unsafe {
+        libmimalloc_sys::mi_collect(true);
     }
 }
 
