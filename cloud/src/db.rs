@@ -53,6 +53,12 @@ pub enum DbError {
     Lookup(String),
 }
 
+/// How a write transaction's work wants it to end ([`Db::write`]).
+enum End<T> {
+    Commit(T),
+    Rollback(T),
+}
+
 /// A pool of connections to the cloud's database, migrated.
 #[derive(Clone)]
 pub struct Db {
@@ -409,6 +415,35 @@ impl Db {
         }
     }
 
+    /// Runs `work` in a write transaction ([`Db::begin`]) and ends it before
+    /// returning: commits or rolls back as the work says, and rolls back when
+    /// the work fails. (A dropped transaction is rolled back later, when a
+    /// task of sqlx's hands its connection back to the pool; until then it
+    /// holds its locks.)
+    async fn write<T>(
+        &self,
+        work: impl AsyncFnOnce(&mut sqlx::AnyConnection) -> Result<End<T>, DbError>,
+    ) -> Result<T, DbError> {
+        let mut tx = self.begin().await?;
+        match work(&mut tx).await {
+            Ok(End::Commit(value)) => {
+                tx.commit().await?;
+                Ok(value)
+            }
+            Ok(End::Rollback(value)) => {
+                tx.rollback().await?;
+                Ok(value)
+            }
+            Err(error) => {
+                // The work's error is the one to report. A rollback that
+                // fails too is left to sqlx, which tries it again before the
+                // connection is used next.
+                let _ = tx.rollback().await;
+                Err(error)
+            }
+        }
+    }
+
     /// Whether this is PostgreSQL (which can announce changes to other
     /// processes) rather than SQLite.
     pub fn is_postgres(&self) -> bool {
@@ -478,32 +513,31 @@ impl Db {
     }
 
     pub async fn revoke_token(&self, id: &str) -> Result<Revoke, DbError> {
-        let mut tx = self.begin().await?;
-        if let Some(lock) = self.serialize_writes("api_tokens") {
-            sqlx::query(&lock).execute(&mut *tx).await?;
-        }
-        let revoked = sqlx::query(
-            "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
-        )
-        .bind(now())
-        .bind(id)
-        .execute(&mut *tx)
-        .await?;
-        if revoked.rows_affected() == 0 {
-            tx.rollback().await?;
-            return Ok(Revoke::NotFound);
-        }
-        let live: i64 =
-            sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE revoked_at IS NULL")
-                .fetch_one(&mut *tx)
-                .await?
-                .try_get("n")?;
-        if live == 0 {
-            tx.rollback().await?;
-            return Ok(Revoke::LastToken);
-        }
-        tx.commit().await?;
-        Ok(Revoke::Revoked)
+        self.write(async |tx| {
+            if let Some(lock) = self.serialize_writes("api_tokens") {
+                sqlx::query(&lock).execute(&mut *tx).await?;
+            }
+            let revoked = sqlx::query(
+                "UPDATE api_tokens SET revoked_at = $1 WHERE id = $2 AND revoked_at IS NULL",
+            )
+            .bind(now())
+            .bind(id)
+            .execute(&mut *tx)
+            .await?;
+            if revoked.rows_affected() == 0 {
+                return Ok(End::Rollback(Revoke::NotFound));
+            }
+            let live: i64 =
+                sqlx::query("SELECT COUNT(*) AS n FROM api_tokens WHERE revoked_at IS NULL")
+                    .fetch_one(&mut *tx)
+                    .await?
+                    .try_get("n")?;
+            if live == 0 {
+                return Ok(End::Rollback(Revoke::LastToken));
+            }
+            Ok(End::Commit(Revoke::Revoked))
+        })
+        .await
     }
 
     /// The statement that makes a transaction's writes to `table` wait for
@@ -527,32 +561,30 @@ impl Db {
         key_id: &str,
         key_hash: &str,
     ) -> Result<bool, DbError> {
-        let mut tx = self.begin().await?;
-        let created_at = now();
-        let inserted = sqlx::query("INSERT INTO fleets (name, created_at) VALUES ($1, $2)")
+        self.write(async |tx| {
+            let created_at = now();
+            let inserted = sqlx::query("INSERT INTO fleets (name, created_at) VALUES ($1, $2)")
+                .bind(name)
+                .bind(created_at)
+                .execute(&mut *tx)
+                .await;
+            match inserted {
+                Ok(_) => {}
+                Err(e) if is_unique_violation(&e) => return Ok(End::Rollback(false)),
+                Err(e) => return Err(e.into()),
+            }
+            sqlx::query(
+                "INSERT INTO provisioning_keys (id, fleet, hash, created_at) VALUES ($1, $2, $3, $4)",
+            )
+            .bind(key_id)
             .bind(name)
+            .bind(key_hash)
             .bind(created_at)
             .execute(&mut *tx)
-            .await;
-        match inserted {
-            Ok(_) => {}
-            Err(e) if is_unique_violation(&e) => {
-                tx.rollback().await?;
-                return Ok(false);
-            }
-            Err(e) => return Err(e.into()),
-        }
-        sqlx::query(
-            "INSERT INTO provisioning_keys (id, fleet, hash, created_at) VALUES ($1, $2, $3, $4)",
-        )
-        .bind(key_id)
-        .bind(name)
-        .bind(key_hash)
-        .bind(created_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(true)
+            .await?;
+            Ok(End::Commit(true))
+        })
+        .await
     }
 
     pub async fn fleets(&self) -> Result<Vec<FleetRow>, DbError> {
@@ -651,20 +683,20 @@ impl Db {
         key_id: &str,
         key_hash: &str,
     ) -> Result<(), DbError> {
-        let mut tx = self.begin().await?;
-        // Two rotations at once must not each leave their own key live.
-        if let Some(lock) = self.serialize_writes("provisioning_keys") {
-            sqlx::query(&lock).execute(&mut *tx).await?;
-        }
-        let at = now();
-        sqlx::query(
+        self.write(async |tx| {
+            // Two rotations at once must not each leave their own key live.
+            if let Some(lock) = self.serialize_writes("provisioning_keys") {
+                sqlx::query(&lock).execute(&mut *tx).await?;
+            }
+            let at = now();
+            sqlx::query(
             "UPDATE provisioning_keys SET revoked_at = $1 WHERE fleet = $2 AND revoked_at IS NULL",
         )
         .bind(at)
         .bind(fleet)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(
+            sqlx::query(
             "INSERT INTO provisioning_keys (id, fleet, hash, created_at) VALUES ($1, $2, $3, $4)",
         )
         .bind(key_id)
@@ -673,8 +705,9 @@ impl Db {
         .bind(at)
         .execute(&mut *tx)
         .await?;
-        tx.commit().await?;
-        Ok(())
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     /// The fleet whose live provisioning key has this hash.
@@ -707,53 +740,53 @@ impl Db {
     }
 
     async fn try_register_device(&self, d: &NewDevice<'_>) -> Result<Registered, DbError> {
-        let mut tx = self.begin().await?;
-        let at = now();
-        let existing = sqlx::query("SELECT fleet FROM devices WHERE uuid = $1")
-            .bind(d.uuid)
-            .fetch_optional(&mut *tx)
-            .await?;
-        let registered = match existing {
-            Some(row) => {
-                let fleet: String = row.try_get("fleet")?;
-                if fleet != d.fleet {
-                    tx.rollback().await?;
-                    return Ok(Registered::OtherFleet(fleet));
-                }
-                sqlx::query(
-                    "UPDATE devices SET name = COALESCE($1, name), arch = $2, \
+        self.write(async |tx| {
+            let at = now();
+            let existing = sqlx::query("SELECT fleet FROM devices WHERE uuid = $1")
+                .bind(d.uuid)
+                .fetch_optional(&mut *tx)
+                .await?;
+            let registered = match existing {
+                Some(row) => {
+                    let fleet: String = row.try_get("fleet")?;
+                    if fleet != d.fleet {
+                        return Ok(End::Rollback(Registered::OtherFleet(fleet)));
+                    }
+                    sqlx::query(
+                        "UPDATE devices SET name = COALESCE($1, name), arch = $2, \
                      agent_version = $3, key_hash = $4, last_seen = $5 WHERE uuid = $6",
-                )
-                .bind(d.name)
-                .bind(d.arch)
-                .bind(d.agent_version)
-                .bind(d.key_hash)
-                .bind(at)
-                .bind(d.uuid)
-                .execute(&mut *tx)
-                .await?;
-                Registered::Again
-            }
-            None => {
-                sqlx::query(
-                    "INSERT INTO devices (uuid, fleet, name, arch, agent_version, key_hash, \
+                    )
+                    .bind(d.name)
+                    .bind(d.arch)
+                    .bind(d.agent_version)
+                    .bind(d.key_hash)
+                    .bind(at)
+                    .bind(d.uuid)
+                    .execute(&mut *tx)
+                    .await?;
+                    Registered::Again
+                }
+                None => {
+                    sqlx::query(
+                        "INSERT INTO devices (uuid, fleet, name, arch, agent_version, key_hash, \
                      created_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                )
-                .bind(d.uuid)
-                .bind(d.fleet)
-                .bind(d.name.unwrap_or(d.uuid))
-                .bind(d.arch)
-                .bind(d.agent_version)
-                .bind(d.key_hash)
-                .bind(at)
-                .bind(at)
-                .execute(&mut *tx)
-                .await?;
-                Registered::New
-            }
-        };
-        tx.commit().await?;
-        Ok(registered)
+                    )
+                    .bind(d.uuid)
+                    .bind(d.fleet)
+                    .bind(d.name.unwrap_or(d.uuid))
+                    .bind(d.arch)
+                    .bind(d.agent_version)
+                    .bind(d.key_hash)
+                    .bind(at)
+                    .bind(at)
+                    .execute(&mut *tx)
+                    .await?;
+                    Registered::New
+                }
+            };
+            Ok(End::Commit(registered))
+        })
+        .await
     }
 
     /// The devices whose keys have these hashes, each with the hash and
@@ -835,23 +868,25 @@ impl Db {
         for (uuid, at) in seen {
             by_time.entry(*at).or_default().push(uuid);
         }
-        let mut tx = self.begin().await?;
-        for (at, uuids) in by_time {
-            for chunk in uuids.chunks(SEEN_BATCH) {
-                let list: Vec<String> = (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
-                let sql = format!(
-                    "UPDATE devices SET last_seen = $1 WHERE last_seen < $1 AND uuid IN ({})",
-                    list.join(", ")
-                );
-                let mut q = sqlx::query(&sql).bind(at);
-                for uuid in chunk {
-                    q = q.bind(*uuid);
+        self.write(async |tx| {
+            for (at, uuids) in by_time {
+                for chunk in uuids.chunks(SEEN_BATCH) {
+                    let list: Vec<String> =
+                        (0..chunk.len()).map(|i| format!("${}", i + 2)).collect();
+                    let sql = format!(
+                        "UPDATE devices SET last_seen = $1 WHERE last_seen < $1 AND uuid IN ({})",
+                        list.join(", ")
+                    );
+                    let mut q = sqlx::query(&sql).bind(at);
+                    for uuid in chunk {
+                        q = q.bind(*uuid);
+                    }
+                    q.execute(&mut *tx).await?;
                 }
-                q.execute(&mut *tx).await?;
             }
-        }
-        tx.commit().await?;
-        Ok(())
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     // --- releases and pins ---
@@ -869,7 +904,21 @@ impl Db {
         let mut attempt = 0;
         loop {
             attempt += 1;
-            let mut tx = self.begin().await?;
+            match self.try_create_release(fleet, id, version, services).await {
+                Err(DbError::Query(e)) if is_unique_violation(&e) && attempt < 5 => continue,
+                other => return other,
+            }
+        }
+    }
+
+    async fn try_create_release(
+        &self,
+        fleet: &str,
+        id: &str,
+        version: &str,
+        services: &str,
+    ) -> Result<NewRelease, DbError> {
+        self.write(async |tx| {
             let taken = sqlx::query("SELECT id FROM releases WHERE fleet = $1 AND version = $2")
                 .bind(fleet)
                 .bind(version)
@@ -877,8 +926,7 @@ impl Db {
                 .await?
                 .is_some();
             if taken {
-                tx.rollback().await?;
-                return Ok(NewRelease::VersionTaken);
+                return Ok(End::Rollback(NewRelease::VersionTaken));
             }
             let seq: i64 = sqlx::query(
                 "SELECT COALESCE(MAX(seq), 0) + 1 AS next FROM releases WHERE fleet = $1",
@@ -895,7 +943,7 @@ impl Db {
                 services: services.to_owned(),
                 created_at: now(),
             };
-            let inserted = sqlx::query(
+            sqlx::query(
                 "INSERT INTO releases (id, fleet, seq, version, services, created_at) \
                  VALUES ($1, $2, $3, $4, $5, $6)",
             )
@@ -906,16 +954,10 @@ impl Db {
             .bind(&row.services)
             .bind(row.created_at)
             .execute(&mut *tx)
-            .await;
-            match inserted {
-                Ok(_) => {
-                    tx.commit().await?;
-                    return Ok(NewRelease::Created(row));
-                }
-                Err(e) if is_unique_violation(&e) && attempt < 5 => continue,
-                Err(e) => return Err(e.into()),
-            }
-        }
+            .await?;
+            Ok(End::Commit(NewRelease::Created(row)))
+        })
+        .await
     }
 
     pub async fn releases(&self, fleet: &str) -> Result<Vec<ReleaseRow>, DbError> {
@@ -1121,9 +1163,9 @@ impl Db {
         services: &[ReportedService],
         update: Option<(&str, &str, Option<&str>)>,
     ) -> Result<(), DbError> {
-        let mut tx = self.begin().await?;
-        let at = now();
-        sqlx::query(
+        self.write(async |tx| {
+            let at = now();
+            sqlx::query(
             "UPDATE devices SET last_seen = $1, current_release = COALESCE($2, current_release) \
              WHERE uuid = $3",
         )
@@ -1132,8 +1174,8 @@ impl Db {
         .bind(uuid)
         .execute(&mut *tx)
         .await?;
-        if let Some((state, release, reason)) = update {
-            sqlx::query(
+            if let Some((state, release, reason)) = update {
+                sqlx::query(
                 "UPDATE devices SET update_state = $1, update_release = $2, update_reason = $3, \
                  update_at = $4 WHERE uuid = $5",
             )
@@ -1144,61 +1186,62 @@ impl Db {
             .bind(uuid)
             .execute(&mut *tx)
             .await?;
-        }
-        for ReportedService { service, status } in services {
-            match status {
-                Some(r) => {
-                    sqlx::query(
-                        "INSERT INTO device_services \
+            }
+            for ReportedService { service, status } in services {
+                match status {
+                    Some(r) => {
+                        sqlx::query(
+                            "INSERT INTO device_services \
                          (uuid, service, state, memory, restarts, last_exit, updated_at) \
                          VALUES ($1, $2, $3, $4, $5, $6, $7) \
                          ON CONFLICT (uuid, service) DO UPDATE SET state = excluded.state, \
                          memory = excluded.memory, restarts = excluded.restarts, \
                          last_exit = excluded.last_exit, updated_at = excluded.updated_at",
-                    )
-                    .bind(uuid)
-                    .bind(service)
-                    .bind(&r.state)
-                    .bind(r.memory)
-                    .bind(r.restarts)
-                    .bind(&r.last_exit)
-                    .bind(at)
-                    .execute(&mut *tx)
-                    .await?;
-                    // A sample unless one this recent says the same.
-                    sqlx::query(
-                        "INSERT INTO service_samples (uuid, service, at, memory, restarts) \
+                        )
+                        .bind(uuid)
+                        .bind(service)
+                        .bind(&r.state)
+                        .bind(r.memory)
+                        .bind(r.restarts)
+                        .bind(&r.last_exit)
+                        .bind(at)
+                        .execute(&mut *tx)
+                        .await?;
+                        // A sample unless one this recent says the same.
+                        sqlx::query(
+                            "INSERT INTO service_samples (uuid, service, at, memory, restarts) \
                          SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (\
                          SELECT 1 FROM service_samples WHERE uuid = $1 AND service = $2 \
                          AND at > $6 AND restarts = $5 AND memory IS NOT DISTINCT FROM $4)",
-                    )
-                    .bind(uuid)
-                    .bind(service)
-                    .bind(at)
-                    .bind(r.memory)
-                    .bind(r.restarts)
-                    .bind(at - SAMPLE_EVERY)
-                    .execute(&mut *tx)
-                    .await?;
-                }
-                None => {
-                    sqlx::query("DELETE FROM device_services WHERE uuid = $1 AND service = $2")
+                        )
                         .bind(uuid)
                         .bind(service)
+                        .bind(at)
+                        .bind(r.memory)
+                        .bind(r.restarts)
+                        .bind(at - SAMPLE_EVERY)
                         .execute(&mut *tx)
                         .await?;
+                    }
+                    None => {
+                        sqlx::query("DELETE FROM device_services WHERE uuid = $1 AND service = $2")
+                            .bind(uuid)
+                            .bind(service)
+                            .execute(&mut *tx)
+                            .await?;
+                    }
                 }
             }
-        }
-        if !services.is_empty() {
-            sqlx::query("DELETE FROM service_samples WHERE uuid = $1 AND at < $2")
-                .bind(uuid)
-                .bind(at - KEPT_SAMPLE_AGE)
-                .execute(&mut *tx)
-                .await?;
-        }
-        tx.commit().await?;
-        Ok(())
+            if !services.is_empty() {
+                sqlx::query("DELETE FROM service_samples WHERE uuid = $1 AND at < $2")
+                    .bind(uuid)
+                    .bind(at - KEPT_SAMPLE_AGE)
+                    .execute(&mut *tx)
+                    .await?;
+            }
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     /// Each service's samples since `since` (seconds), oldest first.
@@ -1298,47 +1341,48 @@ impl Db {
         if lines.is_empty() {
             return Ok(());
         }
-        let mut tx = self.begin().await?;
-        let received = now_ms();
-        let count = i64::try_from(lines.len()).unwrap_or(i64::MAX);
-        // Updating the device's row takes its numbers and, on PostgreSQL,
-        // holds the row until this batch commits: another batch of the same
-        // device waits here, so lines become visible in number order.
-        let last: i64 = sqlx::query(
-            "UPDATE devices SET log_seq = log_seq + $1 WHERE uuid = $2 RETURNING log_seq",
-        )
-        .bind(count)
-        .bind(uuid)
-        .fetch_one(&mut *tx)
-        .await?
-        .try_get("log_seq")?;
-        let first = last - count + 1;
-        for (idx, l) in (0_i64..).zip(lines) {
-            sqlx::query(
-                "INSERT INTO device_logs (id, uuid, received_ms, idx, seq, time_ms, service, \
-                 stream, line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+        self.write(async |tx| {
+            let received = now_ms();
+            let count = i64::try_from(lines.len()).unwrap_or(i64::MAX);
+            // Updating the device's row takes its numbers and, on PostgreSQL,
+            // holds the row until this batch commits: another batch of the same
+            // device waits here, so lines become visible in number order.
+            let last: i64 = sqlx::query(
+                "UPDATE devices SET log_seq = log_seq + $1 WHERE uuid = $2 RETURNING log_seq",
             )
-            .bind(uuid::Uuid::new_v4().to_string())
+            .bind(count)
             .bind(uuid)
-            .bind(received)
-            .bind(idx)
-            .bind(first + idx)
-            .bind(l.time_ms)
-            .bind(&l.service)
-            .bind(&l.stream)
-            .bind(&l.line)
-            .execute(&mut *tx)
-            .await?;
-        }
-        // Numbers run without gaps, so the lines beyond the newest
-        // KEPT_LOG_LINES are those numbered at or below the last minus it.
-        sqlx::query("DELETE FROM device_logs WHERE uuid = $1 AND seq <= $2")
-            .bind(uuid)
-            .bind(last - KEPT_LOG_LINES)
-            .execute(&mut *tx)
-            .await?;
-        tx.commit().await?;
-        Ok(())
+            .fetch_one(&mut *tx)
+            .await?
+            .try_get("log_seq")?;
+            let first = last - count + 1;
+            for (idx, l) in (0_i64..).zip(lines) {
+                sqlx::query(
+                    "INSERT INTO device_logs (id, uuid, received_ms, idx, seq, time_ms, service, \
+                 stream, line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                )
+                .bind(uuid::Uuid::new_v4().to_string())
+                .bind(uuid)
+                .bind(received)
+                .bind(idx)
+                .bind(first + idx)
+                .bind(l.time_ms)
+                .bind(&l.service)
+                .bind(&l.stream)
+                .bind(&l.line)
+                .execute(&mut *tx)
+                .await?;
+            }
+            // Numbers run without gaps, so the lines beyond the newest
+            // KEPT_LOG_LINES are those numbered at or below the last minus it.
+            sqlx::query("DELETE FROM device_logs WHERE uuid = $1 AND seq <= $2")
+                .bind(uuid)
+                .bind(last - KEPT_LOG_LINES)
+                .execute(&mut *tx)
+                .await?;
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     /// A device's log lines, oldest first: with `after`, the first `limit`

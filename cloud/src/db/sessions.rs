@@ -2,7 +2,7 @@
 
 use sqlx::Row as _;
 
-use super::{Db, DbError, now};
+use super::{Db, DbError, End, now};
 
 /// A signed-in browser's session as stored: never the session id itself.
 #[derive(Clone, Debug)]
@@ -24,24 +24,25 @@ impl Db {
         expires_at: i64,
     ) -> Result<(), DbError> {
         let at = now();
-        let mut tx = self.begin().await?;
-        sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
+        self.write(async |tx| {
+            sqlx::query("DELETE FROM dashboard_sessions WHERE expires_at <= $1")
+                .bind(at)
+                .execute(&mut *tx)
+                .await?;
+            sqlx::query(
+                "INSERT INTO dashboard_sessions (id_hash, token_id, csrf, created_at, expires_at) \
+             VALUES ($1, $2, $3, $4, $5)",
+            )
+            .bind(id_hash)
+            .bind(token_id)
+            .bind(csrf)
             .bind(at)
+            .bind(expires_at)
             .execute(&mut *tx)
             .await?;
-        sqlx::query(
-            "INSERT INTO dashboard_sessions (id_hash, token_id, csrf, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
-        )
-        .bind(id_hash)
-        .bind(token_id)
-        .bind(csrf)
-        .bind(at)
-        .bind(expires_at)
-        .execute(&mut *tx)
-        .await?;
-        tx.commit().await?;
-        Ok(())
+            Ok(End::Commit(()))
+        })
+        .await
     }
 
     /// The live session with this id hash: not expired, and signed in
