@@ -4,10 +4,8 @@
 //! A connection, with every request on it and every request's instance, stays
 //! on the thread it was handed to; connections are dealt out in turn. On the
 //! shared, work-stealing executor a request's steps (read, instantiate, answer,
-//! free) were passed between its workers with a wake-up each time, and the
-//! workers kept polling for I/O often enough for guests that compute (see
-//! [`crate::executor`]): about a third of the time serving a request. Here a
-//! request's steps run one after another on one thread, and each thread
+//! free) were handed between its workers, with a cross-thread wake-up each
+//! time. Here they run one after another on one thread, and each thread
 //! polls its sockets when it has run out of work.
 //!
 //! The price: a guest that computes for a long time delays the other
