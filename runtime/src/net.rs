@@ -45,7 +45,7 @@ use wasmtime_wasi::p2::bindings::sockets::network::{
 use wasmtime_wasi::p2::bindings::sockets::tcp_create_socket::Host as TcpCreate;
 use wasmtime_wasi::p2::bindings::sockets::udp_create_socket::Host as UdpCreate;
 use wasmtime_wasi::p2::{TcpSocket, UdpSocket};
-use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView};
+use wasmtime_wasi::sockets::{SocketAddrUse, WasiSocketsCtxView, WasiSocketsView};
 
 use crate::logs::{LogBuffer, Stream};
 use crate::program::ComponentState;
@@ -323,22 +323,15 @@ impl NetRun {
     }
 }
 
-/// Store data whose instance's network goes through a [`NetRun`].
-pub(crate) trait NetView: Send + 'static {
+/// Store data whose instance's network goes through a [`NetRun`]. Its
+/// sockets view is wasmtime-wasi's, which every `WasiView` has.
+pub(crate) trait NetView: WasiSocketsView + 'static {
     fn net(&self) -> &NetRun;
-    fn sockets(&mut self) -> WasiSocketsCtxView<'_>;
 }
 
 impl NetView for ComponentState {
     fn net(&self) -> &NetRun {
         &self.net
-    }
-
-    fn sockets(&mut self) -> WasiSocketsCtxView<'_> {
-        WasiSocketsCtxView {
-            ctx: self.ctx.sockets(),
-            table: &mut self.table,
-        }
     }
 }
 

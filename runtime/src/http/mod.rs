@@ -107,13 +107,6 @@ impl crate::net::NetView for ProxyState {
     fn net(&self) -> &NetRun {
         &self.net
     }
-
-    fn sockets(&mut self) -> wasmtime_wasi::sockets::WasiSocketsCtxView<'_> {
-        wasmtime_wasi::sockets::WasiSocketsCtxView {
-            ctx: self.wasi.sockets(),
-            table: &mut self.table,
-        }
-    }
 }
 
 /// The linker proxies are prepared with: WASI 0.2 (name lookups checked
