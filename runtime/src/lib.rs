@@ -25,7 +25,6 @@ mod http;
 pub mod images;
 mod instance;
 mod limits;
-pub use limits::MAX_RESOURCES;
 pub mod local;
 pub mod local_api;
 mod logs;
@@ -46,6 +45,7 @@ pub use engine::{
 pub use http::{
     DRAIN_WAIT, MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, QUEUE_WAIT, REQUEST_TIMEOUT,
 };
+pub use limits::MAX_RESOURCES;
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
 pub use net::{
     DEFAULT_BETWEEN_BYTES_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_FIRST_BYTE_TIMEOUT,
