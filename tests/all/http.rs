@@ -9,7 +9,7 @@ use std::time::{Duration, Instant};
 use kelp_tests::artifacts::HTTP_HELLO;
 
 use crate::kelpd::Device;
-use crate::support::free_port;
+use crate::support::{Watch, free_port, manifest_granting};
 
 /// What curl got: the status (0 when it got no response at all, with curl's
 /// exit code in the body) and the body.
@@ -217,19 +217,10 @@ impl Peer {
 
 /// http-hello with its `kelp.toml`, granted `connect` to `destinations`.
 fn http_hello_granting(dir: &Path, destinations: &[String]) -> PathBuf {
-    let toml = std::fs::read_to_string(
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("../sample-modules/http-hello/kelp.toml"),
-    )
-    .unwrap();
-    let list: Vec<String> = destinations.iter().map(|d| format!("{d:?}")).collect();
-    let toml = toml.replace(
-        "[grants.network]\n",
-        &format!("[grants.network]\nconnect = [{}]\n", list.join(", ")),
-    );
-    let manifest_path = dir.join("granted.toml");
-    std::fs::write(&manifest_path, toml).unwrap();
-    let manifest = kelp_core::read_manifest_file(&manifest_path).unwrap();
+    let manifest = manifest_granting(dir, "http-hello", destinations);
+    let manifest = kelp_core::read_manifest_file(Path::new(&manifest)).unwrap();
     assert_eq!(manifest.grants.network.connect.len(), destinations.len());
+    assert!(manifest.grants.network.serve_http);
     let path = dir.join("granted.wasm");
     let bytes = std::fs::read(HTTP_HELLO).unwrap();
     std::fs::write(&path, kelp_core::embed(&bytes, &manifest).unwrap()).unwrap();
@@ -238,7 +229,7 @@ fn http_hello_granting(dir: &Path, destinations: &[String]) -> PathBuf {
 
 #[test]
 fn a_service_answering_http_reaches_only_what_it_was_granted() {
-    let (peer, other) = (Peer::start(), Peer::start());
+    let (peer, other) = (Peer::start(), Watch::on("127.0.0.1:0"));
     let modules = tempfile::tempdir().unwrap();
     let granted = http_hello_granting(modules.path(), &[format!("127.0.0.1:{}", peer.port)]);
     let s = start(&service("granted", &granted, ""));
@@ -257,7 +248,7 @@ fn a_service_answering_http_reaches_only_what_it_was_granted() {
     }
     // Another port on the same host is not granted: refused before any
     // packet is sent, and noted in the service's log.
-    let (code, page) = fetch(other.port);
+    let (code, page) = fetch(other.port());
     assert_eq!(code, 200, "{page}");
     assert_eq!(
         page,
@@ -266,7 +257,7 @@ fn a_service_answering_http_reaches_only_what_it_was_granted() {
     s.device.wait_until("the refusal to be noted", |d| {
         d.stdout().contains(&format!(
             "granted ! kelp: network `127.0.0.1:{}` refused: not granted",
-            other.port
+            other.port()
         ))
     });
     assert_eq!(other.connections(), 0);

@@ -12,7 +12,7 @@ use kelp_runtime::{
 };
 use kelp_tests::artifacts::{FETCHER, REPORTER, SNEAKY};
 
-use crate::support::{quick_backoff, spec, texts, within};
+use crate::support::{Watch, manifest_granting, quick_backoff, spec, texts, within};
 
 /// A supervisor on a device whose map is `map` (none: no narrowing).
 fn device(map: &str) -> Supervisor {
@@ -76,34 +76,6 @@ async fn run_to_end(
         .unwrap();
     let status = within("the service to finish", svc.wait_final()).await;
     (status.last_exit, texts(svc.logs().drain()))
-}
-
-/// A TCP listener on loopback that counts the connections that reached it.
-struct Watch(TcpListener);
-
-impl Watch {
-    fn on(addr: &str) -> Self {
-        let l = TcpListener::bind(addr).unwrap();
-        l.set_nonblocking(true).unwrap();
-        Watch(l)
-    }
-
-    fn port(&self) -> u16 {
-        self.0.local_addr().unwrap().port()
-    }
-
-    /// Connections the kernel completed, accepted or not. A connect that
-    /// returned before the guest went on has already been queued here.
-    fn connections(&self) -> usize {
-        let mut n = 0;
-        loop {
-            match self.0.accept() {
-                Ok(_) => n += 1,
-                Err(e) if e.kind() == ErrorKind::WouldBlock => return n,
-                Err(e) => panic!("accept: {e}"),
-            }
-        }
-    }
 }
 
 /// A UDP socket on loopback that counts the datagrams that reached it.
@@ -408,40 +380,6 @@ async fn kelp_run_with(args: Vec<String>, env: &[(&str, &str)]) -> std::process:
             .unwrap()
     });
     within("kelp run to finish", run).await.unwrap()
-}
-
-/// A `kelp.toml` like the sample's, granting `connect` instead.
-fn manifest_granting(dir: &std::path::Path, sample: &str, connect: &[String]) -> String {
-    let sample_toml = std::fs::read_to_string(
-        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
-            .join("../sample-modules")
-            .join(sample)
-            .join("kelp.toml"),
-    )
-    .unwrap();
-    let mut manifest: toml::Table = sample_toml.parse().unwrap();
-    let grants = manifest
-        .entry("grants")
-        .or_insert(toml::Value::Table(toml::Table::new()))
-        .as_table_mut()
-        .unwrap();
-    grants.remove("network");
-    if !connect.is_empty() {
-        let mut network = toml::Table::new();
-        network.insert(
-            "connect".into(),
-            toml::Value::Array(
-                connect
-                    .iter()
-                    .map(|c| toml::Value::String(c.clone()))
-                    .collect(),
-            ),
-        );
-        grants.insert("network".into(), toml::Value::Table(network));
-    }
-    let path = dir.join(format!("{sample}-{}.toml", connect.len()));
-    std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
-    path.display().to_string()
 }
 
 #[tokio::test(flavor = "multi_thread")]

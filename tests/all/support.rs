@@ -81,3 +81,67 @@ pub fn free_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// A TCP listener on loopback that counts the connections that reached it.
+pub struct Watch(std::net::TcpListener);
+
+impl Watch {
+    pub fn on(addr: &str) -> Self {
+        let l = std::net::TcpListener::bind(addr).unwrap();
+        l.set_nonblocking(true).unwrap();
+        Watch(l)
+    }
+
+    pub fn port(&self) -> u16 {
+        self.0.local_addr().unwrap().port()
+    }
+
+    /// Connections the kernel completed since the last call, accepted or
+    /// not. A connect that returned before the guest went on has already
+    /// been queued here.
+    pub fn connections(&self) -> usize {
+        let mut n = 0;
+        loop {
+            match self.0.accept() {
+                Ok(_) => n += 1,
+                Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => return n,
+                Err(e) => panic!("accept: {e}"),
+            }
+        }
+    }
+}
+
+/// A `kelp.toml` like the sample's, granting `connect` instead of what it
+/// grants (nothing, for an empty list); the sample's other network grants
+/// stay. Returns the file's path.
+pub fn manifest_granting(dir: &std::path::Path, sample: &str, connect: &[String]) -> String {
+    let sample_toml = std::fs::read_to_string(
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("../sample-modules")
+            .join(sample)
+            .join("kelp.toml"),
+    )
+    .unwrap();
+    let mut manifest: toml::Table = sample_toml.parse().unwrap();
+    let grants = manifest
+        .entry("grants")
+        .or_insert(toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap();
+    let network = grants
+        .entry("network")
+        .or_insert(toml::Value::Table(toml::Table::new()))
+        .as_table_mut()
+        .unwrap();
+    network.remove("connect");
+    if !connect.is_empty() {
+        let list = connect.iter().cloned().map(toml::Value::String).collect();
+        network.insert("connect".into(), toml::Value::Array(list));
+    }
+    if network.is_empty() {
+        grants.remove("network");
+    }
+    let path = dir.join(format!("{sample}-{}.toml", connect.len()));
+    std::fs::write(&path, toml::to_string(&manifest).unwrap()).unwrap();
+    path.display().to_string()
+}
