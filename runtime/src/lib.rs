@@ -145,12 +145,12 @@ impl Runtime {
         })
     }
 
-    /// Which allocator the engine chose.
     /// The publisher keys this runtime trusts.
     pub fn trusted_keys(&self) -> &[kelp_core::PublicKey] {
         self.inner.loader.trusted_keys()
     }
 
+    /// Which allocator the engine chose.
     pub fn allocator(&self) -> Allocator {
         self.inner.engine.allocator
     }
@@ -165,7 +165,9 @@ impl Runtime {
         &self.inner.hardware
     }
 
-    pub(crate) fn engine(&self) -> &wasmtime::Engine {
+    /// The engine services are compiled and run with: for embedding code
+    /// that compiles or instantiates a component with kelpd's settings.
+    pub fn engine(&self) -> &wasmtime::Engine {
         &self.inner.engine.engine
     }
 
