@@ -9,6 +9,12 @@
 //! second and p50 / p99 latency for each server, and kelpd's share of the
 //! native figure (target: at least half).
 //!
+//! A second row takes kelpd's time apart: http-hello's instance alone,
+//! in this process, with kelpd's engine settings and no HTTP or TCP around
+//! it (a store, the request handed in, instantiation, the handler, the store
+//! freed), timed over [`CYCLES`] requests one after another on one thread,
+//! beside the CPU each server's whole request took in the load runs.
+//!
 //! `cargo build --release -p kelp-runtime && cargo bench -p kelp-benches
 //! --bench http` prints one table. `KELP_BENCH_SECONDS=S` (default 10) and
 //! `KELP_BENCH_CONNECTIONS=C` (default 16) change the run.
@@ -26,6 +32,8 @@ use hyper_util::rt::TokioIo;
 mod common;
 use common::{Load, Row, Window};
 
+mod cycle;
+
 /// Set in the environment of this program run again as the native server:
 /// a process of its own, like kelpd, on the same cores.
 const NATIVE_SERVER: &str = "KELP_BENCH_NATIVE_SERVER";
@@ -37,6 +45,9 @@ const WARMUP: Duration = Duration::from_secs(2);
 const PATH: &str = "/hello/bench";
 /// kelpd's throughput as a share of the native server's.
 const TARGET_RATIO: f64 = 0.5;
+/// Requests the in-process instance cycle is timed over, after as many
+/// untimed ones.
+const CYCLES: u32 = 20_000;
 
 fn main() {
     if std::env::var_os(NATIVE_SERVER).is_some() {
@@ -60,30 +71,60 @@ fn main() {
         eprintln!("kelpd: {:.0} requests/s", kelpd.rate());
         (native, kelpd)
     });
+    let cycle = cycle::measure(CYCLES);
     let ratio = kelpd.rate() / native.rate();
     let cores = std::thread::available_parallelism().map_or(0, |n| n.get());
-    common::print_rows(&[Row {
-        what: format!(
-            "`GET {PATH}`, {connections} keep-alive connections, {seconds} s, client and \
-             server sharing {cores} cores: requests/s, p50 / p99"
-        ),
-        kelp: format!(
-            "http-hello in kelpd, fresh instance per request: {:.0}/s, {} / {}; {}",
-            kelpd.rate(),
-            ms(kelpd.p(0.5)),
-            ms(kelpd.p(0.99)),
-            kelpd.cpu()
-        ),
-        baseline: format!(
-            "native axum hello: {:.0}/s, {} / {}; {}",
-            native.rate(),
-            ms(native.p(0.5)),
-            ms(native.p(0.99)),
-            native.cpu()
-        ),
-        target: format!("kelpd ≥ {TARGET_RATIO} × native; got {ratio:.2}"),
-        met: Some(ratio >= TARGET_RATIO),
-    }]);
+    let cpu_per_request = |l: &Load| us(l.server_cores / l.rate());
+    common::print_rows(&[
+        Row {
+            what: format!(
+                "`GET {PATH}`, {connections} keep-alive connections, {seconds} s, client and \
+                 server sharing {cores} cores: requests/s, p50 / p99"
+            ),
+            kelp: format!(
+                "http-hello in kelpd, fresh instance per request: {:.0}/s, {} / {}; {}",
+                kelpd.rate(),
+                ms(kelpd.p(0.5)),
+                ms(kelpd.p(0.99)),
+                kelpd.cpu()
+            ),
+            baseline: format!(
+                "native axum hello: {:.0}/s, {} / {}; {}",
+                native.rate(),
+                ms(native.p(0.5)),
+                ms(native.p(0.99)),
+                native.cpu()
+            ),
+            target: format!("kelpd ≥ {TARGET_RATIO} × native; got {ratio:.2}"),
+            met: Some(ratio >= TARGET_RATIO),
+        },
+        Row {
+            what: format!(
+                "where kelpd's time goes: http-hello's instance alone, in process, one thread, \
+                 {CYCLES} requests: instantiate + handler + free, per request"
+            ),
+            kelp: format!(
+                "{} ({} + {} + {}; store and request {}); kelpd's whole request: {} of CPU",
+                us(cycle.total().as_secs_f64()),
+                us(cycle.instantiate.as_secs_f64()),
+                us(cycle.handler.as_secs_f64()),
+                us(cycle.free.as_secs_f64()),
+                us(cycle.setup.as_secs_f64()),
+                cpu_per_request(&kelpd),
+            ),
+            baseline: format!(
+                "native axum's whole request: {} of CPU",
+                cpu_per_request(&native)
+            ),
+            target: "—".into(),
+            met: None,
+        },
+    ]);
+}
+
+/// Seconds as microseconds, for a table cell.
+fn us(seconds: f64) -> String {
+    format!("{:.1} µs", seconds * 1e6)
 }
 
 fn env_or(name: &str, default: usize) -> usize {
