@@ -172,6 +172,11 @@ pub(crate) struct Loader {
     proxy_linker: ComponentLinker<crate::http::ProxyState>,
     module_linker: Linker<ModuleState>,
     loaded: Mutex<HashMap<Digest, std::sync::Weak<Program>>>,
+    /// One turn per digest being loaded. Loads of the same bytes at once (a
+    /// device's services of one module, started together at boot) take
+    /// turns: the first compiles or reads the cache, the others find its
+    /// program in `loaded`, rather than each making and keeping a copy.
+    loading: Mutex<HashMap<Digest, Arc<tokio::sync::Mutex<()>>>>,
     counters: Counters,
     trusted_keys: Vec<kelp_core::PublicKey>,
 }
@@ -199,6 +204,7 @@ impl Loader {
             proxy_linker,
             module_linker,
             loaded: Mutex::default(),
+            loading: Mutex::default(),
             counters: Counters::default(),
             trusted_keys,
         })
@@ -236,6 +242,38 @@ impl Loader {
             self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
             return Ok(program);
         }
+        let turn = lock(&self.loading).entry(digest).or_default().clone();
+        let loaded = {
+            let _turn = turn.lock().await;
+            match self.lookup(&digest) {
+                Some(program) => {
+                    self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
+                    Ok(program)
+                }
+                None => self.load_new(name, kind, digest, bytes).await,
+            }
+        };
+        let mut loading = lock(&self.loading);
+        // Nobody else holds this turn (the map's and ours are the only
+        // references, and new ones are made only under this lock).
+        if loading
+            .get(&digest)
+            .is_some_and(|t| Arc::ptr_eq(t, &turn) && Arc::strong_count(&turn) == 2)
+        {
+            loading.remove(&digest);
+        }
+        loaded
+    }
+
+    /// Verifies, compiles (or takes from the cache) and links bytes no
+    /// program in memory has.
+    async fn load_new(
+        self: &Arc<Self>,
+        name: &str,
+        kind: ProgramKind,
+        digest: Digest,
+        bytes: Vec<u8>,
+    ) -> Result<Arc<Program>, LoadError> {
         // A verified file's manifest comes with the verification (checked
         // against the file's kind); an unchecked file's is read as it is.
         let manifest = if self.trusted_keys.is_empty() {

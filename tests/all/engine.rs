@@ -275,6 +275,55 @@ async fn a_second_start_loads_compiled_code_from_the_cache() {
 }
 
 #[tokio::test(flavor = "multi_thread")]
+async fn services_of_one_module_starting_together_share_one_program() {
+    // Ten services naming one file start at once, as at boot: the first
+    // load compiles, the others wait for it and share its code.
+    let cache = tempfile::tempdir().unwrap();
+    let rt = cached_runtime(cache.path());
+    let loads: Vec<_> = (0..10)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.load_file(IDLE.as_ref()).await.unwrap() })
+        })
+        .collect();
+    let mut programs = Vec::new();
+    for load in loads {
+        programs.push(load.await.unwrap());
+    }
+    let stats = rt.load_stats();
+    assert_eq!(
+        (stats.compiled, stats.cache_hits, stats.memory_hits),
+        (1, 0, 9),
+        "{stats:?}"
+    );
+    assert!(
+        programs
+            .iter()
+            .all(|p| std::sync::Arc::ptr_eq(p, &programs[0])),
+        "one program in memory, not one per service"
+    );
+
+    // The same on a later boot, from the disk cache.
+    drop(programs);
+    let rt = cached_runtime(cache.path());
+    let loads: Vec<_> = (0..10)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.load_file(IDLE.as_ref()).await.unwrap() })
+        })
+        .collect();
+    for load in loads {
+        load.await.unwrap();
+    }
+    let stats = rt.load_stats();
+    assert_eq!(
+        (stats.compiled, stats.cache_hits, stats.memory_hits),
+        (0, 1, 9),
+        "{stats:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
 async fn a_corrupt_cache_file_is_discarded_and_recompiled() {
     let cache = tempfile::tempdir().unwrap();
     cached_runtime(cache.path())
