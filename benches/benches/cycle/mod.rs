@@ -3,10 +3,11 @@
 //!
 //! The engine is kelpd's (a [`kelp_runtime::Runtime`] with its default
 //! settings: the pooling allocator, its memory resets and epoch
-//! interruption); the linker offers WASI and `wasi:http` as kelpd's does,
-//! without its network grants and memory limiter, which cost nothing until
-//! a guest uses them. Requests run one after another on a current-thread
-//! executor, as on one of kelpd's serving threads.
+//! interruption); the linker offers WASI and `wasi:http` as kelpd's does.
+//! The store leaves out what kelpd adds to it (the memory limiter, the
+//! network grants, the log streams, the service's environment), so this is
+//! the instance's cost without them. Requests run one after another on a
+//! current-thread executor, as on one of kelpd's serving threads.
 
 use std::time::{Duration, Instant};
 
