@@ -236,15 +236,11 @@ impl Loader {
     ) -> Result<Arc<Program>, LoadError> {
         let kind = sniff(name, &bytes)?;
         let digest = Digest::from_bytes(Sha256::digest(&bytes).into());
-        // A program in memory was checked when it was loaded: the same bytes
-        // under the same keys verify the same way.
-        if let Some(program) = self.lookup(&digest) {
-            self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
-            return Ok(program);
-        }
         let turn = lock(&self.loading).entry(digest).or_default().clone();
         let loaded = {
             let _turn = turn.lock().await;
+            // A program in memory was checked when it was loaded: the same
+            // bytes under the same keys verify the same way.
             match self.lookup(&digest) {
                 Some(program) => {
                     self.counters.memory_hits.fetch_add(1, Ordering::Relaxed);
