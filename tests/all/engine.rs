@@ -280,16 +280,7 @@ async fn services_of_one_module_starting_together_share_one_program() {
     // load compiles, the others wait for it and share its code.
     let cache = tempfile::tempdir().unwrap();
     let rt = cached_runtime(cache.path());
-    let loads: Vec<_> = (0..10)
-        .map(|_| {
-            let rt = rt.clone();
-            tokio::spawn(async move { rt.load_file(IDLE.as_ref()).await.unwrap() })
-        })
-        .collect();
-    let mut programs = Vec::new();
-    for load in loads {
-        programs.push(load.await.unwrap());
-    }
+    let programs = load_at_once(&rt, 10).await;
     let stats = rt.load_stats();
     assert_eq!(
         (stats.compiled, stats.cache_hits, stats.memory_hits),
@@ -306,21 +297,28 @@ async fn services_of_one_module_starting_together_share_one_program() {
     // The same on a later boot, from the disk cache.
     drop(programs);
     let rt = cached_runtime(cache.path());
-    let loads: Vec<_> = (0..10)
-        .map(|_| {
-            let rt = rt.clone();
-            tokio::spawn(async move { rt.load_file(IDLE.as_ref()).await.unwrap() })
-        })
-        .collect();
-    for load in loads {
-        load.await.unwrap();
-    }
+    load_at_once(&rt, 10).await;
     let stats = rt.load_stats();
     assert_eq!(
         (stats.compiled, stats.cache_hits, stats.memory_hits),
         (0, 1, 9),
         "{stats:?}"
     );
+}
+
+/// `idle` loaded `n` times at once, as `n` services of it start together.
+async fn load_at_once(rt: &Runtime, n: usize) -> Vec<std::sync::Arc<kelp_runtime::Program>> {
+    let loads: Vec<_> = (0..n)
+        .map(|_| {
+            let rt = rt.clone();
+            tokio::spawn(async move { rt.load_file(IDLE.as_ref()).await.unwrap() })
+        })
+        .collect();
+    let mut programs = Vec::new();
+    for load in loads {
+        programs.push(load.await.unwrap());
+    }
+    programs
 }
 
 #[tokio::test(flavor = "multi_thread")]
