@@ -82,19 +82,10 @@ fn main() {
                  server sharing {cores} cores: requests/s, p50 / p99"
             ),
             kelp: format!(
-                "http-hello in kelpd, fresh instance per request: {:.0}/s, {} / {}; {}",
-                kelpd.rate(),
-                ms(kelpd.p(0.5)),
-                ms(kelpd.p(0.99)),
-                kelpd.cpu()
+                "http-hello in kelpd, fresh instance per request: {}",
+                summary(&kelpd)
             ),
-            baseline: format!(
-                "native axum hello: {:.0}/s, {} / {}; {}",
-                native.rate(),
-                ms(native.p(0.5)),
-                ms(native.p(0.99)),
-                native.cpu()
-            ),
+            baseline: format!("native axum hello: {}", summary(&native)),
             target: format!("kelpd ≥ {TARGET_RATIO} × native; got {ratio:.2}"),
             met: Some(ratio >= TARGET_RATIO),
         },
@@ -120,6 +111,17 @@ fn main() {
             met: None,
         },
     ]);
+}
+
+/// A load run in a cell: rate, p50 / p99, and the cores it kept busy.
+fn summary(load: &Load) -> String {
+    format!(
+        "{:.0}/s, {} / {}; {}",
+        load.rate(),
+        ms(load.p(0.5)),
+        ms(load.p(0.99)),
+        load.cpu()
+    )
 }
 
 /// Seconds as microseconds, for a table cell.
