@@ -754,7 +754,7 @@ impl Db {
                     }
                     sqlx::query(
                         "UPDATE devices SET name = COALESCE($1, name), arch = $2, \
-                     agent_version = $3, key_hash = $4, last_seen = $5 WHERE uuid = $6",
+                         agent_version = $3, key_hash = $4, last_seen = $5 WHERE uuid = $6",
                     )
                     .bind(d.name)
                     .bind(d.arch)
@@ -769,7 +769,7 @@ impl Db {
                 None => {
                     sqlx::query(
                         "INSERT INTO devices (uuid, fleet, name, arch, agent_version, key_hash, \
-                     created_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
+                         created_at, last_seen) VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
                     )
                     .bind(d.uuid)
                     .bind(d.fleet)
@@ -1192,11 +1192,11 @@ impl Db {
                     Some(r) => {
                         sqlx::query(
                             "INSERT INTO device_services \
-                         (uuid, service, state, memory, restarts, last_exit, updated_at) \
-                         VALUES ($1, $2, $3, $4, $5, $6, $7) \
-                         ON CONFLICT (uuid, service) DO UPDATE SET state = excluded.state, \
-                         memory = excluded.memory, restarts = excluded.restarts, \
-                         last_exit = excluded.last_exit, updated_at = excluded.updated_at",
+                             (uuid, service, state, memory, restarts, last_exit, updated_at) \
+                             VALUES ($1, $2, $3, $4, $5, $6, $7) \
+                             ON CONFLICT (uuid, service) DO UPDATE SET state = excluded.state, \
+                             memory = excluded.memory, restarts = excluded.restarts, \
+                             last_exit = excluded.last_exit, updated_at = excluded.updated_at",
                         )
                         .bind(uuid)
                         .bind(service)
@@ -1210,9 +1210,9 @@ impl Db {
                         // A sample unless one this recent says the same.
                         sqlx::query(
                             "INSERT INTO service_samples (uuid, service, at, memory, restarts) \
-                         SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (\
-                         SELECT 1 FROM service_samples WHERE uuid = $1 AND service = $2 \
-                         AND at > $6 AND restarts = $5 AND memory IS NOT DISTINCT FROM $4)",
+                             SELECT $1, $2, $3, $4, $5 WHERE NOT EXISTS (\
+                             SELECT 1 FROM service_samples WHERE uuid = $1 AND service = $2 \
+                             AND at > $6 AND restarts = $5 AND memory IS NOT DISTINCT FROM $4)",
                         )
                         .bind(uuid)
                         .bind(service)
@@ -1359,7 +1359,7 @@ impl Db {
             for (idx, l) in (0_i64..).zip(lines) {
                 sqlx::query(
                     "INSERT INTO device_logs (id, uuid, received_ms, idx, seq, time_ms, service, \
-                 stream, line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
+                     stream, line) VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9)",
                 )
                 .bind(uuid::Uuid::new_v4().to_string())
                 .bind(uuid)

@@ -31,7 +31,7 @@ impl Db {
                 .await?;
             sqlx::query(
                 "INSERT INTO dashboard_sessions (id_hash, token_id, csrf, created_at, expires_at) \
-             VALUES ($1, $2, $3, $4, $5)",
+                 VALUES ($1, $2, $3, $4, $5)",
             )
             .bind(id_hash)
             .bind(token_id)
