@@ -4,18 +4,15 @@
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 
 use kelp_core::{GpioMode, Grants};
 
 use crate::backend::{GpioBackend, I2cBackend};
 use crate::linux::{LinuxGpio, LinuxI2c};
+use crate::locks::{lock, read, write};
 use crate::map::{GpioBinding, HardwareMap, LineId};
 use crate::sim::Simulator;
-
-pub(crate) fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
-    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-}
 
 /// Which backend a device uses.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -113,10 +110,7 @@ impl Hardware {
 
     /// The map services starting now are granted by.
     pub fn map(&self) -> Arc<HardwareMap> {
-        self.map
-            .read()
-            .unwrap_or_else(std::sync::PoisonError::into_inner)
-            .clone()
+        read(&self.map).clone()
     }
 
     /// Grants services started from now on by `map`. Those running keep
@@ -127,10 +121,7 @@ impl Hardware {
         if let Some(sim) = &self.simulator {
             sim.extend(&map);
         }
-        *self
-            .map
-            .write()
-            .unwrap_or_else(std::sync::PoisonError::into_inner) = Arc::new(map);
+        *write(&self.map) = Arc::new(map);
     }
 
     pub fn simulator(&self) -> Option<&Arc<Simulator>> {

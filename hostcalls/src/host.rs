@@ -561,7 +561,7 @@ impl i2c::i2c::Host for HardwareCtxView<'_> {}
 
 type I2cResult<T> = wasmtime::Result<Result<T, ErrorCode>>;
 
-fn i2c_error(e: I2cError) -> ErrorCode {
+pub(crate) fn i2c_error(e: I2cError) -> ErrorCode {
     match e {
         I2cError::NoAckAddress => ErrorCode::NoAcknowledge(NoAcknowledgeSource::Address),
         I2cError::NoAckData => ErrorCode::NoAcknowledge(NoAcknowledgeSource::Data),

@@ -21,6 +21,7 @@ mod backend;
 mod device;
 mod host;
 pub mod linux;
+mod locks;
 use kelp_core::hardware_map as map;
 pub mod sim;
 

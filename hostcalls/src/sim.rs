@@ -14,7 +14,7 @@ use crate::backend::{
     Bias, GpioBackend, GpioLine, HwError, I2cBackend, I2cBus, I2cError, I2cOp, LineEvents,
     LineRequest,
 };
-use crate::device::lock;
+use crate::locks::{lock, read, write};
 use crate::map::{HardwareMap, LineId, SimDeviceKind};
 
 /// Level changes a simulated line remembers, oldest dropped first.
@@ -163,16 +163,6 @@ fn parse_address(text: &str) -> Option<u16> {
 
 struct SimGpio {
     lines: RwLock<HashMap<LineId, Arc<SimLine>>>,
-}
-
-/// Every change under these locks is one insert: a poisoned map is still a
-/// whole map.
-fn read<T>(l: &RwLock<T>) -> std::sync::RwLockReadGuard<'_, T> {
-    l.read().unwrap_or_else(std::sync::PoisonError::into_inner)
-}
-
-fn write<T>(l: &RwLock<T>) -> std::sync::RwLockWriteGuard<'_, T> {
-    l.write().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 impl GpioBackend for SimGpio {
