@@ -3,7 +3,7 @@
 //!
 //! ```toml
 //! [gpio.led]
-//! chip = "gpiochip0"          # or a path under /dev
+//! chip = "gpiochip0"          # or a path under /dev, or the chip's label
 //! line = 17
 //! modes = ["output"]          # optional; narrows what services may do
 //! safe = "low"                # level the line returns to when its holder stops
@@ -251,7 +251,7 @@ impl HardwareMap {
             check_label("gpio", &label)?;
             let line = LineId {
                 chip: chip_path(&entry.chip)
-                    .ok_or_else(|| format!("gpio.{label}: `{}` is not a GPIO chip: use a name like `gpiochip0` or a path under /dev", entry.chip))?,
+                    .ok_or_else(|| format!("gpio.{label}: `{}` is not a GPIO chip: use a name like `gpiochip0`, a path under /dev or the chip's label", entry.chip))?,
                 line: entry.line,
             };
             if let Some(other) = lines.insert(line.clone(), label.clone()) {
@@ -423,7 +423,8 @@ fn check_http_path(service: &str, path: &str) -> Result<String, String> {
     }
 }
 
-/// `gpiochip0` → `/dev/gpiochip0`; a path under `/dev` is kept.
+/// `gpiochip0` → `/dev/gpiochip0`; a path under `/dev` is kept; a chip's
+/// label stays as it is.
 fn chip_path(chip: &str) -> Option<PathBuf> {
     let path = Path::new(chip);
     if path.is_absolute() {
@@ -433,11 +434,25 @@ fn chip_path(chip: &str) -> Option<PathBuf> {
                 .any(|c| c == std::path::Component::ParentDir);
         return normal.then(|| path.to_owned());
     }
-    let ok = chip.starts_with("gpiochip")
+    let name = chip.starts_with("gpiochip")
         && chip.len() > 8
         && chip[8..].bytes().all(|b| b.is_ascii_digit());
-    ok.then(|| Path::new("/dev").join(chip))
+    if name {
+        return Some(Path::new("/dev").join(chip));
+    }
+    // A label as the kernel reports it (`gpio-sim.0-node0`,
+    // `pinctrl-bcm2711`): kept relative, the backend looks it up. Never a
+    // path: no `/`, and not `.` or `..`.
+    let label = (1..=MAX_CHIP_LABEL).contains(&chip.len())
+        && chip.bytes().all(|b| b.is_ascii_graphic() && b != b'/')
+        && chip != "."
+        && chip != "..";
+    label.then(|| PathBuf::from(chip))
 }
+
+/// Longest GPIO chip label the kernel reports (`GPIO_MAX_NAME_SIZE` is 32
+/// bytes with the terminating NUL).
+const MAX_CHIP_LABEL: usize = 31;
 
 #[cfg(test)]
 mod tests {
@@ -479,6 +494,18 @@ mod tests {
         assert_eq!(map.i2c["sensors"].addresses, Some(BTreeSet::from([0x48])));
         assert_eq!(map.sim_devices[0].device, SimDeviceKind::Tmp102);
         assert_eq!(map.sim_devices[0].temperature, Some(21.5));
+    }
+
+    #[test]
+    fn a_chip_may_be_named_by_its_label() {
+        let map =
+            HardwareMap::parse("[gpio.led]\nchip = \"gpio-sim.0-node0\"\nline = 0\n").unwrap();
+        assert_eq!(map.gpio["led"].line.chip, Path::new("gpio-sim.0-node0"));
+        for bad in ["..", "a b", "x/y", &"l".repeat(32)] {
+            let text = format!("[gpio.led]\nchip = {bad:?}\nline = 0\n");
+            let err = HardwareMap::parse(&text).unwrap_err().to_string();
+            assert!(err.contains("is not a GPIO chip"), "{bad}: {err}");
+        }
     }
 
     #[test]

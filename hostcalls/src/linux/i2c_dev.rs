@@ -153,7 +153,7 @@ impl I2cDev for KernelDev {
                 &mut funcs as *mut libc::c_ulong,
             )
         })?;
-        Ok(u64::from(funcs))
+        Ok(funcs)
     }
 
     fn rdwr(&mut self, address: u16, ops: &mut [I2cOp<'_>]) -> Result<(), Errno> {

@@ -146,7 +146,7 @@ pub(super) fn plan(ops: &[I2cOp<'_>], funcs: u64) -> Result<Transfer, String> {
     let candidates: Vec<Transfer> = match ops {
         [] => return Err("an empty transaction has nothing to send".into()),
         [Write([])] => vec![Transfer::QuickWrite],
-        [Read(buf)] if buf.is_empty() => vec![Transfer::QuickRead],
+        [Read([])] => vec![Transfer::QuickRead],
         [Write([byte])] => vec![Transfer::SendByte(*byte)],
         [Read(buf)] if buf.len() == 1 => vec![Transfer::ReceiveByte],
         [Read(buf)] => {
