@@ -11,9 +11,10 @@ use kelp_core::{ByteSize, Digest, ExitReason, RestartPolicy, ServiceState, Servi
 use tokio::sync::watch;
 
 use crate::Runtime;
-use crate::instance::{self, InstanceIo};
+use crate::instance;
 use crate::limits::MemoryMeter;
 use crate::logs::{LogBuffer, StopSignal, Stream};
+use crate::store::InstanceIo;
 
 /// Memory a service may use unless its spec says otherwise.
 pub const DEFAULT_MEMORY_LIMIT: ByteSize = ByteSize::mib(64);
@@ -228,9 +229,19 @@ pub(crate) async fn supervise(
     // A service that answers HTTP but is not to be served here is not
     // started at all: no restart would change that (a new map or grant is a
     // new start).
-    let loaded = match runtime.load_file(&spec.module).await {
+    // A stop that comes while the module is still loading (compiling can
+    // take seconds on a small board) starts nothing.
+    let load = tokio::select! {
+        load = runtime.load_file(&spec.module) => load,
+        () = stopped(&mut stop) => {
+            tracing::info!(service = %spec.name, "stopped while loading: not run");
+            shared.update(|s| s.state = ServiceState::Stopped);
+            return;
+        }
+    };
+    let loaded = match load {
         Ok(p) => {
-            match crate::http::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
+            match crate::serve::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
                 Some(why) => Err(why),
                 None => Ok(p),
             }
@@ -262,7 +273,7 @@ pub(crate) async fn supervise(
         });
         tracing::info!(service = %spec.name, %digest, "started");
 
-        let (stdin_tx, stdin) = StopSignal::new();
+        let (stop_tx, stop_signal) = StopSignal::new();
         let started = Instant::now();
         let run = instance::run(
             runtime.engine(),
@@ -277,7 +288,7 @@ pub(crate) async fn supervise(
                 memory_limit: spec.memory_limit,
                 logs: &shared.logs,
                 meter: &shared.meter,
-                stdin,
+                stop: stop_signal,
             },
         );
         tokio::pin!(run);
@@ -290,7 +301,7 @@ pub(crate) async fn supervise(
                 () = stopped(&mut stop) => {
                     stopping = true;
                     shared.update(|s| s.state = ServiceState::Stopping);
-                    let _ = stdin_tx.send(true);
+                    let _ = stop_tx.send(true);
                     match tokio::time::timeout(spec.stop_grace, &mut run).await {
                         Ok(exit) => exit,
                         Err(_) => ExitReason::Killed,
