@@ -275,19 +275,11 @@ async fn a_service_that_listens_for_the_stop_ends_at_once_and_one_that_ignores_i
     let started = std::time::Instant::now();
     let status = within("stop", sup.stop("graceful")).await.unwrap();
     let took = started.elapsed();
-    assert_eq!(
-        status.last_exit,
-        Some(ExitReason::Exited { code: 0 }),
-        "{status:?}"
-    );
-    assert!(
-        took < Duration::from_secs(1),
-        "stopped after {took:?}: {status:?}"
-    );
+    assert_eq!(status.last_exit, Some(ExitReason::Exited { code: 0 }), "{status:?}");
+    assert!(took < Duration::from_secs(1), "stopped after {took:?}: {status:?}");
     let said = texts(graceful.logs().drain());
     assert!(
-        said.iter()
-            .any(|l| l.starts_with("graceful: asked to stop after")),
+        said.iter().any(|l| l.starts_with("graceful: asked to stop after")),
         "{said:?}"
     );
 
@@ -296,10 +288,7 @@ async fn a_service_that_listens_for_the_stop_ends_at_once_and_one_that_ignores_i
     let status = within("stop", sup.stop("idle")).await.unwrap();
     let took = started.elapsed();
     assert_eq!(status.last_exit, Some(ExitReason::Killed), "{status:?}");
-    assert!(
-        took >= grace - Duration::from_millis(5),
-        "stopped after {took:?}"
-    );
+    assert!(took >= grace - Duration::from_millis(5), "stopped after {took:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]
