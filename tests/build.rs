@@ -23,7 +23,6 @@ const COMPONENTS: &[&str] = &[
     "fetcher",
     "reporter",
     "http-hello",
-    "graceful",
 ];
 
 /// Services built as WASI preview 1 core modules.
@@ -42,7 +41,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(name).display());
     }
     // The hardware samples build against the SDK and its WIT.
-    for dir in ["sdk", "hostcalls/wit", "runtime/wit"] {
+    for dir in ["sdk", "hostcalls/wit"] {
         println!(
             "cargo:rerun-if-changed={}",
             root.with_file_name(dir).display()

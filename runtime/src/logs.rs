@@ -305,7 +305,7 @@ impl StopSignal {
         (tx, StopSignal { rx })
     }
 
-    pub(crate) fn stopping(&self) -> bool {
+    fn stopping(&self) -> bool {
         *self.rx.borrow()
     }
 }

@@ -11,10 +11,9 @@ use kelp_core::{ByteSize, Digest, ExitReason, RestartPolicy, ServiceState, Servi
 use tokio::sync::watch;
 
 use crate::Runtime;
-use crate::instance;
+use crate::instance::{self, InstanceIo};
 use crate::limits::MemoryMeter;
 use crate::logs::{LogBuffer, StopSignal, Stream};
-use crate::store::InstanceIo;
 
 /// Memory a service may use unless its spec says otherwise.
 pub const DEFAULT_MEMORY_LIMIT: ByteSize = ByteSize::mib(64);
@@ -229,19 +228,9 @@ pub(crate) async fn supervise(
     // A service that answers HTTP but is not to be served here is not
     // started at all: no restart would change that (a new map or grant is a
     // new start).
-    // A stop that comes while the module is still loading (compiling can
-    // take seconds on a small board) starts nothing.
-    let load = tokio::select! {
-        load = runtime.load_file(&spec.module) => load,
-        () = stopped(&mut stop) => {
-            tracing::info!(service = %spec.name, "stopped while loading: not run");
-            shared.update(|s| s.state = ServiceState::Stopped);
-            return;
-        }
-    };
-    let loaded = match load {
+    let loaded = match runtime.load_file(&spec.module).await {
         Ok(p) => {
-            match crate::serve::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
+            match crate::http::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
                 Some(why) => Err(why),
                 None => Ok(p),
             }
@@ -273,7 +262,7 @@ pub(crate) async fn supervise(
         });
         tracing::info!(service = %spec.name, %digest, "started");
 
-        let (stop_tx, stop_signal) = StopSignal::new();
+        let (stdin_tx, stdin) = StopSignal::new();
         let started = Instant::now();
         let run = instance::run(
             runtime.engine(),
@@ -288,7 +277,7 @@ pub(crate) async fn supervise(
                 memory_limit: spec.memory_limit,
                 logs: &shared.logs,
                 meter: &shared.meter,
-                stop: stop_signal,
+                stdin,
             },
         );
         tokio::pin!(run);
@@ -301,7 +290,7 @@ pub(crate) async fn supervise(
                 () = stopped(&mut stop) => {
                     stopping = true;
                     shared.update(|s| s.state = ServiceState::Stopping);
-                    let _ = stop_tx.send(true);
+                    let _ = stdin_tx.send(true);
                     match tokio::time::timeout(spec.stop_grace, &mut run).await {
                         Ok(exit) => exit,
                         Err(_) => ExitReason::Killed,
