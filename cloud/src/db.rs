@@ -792,7 +792,7 @@ impl Db {
     /// The devices whose keys have these hashes, each with the hash and
     /// its fleet's change count: a device's poll needs nothing else from
     /// the database while the count says its fleet's targets are
-    /// unchanged. `crate::keys` gathers many requests' hashes into one call.
+    /// unchanged. The keys module gathers many requests' hashes into one call.
     pub async fn devices_by_key_hashes(
         &self,
         hashes: &[&str],

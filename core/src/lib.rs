@@ -25,6 +25,7 @@ mod manifest;
 pub mod network;
 #[cfg(feature = "openapi")]
 pub mod openapi;
+mod sections;
 mod signature;
 mod size;
 mod status;

@@ -41,8 +41,7 @@ use crate::manifest::{ManifestError, extract_from};
 use crate::wasm::{WasmFile, custom_section, read_u32, write_u32};
 use crate::{Digest, Manifest, WasmError, WasmKind};
 
-/// Name of the custom section that holds the signatures.
-pub const SIGNATURE_SECTION: &str = "signature";
+pub use crate::sections::SIGNATURE_SECTION;
 
 /// Most signed hash sets read from a signature section; `wasmsign2`'s limit.
 /// Kelp writes one; more than a few means a hostile file.
