@@ -23,6 +23,7 @@ const COMPONENTS: &[&str] = &[
     "fetcher",
     "reporter",
     "http-hello",
+    "graceful",
 ];
 
 /// Services built as WASI preview 1 core modules.
@@ -41,7 +42,7 @@ fn main() {
         println!("cargo:rerun-if-changed={}", root.join(name).display());
     }
     // The hardware samples build against the SDK and its WIT.
-    for dir in ["sdk", "hostcalls/wit"] {
+    for dir in ["sdk", "hostcalls/wit", "runtime/wit"] {
         println!(
             "cargo:rerun-if-changed={}",
             root.with_file_name(dir).display()

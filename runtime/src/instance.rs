@@ -1,32 +1,15 @@
 //! One run of a service: a fresh store and instance, from start to exit.
 
-use std::path::Path;
 use std::sync::Arc;
 
-use kelp_core::{ByteSize, ExitReason, Grants};
-use kelp_hostcalls::Hardware;
-use wasmtime::component::ResourceTableError;
-use wasmtime::{Store, UpdateDeadline};
-use wasmtime_wasi::{FsPerms, I32Exit, WasiCtxBuilder};
+use kelp_core::ExitReason;
+use wasmtime::Store;
+use wasmtime_wasi::{FsPerms, WasiCtxBuilder};
 
-use crate::limits::{MemoryLimitExceeded, MemoryMeter, ServiceLimiter};
-use crate::logs::{LogBuffer, StopSignal, Stream};
-use crate::program::{ComponentState, ModuleState, Pre, Program};
-
-/// What one run of a service gets from the host.
-pub(crate) struct InstanceIo<'a> {
-    pub(crate) name: &'a str,
-    pub(crate) hardware: &'a Arc<Hardware>,
-    /// Grants instead of the manifest's.
-    pub(crate) grants: Option<&'a Grants>,
-    pub(crate) args: &'a [String],
-    pub(crate) env: &'a [(String, String)],
-    pub(crate) data_dir: Option<&'a Path>,
-    pub(crate) memory_limit: ByteSize,
-    pub(crate) logs: &'a Arc<LogBuffer>,
-    pub(crate) meter: &'a Arc<MemoryMeter>,
-    pub(crate) stdin: StopSignal,
-}
+use crate::limits::ServiceLimiter;
+use crate::logs::Stream;
+use crate::program::{Pre, Program};
+use crate::store::{ComponentState, InstanceIo, ModuleState, exit_reason, time_slice};
 
 /// Runs `program` once, to its end, and says why it ended. Dropping the
 /// future cancels the guest wherever it is.
@@ -41,7 +24,7 @@ pub(crate) async fn run(
     argv.extend(io.args.iter().cloned());
     wasi.args(&argv)
         .envs(io.env)
-        .stdin(io.stdin.clone())
+        .stdin(io.stop.clone())
         .stdout(io.logs.stream(Stream::Stdout))
         .stderr(io.logs.stream(Stream::Stderr));
     if let Some(dir) = io.data_dir {
@@ -86,7 +69,8 @@ pub(crate) async fn run(
                 limiter,
                 hardware,
                 net,
-                http: crate::net::HttpState::new(),
+                http: wasmtime_wasi_http::WasiHttpCtx::new(),
+                stop: io.stop.clone(),
             };
             let mut store = Store::new(engine, state);
             store.limiter(|s| &mut s.limiter);
@@ -102,7 +86,7 @@ pub(crate) async fn run(
         }
         Pre::Proxy(pre) => {
             let manifest_grants = program.manifest().map(|m| &m.grants);
-            return crate::http::serve(engine, pre, manifest_grants, io).await;
+            return crate::serve::serve(engine, pre, manifest_grants, io).await;
         }
         Pre::Module(pre) => {
             let state = ModuleState {
@@ -126,52 +110,5 @@ pub(crate) async fn run(
     match result {
         Ok(code) => ExitReason::Exited { code },
         Err(e) => exit_reason(&e, io.memory_limit, over_limit),
-    }
-}
-
-/// Every instance yields to the executor once per epoch tick. The first
-/// deadline must be set too, or a new store starts with a deadline of zero and
-/// waits a whole timeslice before running at all.
-///
-/// The yield is tokio's own: the guest's task is put back only after the
-/// worker has polled its I/O and timer driver and run the tasks that woke,
-/// where a plain wake-up would put it straight back in the queue, in front of
-/// sockets and timers that are ready. A busy guest thus delays the rest by
-/// one timeslice, and the executor keeps tokio's default intervals.
-pub(crate) fn time_slice<T>(store: &mut Store<T>) {
-    store.set_epoch_deadline(1);
-    store.epoch_deadline_callback(|_| {
-        Ok(UpdateDeadline::YieldCustom(
-            1,
-            Box::pin(tokio::task::yield_now()),
-        ))
-    });
-}
-
-pub(crate) fn exit_reason(e: &wasmtime::Error, limit: ByteSize, over_limit: bool) -> ExitReason {
-    if let Some(exit) = e.downcast_ref::<I32Exit>() {
-        return ExitReason::Exited { code: exit.0 };
-    }
-    // A guest whose grow was refused may also die of the refusal in its own
-    // way (an allocator's abort); the limit is still the reason.
-    if over_limit || e.downcast_ref::<MemoryLimitExceeded>().is_some() {
-        return ExitReason::MemoryLimit { limit };
-    }
-    if let Some(trap) = e.downcast_ref::<wasmtime::Trap>() {
-        return ExitReason::Trapped {
-            message: trap.to_string(),
-        };
-    }
-    if let Some(ResourceTableError::Full) = e.downcast_ref::<ResourceTableError>() {
-        return ExitReason::Trapped {
-            message: crate::limits::too_many_resources(),
-        };
-    }
-    ExitReason::Trapped {
-        message: e
-            .chain()
-            .map(|c| c.to_string())
-            .collect::<Vec<_>>()
-            .join(": "),
     }
 }

@@ -18,20 +18,18 @@
 //! # Ok(()) }
 //! ```
 
-pub mod agent;
 mod cache;
+pub mod device;
 mod engine;
-mod http;
-pub mod images;
 mod instance;
+mod lifecycle;
 mod limits;
-pub mod local;
-pub mod local_api;
 mod logs;
 mod net;
-pub mod node;
 mod program;
+mod serve;
 mod service;
+mod store;
 mod supervisor;
 
 use std::path::{Path, PathBuf};
@@ -42,9 +40,6 @@ pub use engine::{
     Allocator, AllocatorChoice, DEFAULT_MAX_SERVICE_MEMORY, DEFAULT_POOL_SLOTS, DEFAULT_TIMESLICE,
     EngineConfig, EngineError,
 };
-pub use http::{
-    DRAIN_WAIT, MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, QUEUE_WAIT, REQUEST_TIMEOUT,
-};
 pub use limits::MAX_RESOURCES;
 pub use logs::{LogBuffer, LogEvent, LogLine, MAX_BUFFERED_BYTES, MAX_LINE_BYTES, Stream};
 pub use net::{
@@ -53,6 +48,9 @@ pub use net::{
     MAX_SOCKETS,
 };
 pub use program::{LoadError, LoadStats, MAX_MODULE_SIZE, Program, ProgramKind, read_module};
+pub use serve::{
+    DRAIN_WAIT, MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, QUEUE_WAIT, REQUEST_TIMEOUT,
+};
 pub use service::{Backoff, DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceHandle, ServiceSpec};
 pub use supervisor::{ApplyReport, OnStart, Supervisor, SupervisorError};
 
@@ -193,11 +191,11 @@ impl Runtime {
     /// HTTP is served until the future is dropped.
     pub async fn run(&self, program: &Program, invocation: &Invocation) -> kelp_core::ExitReason {
         let meter = Arc::new(limits::MemoryMeter::default());
-        let (_stop, stdin) = logs::StopSignal::new();
+        let (_stop, stop) = logs::StopSignal::new();
         instance::run(
             self.engine(),
             program,
-            instance::InstanceIo {
+            store::InstanceIo {
                 name: &invocation.name,
                 hardware: self.hardware(),
                 grants: invocation.grants.as_ref(),
@@ -207,7 +205,7 @@ impl Runtime {
                 memory_limit: invocation.memory_limit,
                 logs: &invocation.logs,
                 meter: &meter,
-                stdin,
+                stop,
             },
         )
         .await

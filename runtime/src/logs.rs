@@ -305,7 +305,7 @@ impl StopSignal {
         (tx, StopSignal { rx })
     }
 
-    fn stopping(&self) -> bool {
+    pub(crate) fn stopping(&self) -> bool {
         *self.rx.borrow()
     }
 }

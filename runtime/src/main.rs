@@ -2,16 +2,11 @@
 
 use std::path::{Path, PathBuf};
 use std::process::ExitCode;
-use std::sync::Arc;
 
 use anyhow::Context as _;
 use clap::Parser;
-use kelp_runtime::images::ImageStore;
-use kelp_runtime::node::{LogSinks, Node};
-use kelp_runtime::{
-    AllocatorChoice, EngineConfig, Runtime, RuntimeConfig, Supervisor, agent, local, local_api,
-};
-use tokio::signal::unix::{SignalKind, signal};
+use kelp_runtime::device::{self, agent};
+use kelp_runtime::{AllocatorChoice, EngineConfig, Runtime, RuntimeConfig};
 
 /// mimalloc rather than the C library's allocator: serving HTTP allocates
 /// and frees a store, an instance's bookkeeping and a request's resources
@@ -119,7 +114,7 @@ fn init_tracing() {
 }
 
 async fn run(mut args: Args) -> anyhow::Result<()> {
-    let config = match &args.config {
+    let fleet = match &args.config {
         Some(path) => {
             let config = agent::Config::load(path)?;
             // The config file speaks for the device; flags fill in the rest.
@@ -138,40 +133,11 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         }
         None => None,
     };
-    let services_dir = args.data_dir.join("services");
-    let cache_dir = args.data_dir.join("cache");
-    std::fs::create_dir_all(&services_dir)
-        .with_context(|| format!("cannot create data directory `{}`", services_dir.display()))?;
-    let target = match &args.local {
-        Some(path) => Some(local::load(path, &services_dir)?),
-        None => None,
-    };
-    // Who the device is, before anything runs: a device that cannot
-    // register says so at once.
-    let fleet = match config {
-        Some(config) => {
-            let store = agent::Store::open(&args.data_dir)?;
-            let uuid = store.uuid()?;
-            if store.key()?.is_none() && config.provisioning_key.is_none() {
-                return Err(agent::AgentError::NoProvisioningKey.into());
-            }
-            Some((config, store, uuid))
-        }
-        None => None,
-    };
     let trusted_keys = args
         .trusted_keys
         .iter()
         .map(|path| read_public_key(path))
         .collect::<anyhow::Result<Vec<_>>>()?;
-    let images = (!trusted_keys.is_empty())
-        .then(|| ImageStore::new(args.data_dir.join("blobs"), args.registry_token.clone()));
-    if images.is_none() {
-        tracing::warn!(
-            "no --trusted-key given: module signatures are not checked, and services from a registry do not run"
-        );
-    }
-
     let hardware = match &args.hardware_map {
         Some(path) => {
             let map = kelp_hostcalls::HardwareMap::load(path)?;
@@ -186,129 +152,32 @@ async fn run(mut args: Args) -> anyhow::Result<()> {
         }
         // A device of a fleet may be given a map by its cloud: it needs
         // its backend ready, granting nothing until then.
-        None if args.config.is_some() => Some(kelp_hostcalls::Hardware::with_backend(
+        None if fleet.is_some() => Some(kelp_hostcalls::Hardware::with_backend(
             args.hardware,
             kelp_hostcalls::HardwareMap::default(),
         )),
         None => None,
     };
-
     let runtime = Runtime::new(RuntimeConfig {
         engine: EngineConfig {
             allocator: args.allocator,
             pool_slots: args.pool_slots,
             ..EngineConfig::default()
         },
-        cache_dir: Some(cache_dir),
+        cache_dir: Some(args.data_dir.join("cache")),
         trusted_keys,
         hardware,
     })?;
-    match (&args.local, &fleet) {
-        (Some(local), _) => {
-            tracing::info!(allocator = %runtime.allocator(), local = %local.display(), "kelpd starting");
-        }
-        (None, Some((config, _, uuid))) => {
-            tracing::info!(allocator = %runtime.allocator(), cloud = %config.cloud, %uuid, "kelpd starting");
-        }
-        (None, None) => {}
-    }
-    let logs = LogSinks::new();
-    let supervisor = Arc::new(Supervisor::new(runtime).on_start(logs.forwarder()));
-    let node = Node::new(
-        supervisor.clone(),
-        images,
-        logs.clone(),
-        args.data_dir.join("status.json"),
-    );
-    let socket = args.data_dir.join(local_api::SOCKET);
-    let local_api = local_api::serve(node.clone(), &socket)
-        .with_context(|| format!("cannot serve the local API on `{}`", socket.display()))?;
-
-    let mut hangup = signal(SignalKind::hangup()).context("cannot watch SIGHUP")?;
-    let mut terminate = signal(SignalKind::terminate()).context("cannot watch SIGTERM")?;
-    let mut interrupt = signal(SignalKind::interrupt()).context("cannot watch SIGINT")?;
-
-    let status_writer = tokio::spawn(node.clone().write_status());
-
-    let mut following = match fleet {
-        Some((config, store, uuid)) => {
-            let logs_dir = store.logs_dir();
-            let outbox = agent::outbox::Outbox::open(&logs_dir, config.log_buffer)
-                .with_context(|| format!("cannot open the log outbox `{}`", logs_dir.display()))?;
-            let outbox = Arc::new(outbox);
-            logs.send_to(outbox.clone());
-            Some(tokio::spawn(
-                agent::follow::Agent {
-                    config,
-                    store,
-                    uuid,
-                    node: node.clone(),
-                    services_dir: services_dir.clone(),
-                    outbox,
-                }
-                .run(),
-            ))
-        }
-        None => None,
-    };
-    let mut next = target;
-    let mut failed = None;
-    loop {
-        if let Some(target) = next.take() {
-            // Fetching an image can take minutes on a slow link: a stop
-            // request does not wait for it (a partial download resumes on
-            // the next start).
-            tokio::select! {
-                _ = node.apply(target) => {}
-                _ = terminate.recv() => break,
-                _ = interrupt.recv() => break,
-            }
-        }
-        tokio::select! {
-            _ = hangup.recv() => {
-                let Some(path) = &args.local else {
-                    tracing::info!("SIGHUP: the cloud gives this device its target; nothing to reload");
-                    continue;
-                };
-                match local::load(path, &services_dir) {
-                    Ok(target) => next = Some(target),
-                    // A broken edit must not take down what runs: keep the
-                    // current set and say why.
-                    Err(e) => tracing::error!(error = %e, "not applying target file"),
-                }
-            }
-            ended = async {
-                match following.as_mut() {
-                    Some(task) => task.await,
-                    None => std::future::pending().await,
-                }
-            } => {
-                following = None;
-                failed = Some(match ended {
-                    Ok(Ok(())) => anyhow::anyhow!("stopped following the cloud"),
-                    Ok(Err(e)) => e.into(),
-                    Err(e) => anyhow::anyhow!("the cloud agent failed: {e}"),
-                });
-                break;
-            }
-            _ = terminate.recv() => break,
-            _ = interrupt.recv() => break,
-        }
-    }
-    if let Some(task) = following {
-        task.abort();
-        let _ = task.await;
-    }
-    tracing::info!("stopping services");
-    supervisor.shutdown().await;
-    status_writer.abort();
-    local_api.abort();
-    let _ = std::fs::remove_file(&socket);
-    node.save_status();
-    match failed {
-        Some(e) => Err(e),
-        None => Ok(()),
-    }
+    device::run(
+        runtime,
+        device::Setup {
+            local: args.local,
+            fleet,
+            data_dir: args.data_dir,
+            registry_token: args.registry_token,
+        },
+    )
+    .await
 }
 
 fn read_public_key(path: &Path) -> anyhow::Result<kelp_core::PublicKey> {

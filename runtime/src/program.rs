@@ -7,55 +7,18 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 
 use kelp_core::{Digest, Manifest};
-use kelp_hostcalls::{HardwareCtx, HardwareCtxView, HardwareView};
 use sha2::{Digest as _, Sha256};
-use wasmtime::component::{Component, Linker as ComponentLinker, ResourceTable};
-use wasmtime::{Linker, Module};
-use wasmtime_wasi::p1::WasiP1Ctx;
+use wasmtime::Module;
+use wasmtime::component::Component;
 use wasmtime_wasi::p2::bindings::CommandPre;
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
 
 use crate::cache::{CompileCache, Lookup};
-use crate::limits::ServiceLimiter;
+use crate::store::{ComponentState, Linkers, ModuleState, ProxyState};
 
 /// Largest Wasm file the supervisor loads. Real services are kilobytes to a
 /// few MiB; this bounds the memory and compile time a bad file can cost.
 pub const MAX_MODULE_SIZE: u64 = 64 << 20;
-
-/// Store data of a component instance.
-pub(crate) struct ComponentState {
-    pub(crate) ctx: WasiCtx,
-    pub(crate) table: ResourceTable,
-    pub(crate) limiter: ServiceLimiter,
-    pub(crate) hardware: HardwareCtx,
-    pub(crate) net: crate::net::NetRun,
-    pub(crate) http: crate::net::HttpState,
-}
-
-impl HardwareView for ComponentState {
-    fn hardware(&mut self) -> HardwareCtxView<'_> {
-        HardwareCtxView {
-            ctx: &mut self.hardware,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiView for ComponentState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.ctx,
-            table: &mut self.table,
-        }
-    }
-}
-
-/// Store data of a WASI preview 1 core module instance.
-pub(crate) struct ModuleState {
-    pub(crate) ctx: WasiP1Ctx,
-    pub(crate) limiter: ServiceLimiter,
-}
 
 /// Whether a file is a component or a core module.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -78,7 +41,7 @@ pub(crate) enum Pre {
     Component(CommandPre<ComponentState>),
     Module(wasmtime::InstancePre<ModuleState>),
     /// A component that answers HTTP: one instance per request.
-    Proxy(ProxyPre<crate::http::ProxyState>),
+    Proxy(ProxyPre<ProxyState>),
 }
 
 /// A loaded, linked program; instantiating it is cheap.
@@ -168,9 +131,7 @@ struct Counters {
 pub(crate) struct Loader {
     engine: wasmtime::Engine,
     cache: Option<CompileCache>,
-    component_linker: ComponentLinker<ComponentState>,
-    proxy_linker: ComponentLinker<crate::http::ProxyState>,
-    module_linker: Linker<ModuleState>,
+    linkers: Linkers,
     loaded: Mutex<HashMap<Digest, std::sync::Weak<Program>>>,
     /// One turn per digest being loaded. Loads of the same bytes at once (a
     /// device's services of one module, started together at boot) take
@@ -187,22 +148,11 @@ impl Loader {
         cache: Option<CompileCache>,
         trusted_keys: Vec<kelp_core::PublicKey>,
     ) -> wasmtime::Result<Self> {
-        let mut component_linker = ComponentLinker::new(&engine);
-        wasmtime_wasi::p2::add_to_linker_async(&mut component_linker)?;
-        wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut component_linker)?;
-        crate::net::add_to_linker(&mut component_linker)?;
-        kelp_hostcalls::add_to_linker(&mut component_linker)?;
-        let mut module_linker = Linker::new(&engine);
-        wasmtime_wasi::p1::add_to_linker_async(&mut module_linker, |s: &mut ModuleState| {
-            &mut s.ctx
-        })?;
-        let proxy_linker = crate::http::linker(&engine)?;
+        let linkers = Linkers::new(&engine)?;
         Ok(Loader {
             engine,
             cache,
-            component_linker,
-            proxy_linker,
-            module_linker,
+            linkers,
             loaded: Mutex::default(),
             loading: Mutex::default(),
             counters: Counters::default(),
@@ -363,9 +313,10 @@ impl Loader {
                         c
                     }
                 };
-                if crate::http::is_proxy(&self.engine, &component) {
+                if is_proxy(&self.engine, &component) {
                     let pre = self
-                        .proxy_linker
+                        .linkers
+                        .proxy
                         .instantiate_pre(&component)
                         .map_err(link)?;
                     return Ok(Program {
@@ -381,7 +332,8 @@ impl Loader {
                     });
                 }
                 let pre = self
-                    .component_linker
+                    .linkers
+                    .component
                     .instantiate_pre(&component)
                     .map_err(link)?;
                 Pre::Component(CommandPre::new(pre).map_err(|e| LoadError::NotRunnable {
@@ -413,7 +365,7 @@ impl Loader {
                             .into(),
                     });
                 }
-                Pre::Module(self.module_linker.instantiate_pre(&module).map_err(link)?)
+                Pre::Module(self.linkers.module.instantiate_pre(&module).map_err(link)?)
             }
         };
         Ok(Program {
@@ -448,6 +400,17 @@ impl Loader {
             Err(error) => tracing::warn!(%digest, %error, "cannot serialize compiled code"),
         }
     }
+}
+
+/// Whether a component answers HTTP rather than running as a command: it
+/// exports `wasi:http/incoming-handler`. Such a component may export
+/// `wasi:cli/run` as well (a Rust binary for wasm32-wasip2 always does, with
+/// an empty `main`); as with `wasmtime serve`, the handler is what it is for.
+fn is_proxy(engine: &wasmtime::Engine, component: &Component) -> bool {
+    component
+        .component_type()
+        .exports(engine)
+        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
 }
 
 /// Compiling allocates tens of MiB across Cranelift's threads and frees it

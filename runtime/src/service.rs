@@ -11,9 +11,10 @@ use kelp_core::{ByteSize, Digest, ExitReason, RestartPolicy, ServiceState, Servi
 use tokio::sync::watch;
 
 use crate::Runtime;
-use crate::instance::{self, InstanceIo};
+use crate::instance;
 use crate::limits::MemoryMeter;
 use crate::logs::{LogBuffer, StopSignal, Stream};
+use crate::store::InstanceIo;
 
 /// Memory a service may use unless its spec says otherwise.
 pub const DEFAULT_MEMORY_LIMIT: ByteSize = ByteSize::mib(64);
@@ -228,9 +229,19 @@ pub(crate) async fn supervise(
     // A service that answers HTTP but is not to be served here is not
     // started at all: no restart would change that (a new map or grant is a
     // new start).
-    let loaded = match runtime.load_file(&spec.module).await {
+    // A stop that comes while the module is still loading (compiling can
+    // take seconds on a small board) starts nothing.
+    let load = tokio::select! {
+        load = runtime.load_file(&spec.module) => load,
+        () = stopped(&mut stop) => {
+            tracing::info!(service = %spec.name, "stopped while loading: not run");
+            shared.update(|s| s.state = ServiceState::Stopped);
+            return;
+        }
+    };
+    let loaded = match load {
         Ok(p) => {
-            match crate::http::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
+            match crate::serve::unserved(&p, &spec.name, spec.grants.as_ref(), runtime.hardware()) {
                 Some(why) => Err(why),
                 None => Ok(p),
             }
@@ -255,6 +266,13 @@ pub(crate) async fn supervise(
     loop {
         shared.set_next_start(None);
         shared.update(|s| s.state = ServiceState::Starting);
+        // A stop that came before this start runs nothing. Checked before
+        // the service is said to run: once it is, a stop always reaches the
+        // running instance and gives it its grace.
+        if *stop.borrow() {
+            shared.update(|s| s.state = ServiceState::Stopped);
+            break;
+        }
         let digest: Digest = program.digest();
         shared.update(|s| {
             s.digest = Some(digest);
@@ -262,7 +280,7 @@ pub(crate) async fn supervise(
         });
         tracing::info!(service = %spec.name, %digest, "started");
 
-        let (stdin_tx, stdin) = StopSignal::new();
+        let (stop_tx, stop_signal) = StopSignal::new();
         let started = Instant::now();
         let run = instance::run(
             runtime.engine(),
@@ -277,24 +295,20 @@ pub(crate) async fn supervise(
                 memory_limit: spec.memory_limit,
                 logs: &shared.logs,
                 meter: &shared.meter,
-                stdin,
+                stop: stop_signal,
             },
         );
         tokio::pin!(run);
-        let mut stopping = *stop.borrow();
-        let exit = if stopping {
-            ExitReason::Killed
-        } else {
-            tokio::select! {
-                exit = &mut run => exit,
-                () = stopped(&mut stop) => {
-                    stopping = true;
-                    shared.update(|s| s.state = ServiceState::Stopping);
-                    let _ = stdin_tx.send(true);
-                    match tokio::time::timeout(spec.stop_grace, &mut run).await {
-                        Ok(exit) => exit,
-                        Err(_) => ExitReason::Killed,
-                    }
+        let mut stopping = false;
+        let exit = tokio::select! {
+            exit = &mut run => exit,
+            () = stopped(&mut stop) => {
+                stopping = true;
+                shared.update(|s| s.state = ServiceState::Stopping);
+                let _ = stop_tx.send(true);
+                match tokio::time::timeout(spec.stop_grace, &mut run).await {
+                    Ok(exit) => exit,
+                    Err(_) => ExitReason::Killed,
                 }
             }
         };
@@ -361,6 +375,8 @@ pub(crate) async fn supervise(
     shared.set_next_start(None);
 }
 
+/// Resolves once a stop is asked for. A supervisor that is gone (the
+/// sender dropped) counts as a stop: nothing is left to run the service for.
 async fn stopped(stop: &mut watch::Receiver<bool>) {
     let _ = stop.wait_for(|s| *s).await;
 }

@@ -39,13 +39,15 @@
 //!
 //! The raw interfaces — `wasi:gpio@0.2.0`, `wasi:i2c@0.2.0-draft` and
 //! `kelp:hardware` — are in [`bindings`] for anything the wrappers leave
-//! out.
+//! out. [`stop`] tells a service that the device asks it to stop
+//! (`kelp:service/lifecycle`, in [`lifecycle_bindings`]).
 //!
 //! [embedded-hal]: https://docs.rs/embedded-hal/1
 
 mod delay;
 mod gpio;
 mod i2c;
+pub mod stop;
 
 /// Bindings generated from the interfaces a Kelp device offers.
 pub mod bindings {
@@ -54,6 +56,18 @@ pub mod bindings {
         world: "kelp:hardware/hardware",
         generate_all,
         additional_derives: [PartialEq, Eq],
+    });
+}
+
+/// Bindings of `kelp:service/lifecycle` (see [`stop`]), sharing
+/// `wasi:io`'s pollable with [`bindings`].
+pub mod lifecycle_bindings {
+    wit_bindgen::generate!({
+        path: "../runtime/wit",
+        world: "kelp:service/service",
+        with: {
+            "wasi:io/poll@0.2.4": crate::bindings::wasi::io::poll,
+        },
     });
 }
 

@@ -7,7 +7,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use kelp_tests::artifacts::{CRASHY, IDLE};
+use kelp_tests::artifacts::{COUNTER, CRASHY, FETCHER, IDLE, REPORTER};
 use kelp_tests::binary;
 
 /// A running `kelpd`, killed when dropped, with its stdout collected.
@@ -307,6 +307,96 @@ fn a_bad_service_fails_alone_and_says_why() {
         device.stdout().contains("bogus ! kelp: failed to start"),
         "{}",
         device.stdout()
+    );
+}
+
+/// A field of a service in `status.json`.
+fn field(device: &Device, service: &str, name: &str) -> serde_json::Value {
+    device.status()["services"]
+        .as_array()
+        .and_then(|all| all.iter().find(|s| s["name"] == service))
+        .map(|s| s[name].clone())
+        .unwrap_or_default()
+}
+
+#[test]
+fn restart_and_memory_come_from_the_target_else_the_manifest_else_the_default() {
+    let dir = tempfile::tempdir().unwrap();
+    // `crashy` with a manifest like `hello`'s kelp.toml: never restart, 16 MiB.
+    let manifest = kelp_core::Manifest::from_toml(
+        "name = \"crashy\"\nversion = \"0.1.0\"\nkind = \"component\"\nrestart = \"never\"\nmemory = \"16MiB\"\n",
+    )
+    .unwrap();
+    let with_manifest = dir.path().join("crashy-manifest.wasm");
+    std::fs::write(
+        &with_manifest,
+        kelp_core::embed(&std::fs::read(CRASHY).unwrap(), &manifest).unwrap(),
+    )
+    .unwrap();
+    let with_manifest = with_manifest.to_str().unwrap();
+    let fast = "env = { CRASH_AFTER_MS = \"0\" }";
+    let target = [
+        // The target names nothing: the manifest decides.
+        service("by-manifest", with_manifest, fast),
+        // The target names both: it wins over the manifest.
+        service(
+            "by-target",
+            with_manifest,
+            &format!("{fast}\nrestart = \"on-failure:2\"\nmemory = \"8MiB\""),
+        ),
+        // Neither names them: the defaults (always, 64 MiB).
+        service("by-default", CRASHY, fast),
+    ]
+    .concat();
+    let device = Device::start(&target);
+    device.wait_until("the services to settle", |d| {
+        d.service_state("by-manifest").as_deref() == Some("failed")
+            && d.service_state("by-target").as_deref() == Some("failed")
+            && field(d, "by-default", "restarts").as_u64() >= Some(3)
+    });
+    assert_eq!(field(&device, "by-manifest", "restarts"), 0);
+    assert_eq!(field(&device, "by-manifest", "memory_limit"), 16 << 20);
+    assert_eq!(field(&device, "by-target", "restarts"), 2);
+    assert_eq!(field(&device, "by-target", "memory_limit"), 8 << 20);
+    assert_eq!(field(&device, "by-default", "memory_limit"), 64 << 20);
+}
+
+#[test]
+fn sigterm_while_modules_compile_starts_nothing() {
+    // A fresh data directory has no compile cache: each module compiles,
+    // which takes a debug-built kelpd most of a second.
+    let target = [
+        service("fetcher", FETCHER, ""),
+        service("reporter", REPORTER, ""),
+        service("counter", COUNTER, ""),
+    ]
+    .concat();
+    let mut device = Device::start(&target);
+    device.wait_until("the target to be applied", |d| {
+        d.stderr().contains("applied target")
+    });
+    let (status, _) = device.terminate();
+    assert!(status.success(), "{status:?}\n{}", device.stderr());
+    for name in ["fetcher", "reporter", "counter"] {
+        assert_eq!(
+            field(&device, name, "state"),
+            "stopped",
+            "{name}: {}",
+            device.stderr()
+        );
+        // Never ran: not even killed.
+        assert_eq!(
+            field(&device, name, "last_exit"),
+            serde_json::Value::Null,
+            "{name}: {}",
+            device.stderr()
+        );
+    }
+    // kelpd logs `started service=NAME` as each one runs.
+    assert!(
+        !device.stderr().contains("started service="),
+        "{}",
+        device.stderr()
     );
 }
 

@@ -5,7 +5,9 @@ use std::time::Duration;
 
 use kelp_core::{ExitReason, RestartPolicy, ServiceState};
 use kelp_runtime::{LogEvent, MAX_BUFFERED_BYTES, ServiceSpec};
-use kelp_tests::artifacts::{CHATTY, COUNTER, CRASHY, HELLO, IDLE, JAILBREAK};
+use kelp_tests::artifacts::{
+    CHATTY, COUNTER, CRASHY, GRACEFUL, HELLO, HTTP_HELLO, IDLE, JAILBREAK,
+};
 
 use crate::support::{lines, spec, supervisor, texts, within};
 
@@ -238,6 +240,82 @@ async fn stop_cancels_a_service_that_ignores_it_after_the_grace_period() {
         "stopped after {took:?}: {status:?}"
     );
     assert!(sup.service("idle").is_none());
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_service_that_listens_for_the_stop_ends_at_once_and_one_that_ignores_it_gets_its_grace() {
+    let sup = supervisor();
+    let grace = Duration::from_secs(3);
+    let graceful = sup
+        .start(ServiceSpec {
+            stop_grace: grace,
+            ..spec("graceful", GRACEFUL)
+        })
+        .unwrap();
+    let idle = sup
+        .start(ServiceSpec {
+            stop_grace: grace,
+            ..spec("idle", IDLE)
+        })
+        .unwrap();
+    for s in [&graceful, &idle] {
+        within("to run", s.wait_for(|s| s.state == ServiceState::Running)).await;
+    }
+    // Both say they are ready: the stop reaches them running, not starting.
+    within("both to say they are ready", async {
+        let mut ready = Vec::new();
+        while ready.len() < 2 {
+            ready.extend(texts(graceful.logs().drain()));
+            ready.extend(texts(idle.logs().drain()));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        // The two start side by side: either may say so first.
+        ready.sort();
+        assert_eq!(ready, ["graceful: ready", "idle: ready"]);
+    })
+    .await;
+    let started = std::time::Instant::now();
+    let status = within("stop", sup.stop("graceful")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(
+        status.last_exit,
+        Some(ExitReason::Exited { code: 0 }),
+        "{status:?}"
+    );
+    assert!(
+        took < Duration::from_secs(1),
+        "stopped after {took:?}: {status:?}"
+    );
+    let said = texts(graceful.logs().drain());
+    assert!(
+        said.iter()
+            .any(|l| l.starts_with("graceful: asked to stop after")),
+        "{said:?}"
+    );
+
+    // A service that neither reads stdin nor listens keeps its whole grace.
+    let started = std::time::Instant::now();
+    let status = within("stop", sup.stop("idle")).await.unwrap();
+    let took = started.elapsed();
+    assert_eq!(status.last_exit, Some(ExitReason::Killed), "{status:?}");
+    assert!(
+        took >= grace - Duration::from_millis(5),
+        "stopped after {took:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread")]
+async fn a_stop_while_the_module_loads_starts_nothing() {
+    // No compile cache: the component compiles on its start, for a while.
+    let sup = supervisor();
+    let s = sup.start(spec("late", HTTP_HELLO)).unwrap();
+    assert_eq!(s.status().state, ServiceState::Starting);
+    within("shutdown", sup.shutdown()).await;
+    let status = s.status();
+    assert_eq!(status.state, ServiceState::Stopped, "{status:?}");
+    // It never ran: no exit, not even a kill, and no module it ran.
+    assert_eq!(status.last_exit, None, "{status:?}");
+    assert_eq!(status.digest, None, "{status:?}");
 }
 
 #[tokio::test(flavor = "multi_thread")]

@@ -25,6 +25,8 @@ use kelp_core::api::{LogLine, LogStream};
 use kelp_core::fsutil;
 use tokio::sync::Notify;
 
+use crate::device::node::CloudLines;
+
 /// Most lines in one batch (the cloud's limit).
 pub const MAX_BATCH_LINES: usize = 1000;
 /// Most bytes of lines in one batch, well under the cloud's 1 MiB body.
@@ -442,6 +444,12 @@ pub fn now_ms() -> i64 {
     std::time::SystemTime::now()
         .duration_since(std::time::UNIX_EPOCH)
         .map_or(0, |d| i64::try_from(d.as_millis()).unwrap_or(i64::MAX))
+}
+
+impl CloudLines for Outbox {
+    fn push_all(&self, lines: &mut dyn Iterator<Item = LogLine>) -> std::io::Result<()> {
+        Outbox::push_all(self, lines)
+    }
 }
 
 #[cfg(test)]

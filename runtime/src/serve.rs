@@ -27,110 +27,19 @@ mod threads;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use kelp_core::hardware_map::{HardwareMap, HttpBinding};
-use kelp_core::{ByteSize, ExitReason, Grants};
-use wasmtime::component::{Component, Linker, ResourceTable};
-use wasmtime_wasi::{WasiCtx, WasiCtxView, WasiView};
+use kelp_core::{ExitReason, Grants};
 use wasmtime_wasi_http::p2::bindings::ProxyPre;
-use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpCtxView, WasiHttpView};
 
-use crate::instance::InstanceIo;
-use crate::limits::ServiceLimiter;
 use crate::logs::Stream;
 use crate::net::NetRun;
+use crate::program::Program;
+use crate::store::{InstanceIo, ProxyState};
 
 pub(crate) use listener::Binding;
-
-/// Requests one service handles at once, each in its own instance. Every
-/// one holds a pool slot and up to the service's memory limit; 32 keeps a
-/// service with the default 64 MiB limit under 2 GiB at its worst, and is
-/// far inside the engine's default [`crate::DEFAULT_POOL_SLOTS`]. A device
-/// running several HTTP services needs that many slots per service; past
-/// the pool's size a request gets 503, never a crash.
-pub const MAX_CONCURRENT_REQUESTS: usize = 32;
-
-/// How long a request waits for one of the [`MAX_CONCURRENT_REQUESTS`]
-/// places before it is answered 503. Long enough to ride out a burst of
-/// quick requests; short enough that a stuck service sheds load instead of
-/// queueing without bound.
-pub const QUEUE_WAIT: Duration = Duration::from_millis(500);
-
-/// Longest one request's instance may live, from instantiation to the last
-/// byte of its response. A handler still running then is dropped; the client
-/// gets 504 if no response had started. Generous for a device serving pages
-/// and small APIs; a guest in an endless loop is cut off all the same.
-pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
-
-/// Largest request body a guest is handed. Devices serve pages and small
-/// API calls; a bigger body is refused with 413 (by its `content-length`) or
-/// cut off with an error when it gets there, before it costs the host more.
-pub const MAX_REQUEST_BODY: u64 = 1 << 20;
-
-/// How long a stopping service's in-flight requests get to finish before
-/// their instances are dropped. Well inside the default stop grace period,
-/// so the supervisor never has to cancel the serving itself.
-pub const DRAIN_WAIT: Duration = Duration::from_secs(5);
-
-/// Store data of one request's instance.
-pub(crate) struct ProxyState {
-    wasi: WasiCtx,
-    http: WasiHttpCtx,
-    table: ResourceTable,
-    limiter: ServiceLimiter,
-    /// The service's network grants, with this instance's lookups: its
-    /// sockets and outgoing requests go where a command's would.
-    net: NetRun,
-}
-
-impl WasiView for ProxyState {
-    fn ctx(&mut self) -> WasiCtxView<'_> {
-        WasiCtxView {
-            ctx: &mut self.wasi,
-            table: &mut self.table,
-        }
-    }
-}
-
-impl WasiHttpView for ProxyState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http,
-            table: &mut self.table,
-            hooks: &mut self.net,
-        }
-    }
-}
-
-impl crate::net::NetView for ProxyState {
-    fn net(&self) -> &NetRun {
-        &self.net
-    }
-}
-
-/// The linker proxies are prepared with: WASI 0.2 (name lookups checked
-/// against the grants) and `wasi:http`. Hardware interfaces are not
-/// offered: a request's instance lives for one request, and GPIO lines and
-/// buses are held by one holder at a time.
-pub(crate) fn linker(engine: &wasmtime::Engine) -> wasmtime::Result<Linker<ProxyState>> {
-    let mut linker = Linker::new(engine);
-    wasmtime_wasi::p2::add_to_linker_async(&mut linker)?;
-    crate::net::add_to_linker(&mut linker)?;
-    wasmtime_wasi_http::p2::add_only_http_to_linker_async(&mut linker)?;
-    Ok(linker)
-}
-
-/// Whether a component answers HTTP rather than running as a command: it
-/// exports `wasi:http/incoming-handler`. Such a component may export
-/// `wasi:cli/run` as well (a Rust binary for wasm32-wasip2 always does, with
-/// an empty `main`); as with `wasmtime serve`, the handler is what it is for.
-pub(crate) fn is_proxy(engine: &wasmtime::Engine, component: &Component) -> bool {
-    component
-        .component_type()
-        .exports(engine)
-        .any(|(name, _)| name.starts_with("wasi:http/incoming-handler@0.2"))
-}
+pub use listener::DRAIN_WAIT;
+pub use request::{MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, QUEUE_WAIT, REQUEST_TIMEOUT};
 
 /// Why a service that answers HTTP is not served here, if it is not: its
 /// grants do not ask for it, or the device's map does not bind it.
@@ -164,7 +73,7 @@ pub(crate) fn refusal(name: &str, grants: &Grants, map: &HardwareMap) -> Result<
 /// Why a loaded program that answers HTTP would not be served as service
 /// `name` on this device; `None` if it would be, or if it is a command.
 pub(crate) fn unserved(
-    program: &crate::Program,
+    program: &Program,
     name: &str,
     grants: Option<&Grants>,
     hardware: &kelp_hostcalls::Hardware,
@@ -235,7 +144,7 @@ pub(crate) async fn serve(
         url(registration.addr(), &binding.prefix)
     ));
     tracing::info!(service = io.name, addr = %registration.addr(), prefix = %binding.prefix, "serving HTTP");
-    let mut stop = io.stdin.clone();
+    let mut stop = io.stop.clone();
     wasmtime_wasi::p2::Pollable::ready(&mut stop).await;
     // No new requests reach it from here; those under way get a moment.
     drop(registration);
@@ -269,15 +178,4 @@ impl Drop for CancelOnDrop {
     fn drop(&mut self) {
         let _ = self.0.send(true);
     }
-}
-
-/// The memory limit every request's instance gets.
-fn limiter(limit: ByteSize) -> (ServiceLimiter, Arc<crate::limits::MemoryMeter>) {
-    let meter = Arc::new(crate::limits::MemoryMeter::default());
-    (ServiceLimiter::new(limit, meter.clone()), meter)
-}
-
-/// Returns once `flag` is true (or its sender is gone).
-async fn stopped(flag: &mut tokio::sync::watch::Receiver<bool>) {
-    let _ = flag.wait_for(|set| *set).await;
 }

@@ -29,7 +29,7 @@ use hyper::{Method, Request, Response, StatusCode};
 use tokio::net::UnixListener;
 use tokio::task::JoinHandle;
 
-use crate::node::{Node, RECENT_LINES};
+use super::node::{Node, RECENT_LINES};
 
 /// The socket's file name in the data directory.
 pub const SOCKET: &str = "kelpd.sock";

@@ -2,6 +2,7 @@
 //! response streamed back.
 
 use std::sync::Arc;
+use std::time::Duration;
 
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
@@ -16,8 +17,35 @@ use wasmtime_wasi_http::p2::bindings::http::types::Scheme;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 use wasmtime_wasi_http::{WasiHttpCtx, WasiHttpView};
 
-use super::{MAX_CONCURRENT_REQUESTS, MAX_REQUEST_BODY, ProxyState, QUEUE_WAIT, REQUEST_TIMEOUT};
+use crate::limits::{MemoryMeter, ServiceLimiter};
 use crate::logs::{LogBuffer, Stream};
+use crate::net::NetRun;
+use crate::store::{ProxyState, exit_reason, time_slice};
+
+/// Requests one service handles at once, each in its own instance. Every
+/// one holds a pool slot and up to the service's memory limit; 32 keeps a
+/// service with the default 64 MiB limit under 2 GiB at its worst, and is
+/// far inside the engine's default [`crate::DEFAULT_POOL_SLOTS`]. A device
+/// running several HTTP services needs that many slots per service; past
+/// the pool's size a request gets 503, never a crash.
+pub const MAX_CONCURRENT_REQUESTS: usize = 32;
+
+/// How long a request waits for one of the [`MAX_CONCURRENT_REQUESTS`]
+/// places before it is answered 503. Long enough to ride out a burst of
+/// quick requests; short enough that a stuck service sheds load instead of
+/// queueing without bound.
+pub const QUEUE_WAIT: Duration = Duration::from_millis(500);
+
+/// Longest one request's instance may live, from instantiation to the last
+/// byte of its response. A handler still running then is dropped; the client
+/// gets 504 if no response had started. Generous for a device serving pages
+/// and small APIs; a guest in an endless loop is cut off all the same.
+pub const REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Largest request body a guest is handed. Devices serve pages and small
+/// API calls; a bigger body is refused with 413 (by its `content-length`) or
+/// cut off with an error when it gets there, before it costs the host more.
+pub const MAX_REQUEST_BODY: u64 = 1 << 20;
 
 /// Header naming the part of the path after the binding's prefix.
 pub(crate) const PATH_INFO: &str = "kelp-path-info";
@@ -39,7 +67,7 @@ pub(crate) struct Served {
     pub(crate) cancelled: tokio::sync::watch::Receiver<bool>,
     pub(crate) prefix: String,
     /// The service's network rights; each instance gets its own lookups.
-    pub(crate) net: crate::net::NetRun,
+    pub(crate) net: NetRun,
 }
 
 /// How one instance's work ended.
@@ -129,7 +157,7 @@ impl Served {
             })
         });
 
-        let (limiter, meter) = super::limiter(self.memory_limit);
+        let (limiter, meter) = limiter(self.memory_limit);
         let mut wasi = WasiCtxBuilder::new();
         wasi.args(std::slice::from_ref(&self.name))
             .envs(&self.env)
@@ -148,7 +176,7 @@ impl Served {
             },
         );
         store.limiter(|s| &mut s.limiter);
-        crate::instance::time_slice(&mut store);
+        time_slice(&mut store);
         let (sender, receiver) = tokio::sync::oneshot::channel();
         let resources = store
             .data_mut()
@@ -184,12 +212,12 @@ impl Served {
                         if e.downcast_ref::<wasmtime::PoolConcurrencyLimitError>().is_some() {
                             Outcome::Failed(ExitReason::StartFailed { message: e.to_string() })
                         } else {
-                            Outcome::Failed(crate::instance::exit_reason(&e, this.memory_limit, meter.exceeded()))
+                            Outcome::Failed(exit_reason(&e, this.memory_limit, meter.exceeded()))
                         }
                     }
                     Err(_) => Outcome::TimedOut,
                 },
-                () = super::stopped(&mut cancelled) => Outcome::Cancelled,
+                () = stopped(&mut cancelled) => Outcome::Cancelled,
             };
             drop(store);
             this.logs.flush();
@@ -240,4 +268,15 @@ impl Served {
             },
         }
     }
+}
+
+/// The memory limit every request's instance gets.
+fn limiter(limit: ByteSize) -> (ServiceLimiter, Arc<MemoryMeter>) {
+    let meter = Arc::new(MemoryMeter::default());
+    (ServiceLimiter::new(limit, meter.clone()), meter)
+}
+
+/// Returns once `flag` is true (or its sender is gone).
+pub(crate) async fn stopped(flag: &mut tokio::sync::watch::Receiver<bool>) {
+    let _ = flag.wait_for(|set| *set).await;
 }

@@ -3,23 +3,22 @@
 //! and where each service's output goes.
 //!
 //! Both ways of running kelpd share it: a local target file and a cloud's
-//! target state are applied the same way, and the local device API and
-//! `status.json` read it.
+//! target state are applied to it the same way (by the `target` module),
+//! and the local device API and `status.json` read it.
 
 use std::collections::{BTreeMap, VecDeque};
-use std::path::{Path, PathBuf};
+use std::path::PathBuf;
 use std::sync::{Arc, Mutex, MutexGuard, OnceLock};
 use std::time::Duration;
 
-use kelp_core::api::{LogLine as CloudLine, LogStream, TargetState, UpdateState};
+use kelp_core::api::{LogLine as CloudLine, LogStream, UpdateState};
 use serde::Serialize;
 use tokio::io::AsyncWriteExt as _;
 
-use crate::agent::outbox::Outbox;
-use crate::images::ImageStore;
-use crate::local::{self, TargetService};
-use crate::{ApplyReport, LogEvent, ServiceHandle, Stream, Supervisor};
 use kelp_hostcalls::HardwareMap;
+
+use super::images::ImageStore;
+use crate::{LogEvent, ServiceHandle, Stream, Supervisor};
 
 /// Status is written at most this often, so a crash-looping service does not
 /// wear out a device's flash.
@@ -55,11 +54,17 @@ pub struct RecentLine {
     pub line: String,
 }
 
+/// Where lines go to reach the cloud (the agent's outbox).
+pub trait CloudLines: Send + Sync {
+    /// Keeps `lines` to send.
+    fn push_all(&self, lines: &mut dyn Iterator<Item = CloudLine>) -> std::io::Result<()>;
+}
+
 /// Where services' output goes: kelpd's stdout, a short history per service
 /// for the local API, and the cloud's outbox once the device follows one.
 pub struct LogSinks {
     recent: Mutex<BTreeMap<String, VecDeque<RecentLine>>>,
-    outbox: OnceLock<Arc<Outbox>>,
+    outbox: OnceLock<Arc<dyn CloudLines>>,
 }
 
 impl LogSinks {
@@ -71,7 +76,7 @@ impl LogSinks {
     }
 
     /// From now on lines also go to the cloud through `outbox`.
-    pub fn send_to(&self, outbox: Arc<Outbox>) {
+    pub fn send_to(&self, outbox: Arc<dyn CloudLines>) {
         let _ = self.outbox.set(outbox);
     }
 
@@ -97,7 +102,7 @@ impl LogSinks {
     /// lock for the history, however many lines.
     fn keep(&self, service: &str, lines: Vec<RecentLine>) {
         if let Some(outbox) = self.outbox.get() {
-            let sent = lines.iter().map(|line| CloudLine {
+            let mut sent = lines.iter().map(|line| CloudLine {
                 time: line.time,
                 service: service.to_owned(),
                 stream: match line.stream {
@@ -106,7 +111,7 @@ impl LogSinks {
                 },
                 line: line.line.clone(),
             });
-            if let Err(error) = outbox.push_all(sent) {
+            if let Err(error) = outbox.push_all(&mut sent) {
                 tracing::warn!(%error, "cannot keep log lines for the cloud");
             }
         }
@@ -185,7 +190,7 @@ fn millis(at: std::time::SystemTime) -> i64 {
 }
 
 /// Services of the target that do not run as it says, with why.
-type Refused = BTreeMap<String, String>;
+pub type Refused = BTreeMap<String, String>;
 
 pub struct Node {
     pub supervisor: Arc<Supervisor>,
@@ -258,31 +263,17 @@ impl Node {
         self.save_status();
     }
 
-    /// Moves the device to `target` (see [`local::apply`]) and notes what
-    /// it refused.
-    pub async fn apply(&self, target: Vec<TargetService>) -> ApplyReport {
-        self.apply_refusing(target, Refused::new()).await
+    /// The store images are fetched into; `None` on a device that trusts
+    /// no publisher key.
+    pub(crate) fn images(&self) -> Option<&ImageStore> {
+        self.images.as_ref()
     }
 
-    /// [`Node::apply`], with services refused before they got here.
-    async fn apply_refusing(&self, target: Vec<TargetService>, before: Refused) -> ApplyReport {
-        let (report, mut refused) =
-            local::apply(&self.supervisor, self.images.as_ref(), target).await;
-        refused.extend(before);
-        tracing::info!(
-            started = ?report.started,
-            stopped = ?report.stopped,
-            restarted = ?report.restarted,
-            unchanged = ?report.unchanged,
-            "applied target"
-        );
-        // Rejected, kept on its old version, or its image refused.
-        for (name, why) in &refused {
-            tracing::error!(service = %name, %why, "refused");
-        }
+    /// Notes the services of the target just applied that do not run as it
+    /// says, with why.
+    pub(crate) fn set_refused(&self, refused: Refused) {
         *self.refused_lock() = refused;
         self.save_status();
-        report
     }
 
     /// Why the hardware map the cloud gave is not in use, if it is not.
@@ -295,7 +286,7 @@ impl Node {
 
     /// Grants hardware by `map` (the cloud's, as TOML) from now on, or by
     /// the device's own map with `None`. Returns whether the map changed.
-    fn use_map(&self, map: Option<&str>) -> bool {
+    pub(crate) fn use_map(&self, map: Option<&str>) -> bool {
         let mut current = self.cloud_map.lock().unwrap_or_else(|p| p.into_inner());
         let mut error = self.map_error.lock().unwrap_or_else(|p| p.into_inner());
         if current.as_deref() == map {
@@ -327,34 +318,10 @@ impl Node {
         }
     }
 
-    /// Applies a target from the cloud; services it names wrongly are
-    /// refused, with why, beside those [`Node::apply`] refuses. A new
-    /// hardware map restarts the services the target left alone, so that
-    /// every service is granted by it.
-    pub async fn apply_cloud(&self, target: &TargetState, services_dir: &Path) {
-        let (services, bad) = crate::agent::services(target, services_dir);
-        let map_changed = self.use_map(target.hardware_map.as_deref());
-        let report = self.apply_refusing(services, bad).await;
-        let asked = self.restarts_asked(&target.restarts);
-        for name in &report.unchanged {
-            let why = if map_changed {
-                "for the new hardware map"
-            } else if asked.contains(name) {
-                "as asked from the cloud"
-            } else {
-                continue;
-            };
-            tracing::info!(service = %name, "restarting {why}");
-            if let Err(e) = self.supervisor.restart(name).await {
-                tracing::warn!(service = %name, error = %e, "cannot restart {why}");
-            }
-        }
-    }
-
     /// The services whose restart count went up since the last target.
     /// Counts only grow here: a rollback to an older target must not make
     /// a later one ask again.
-    fn restarts_asked(&self, counts: &BTreeMap<String, u64>) -> Vec<String> {
+    pub(crate) fn restarts_asked(&self, counts: &BTreeMap<String, u64>) -> Vec<String> {
         let mut seen = self
             .restart_counts
             .lock()

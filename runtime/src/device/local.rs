@@ -1,6 +1,6 @@
 //! The local target file: the services a device runs without a cloud
 //! (`kelpd --local FILE`), as balena's local mode, and the way to preload a
-//! device.
+//! device. Only the file is read here; [`super::target`] runs what it says.
 //!
 //! ```toml
 //! [services.hello]
@@ -8,8 +8,9 @@
 //! # image = "registry.example.com/kelp/hello@sha256:…"
 //! args = ["Kelp"]
 //! env = { NAME = "Kelp" }
-//! memory = "32MiB"               # default 64MiB
-//! restart = "on-failure:3"       # always (default), never, on-failure:N
+//! memory = "32MiB"               # default: the manifest's, else 64MiB
+//! restart = "on-failure:3"       # always, never, on-failure:N;
+//!                                # default: the manifest's, else always
 //! stop-grace = "5s"              # default 10s
 //! ```
 
@@ -17,13 +18,11 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use kelp_core::api::UpdateStrategy;
 use kelp_core::{ByteSize, RestartPolicy};
 use serde::Deserialize;
 
-use crate::images::{ImageRef, ImageStore};
+use super::target::TargetService;
 use crate::service::{DEFAULT_MEMORY_LIMIT, DEFAULT_STOP_GRACE, ServiceSpec};
-use crate::supervisor::{ApplyReport, Supervisor};
 
 /// Largest target file read. A file for hundreds of services is a few tens of
 /// KiB.
@@ -81,18 +80,6 @@ mod humantime_serde_opt {
     }
 }
 
-/// A service of the target file.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct TargetService {
-    pub spec: ServiceSpec,
-    /// The image the service runs, for `image =`. Its `spec.module` is empty
-    /// until the image is fetched ([`crate::images::ImageStore::fetch`]).
-    pub image: Option<ImageRef>,
-    /// Key id of the publisher key that must have signed the image (a
-    /// release names it); `None` accepts any trusted key.
-    pub signer: Option<String>,
-}
-
 /// Reads a target file into service specs. Each service's `/data` is
 /// `data_root/<name>`.
 pub fn load(path: &Path, data_root: &Path) -> Result<Vec<TargetService>, LocalError> {
@@ -148,6 +135,8 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetServ
                 version: s.version.or_else(|| image.as_ref().map(ToString::to_string)),
                 args: s.args,
                 env: s.env,
+                // Settled by the manifest when the target is applied, if the
+                // file names none.
                 restart: s.restart.unwrap_or_default(),
                 memory_limit: s.memory.unwrap_or(DEFAULT_MEMORY_LIMIT),
                 data_dir: Some(data_root.join(&name)),
@@ -160,84 +149,11 @@ pub fn parse(text: &str, path: &Path, data_root: &Path) -> Result<Vec<TargetServ
                 spec,
                 image,
                 signer: None,
+                restart: s.restart,
+                memory: s.memory,
             })
         })
         .collect()
-}
-
-/// Moves `supervisor` to `target`, fetching the images it names into
-/// `images` first. Returns what the supervisor did, and each service that
-/// does not run as the target says, with why: its image could not be
-/// fetched, its new version did not load, or it was rejected. A service
-/// whose image cannot be fetched, or whose new version does not load, keeps
-/// running the version it runs, if any.
-///
-/// `images` is `None` on a device that trusts no publisher key: code from
-/// a registry runs only if a key the device trusts signed it, so such a
-/// device fetches nothing.
-pub async fn apply(
-    supervisor: &Supervisor,
-    images: Option<&ImageStore>,
-    target: Vec<TargetService>,
-) -> (ApplyReport, BTreeMap<String, String>) {
-    let mut refused = BTreeMap::new();
-    let mut specs = Vec::new();
-    let mut by_image = BTreeMap::new();
-    for TargetService {
-        spec,
-        image,
-        signer,
-    } in target
-    {
-        let Some(image) = image else {
-            specs.push(spec);
-            continue;
-        };
-        let name = spec.name.clone();
-        // Asked to make room first: the running version stops before the
-        // new one is fetched.
-        if spec.update == UpdateStrategy::KillThenDownload
-            && let Some(running) = supervisor.service(&name)
-            && running.spec().version != spec.version
-        {
-            tracing::info!(service = %name, "stopping before fetching its new version (kill-then-download)");
-            let _ = supervisor.stop(&name).await;
-        }
-        let fetched = match images {
-            Some(store) => store.fetch(&image).await.map_err(|e| e.to_string()),
-            None => Err(format!(
-                "not fetching image {image}: this device trusts no publisher key (--trusted-key), and runs code from a registry only if one signed it"
-            )),
-        };
-        let fetched = match (fetched, &signer, images) {
-            (Ok(module), Some(signer), Some(store)) => store
-                .check_signer(&module, signer, supervisor.runtime().trusted_keys())
-                .await
-                .map(|()| module),
-            (fetched, _, _) => fetched,
-        };
-        match fetched {
-            Ok(module) => specs.push(ServiceSpec { module, ..spec }),
-            Err(why) => {
-                // Keep what runs: the same spec is an unchanged service.
-                if let Some(running) = supervisor.service(&name) {
-                    specs.push(running.spec().clone());
-                }
-                refused.insert(name.clone(), why);
-            }
-        }
-        // The loader's reasons name the module's file; the image says more.
-        by_image.insert(name, image);
-    }
-    let report = supervisor.apply(specs).await;
-    for (name, why) in report.rejected.iter().chain(&report.kept) {
-        let why = match by_image.get(name) {
-            Some(image) => format!("image {image}: {why}"),
-            None => why.clone(),
-        };
-        refused.insert(name.clone(), why);
-    }
-    (report, refused)
 }
 
 #[cfg(test)]

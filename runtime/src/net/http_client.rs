@@ -19,12 +19,9 @@ use hyper_util::rt::TokioIo;
 use kelp_core::Transport;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::TcpStream;
-use wasmtime_wasi_http::{
-    Error, RequestOptions, WasiBody, WasiHttpCtx, WasiHttpCtxView, WasiHttpHooks, WasiHttpView,
-};
+use wasmtime_wasi_http::{Error, RequestOptions, WasiBody, WasiHttpHooks};
 
-use super::NetRun;
-use crate::program::ComponentState;
+use super::policy::NetRun;
 
 /// How long a lookup and then a connection may take when the guest sets no
 /// timeout of its own. Long enough for a slow mobile link; short enough that
@@ -40,35 +37,6 @@ pub const DEFAULT_FIRST_BYTE_TIMEOUT: Duration = Duration::from_secs(60);
 /// sets no timeout of its own: a server that stops sending mid-body frees
 /// the connection and the guest gets `connection-read-timeout`.
 pub const DEFAULT_BETWEEN_BYTES_TIMEOUT: Duration = Duration::from_secs(60);
-
-/// Most outgoing HTTP connections one run holds open at once. A device
-/// service talks to a handful of endpoints; each connection costs the host a
-/// socket, a task and buffers. Past it the guest gets
-/// `connection-limit-reached` until one of its responses is done.
-pub const MAX_HTTP_CONNECTIONS: usize = 16;
-
-/// A component's `wasi:http` state.
-pub(crate) struct HttpState {
-    ctx: WasiHttpCtx,
-}
-
-impl HttpState {
-    pub(crate) fn new() -> Self {
-        HttpState {
-            ctx: WasiHttpCtx::new(),
-        }
-    }
-}
-
-impl WasiHttpView for ComponentState {
-    fn http(&mut self) -> WasiHttpCtxView<'_> {
-        WasiHttpCtxView {
-            ctx: &mut self.http.ctx,
-            table: &mut self.table,
-            hooks: &mut self.net,
-        }
-    }
-}
 
 type IoFuture = Box<dyn Future<Output = Result<(), Error>> + Send>;
 
@@ -94,11 +62,8 @@ impl NetRun {
         options: Option<RequestOptions>,
     ) -> Result<(Response<WasiBody>, IoFuture), Error> {
         let permit = self
-            .shared
-            .http_connections
-            .clone()
-            .try_acquire_owned()
-            .map_err(|_| Error::ConnectionLimitReached)?;
+            .http_connection()
+            .ok_or(Error::ConnectionLimitReached)?;
         let connect_timeout = options
             .and_then(|o| o.connect_timeout)
             .unwrap_or(DEFAULT_CONNECT_TIMEOUT);

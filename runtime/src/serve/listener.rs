@@ -20,13 +20,17 @@ use hyper_util::rt::{TokioIo, TokioTimer};
 use tokio::sync::watch;
 use wasmtime_wasi_http::p2::body::HyperOutgoingBody;
 
-use super::DRAIN_WAIT;
-use super::request::{Served, plain};
+use super::request::{Served, plain, stopped};
 
 /// Connections one listener holds open at once. Each costs a task and a
 /// socket; a device's pages need tens. Past this, new connections wait in
 /// the kernel's backlog until one closes.
 const MAX_CONNECTIONS: usize = 512;
+
+/// How long a stopping service's in-flight requests get to finish before
+/// their instances are dropped. Well inside the default stop grace period,
+/// so the supervisor never has to cancel the serving itself.
+pub const DRAIN_WAIT: Duration = Duration::from_secs(5);
 
 /// How long a client has to send a request's headers. Stops a client that
 /// opens connections and trickles bytes from holding them for ever.
@@ -215,7 +219,7 @@ async fn accept(socket: tokio::net::TcpListener, routes: Routes, mut stop: watch
                     tokio::time::sleep(ACCEPT_BACKOFF).await;
                 }
             },
-            () = super::stopped(&mut stop) => return,
+            () = stopped(&mut stop) => return,
         }
     }
 }
@@ -264,7 +268,7 @@ async fn connection(
     tokio::pin!(conn);
     tokio::select! {
         _ = conn.as_mut() => {}
-        () = super::stopped(&mut stop) => {
+        () = stopped(&mut stop) => {
             // The listener is closing: finish the request under way, then
             // close instead of keeping the connection alive.
             conn.as_mut().graceful_shutdown();
