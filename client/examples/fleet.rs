@@ -7,7 +7,7 @@
 
 use std::io::Write;
 
-use kelp_client::{Client, DeviceQuery, StatusCode};
+use kelp_client::{Client, DeviceQuery, Scope, StatusCode};
 
 #[tokio::main(flavor = "current_thread")]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
@@ -51,7 +51,12 @@ pub async fn tour(
     }
 
     let var = client
-        .set_fleet_env(fleet, "GREETING", "hello from kelp-client", None)
+        .set_env(
+            Scope::Fleet(fleet),
+            "GREETING",
+            "hello from kelp-client",
+            None,
+        )
         .await?;
     writeln!(out, "set {}={}", var.name, var.value)?;
 

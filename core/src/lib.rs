@@ -33,15 +33,15 @@ mod wasm;
 
 pub use digest::{Digest, DigestError};
 pub use manifest::{
-    DEFAULT_MEMORY, GpioGrant, GpioMode, Grants, I2cGrant, MANIFEST_SECTION, MAX_I2C_ADDRESS,
-    MAX_MANIFEST_SIZE, MAX_NAME_LEN, Manifest, ManifestError, ManifestFileError, embed, extract,
-    read_manifest_file, valid_label, valid_service_name,
+    DEFAULT_MEMORY, GpioGrant, GpioMode, Grants, I2cGrant, MAX_I2C_ADDRESS, MAX_MANIFEST_SIZE,
+    MAX_NAME_LEN, Manifest, ManifestError, ManifestFileError, embed, extract, read_manifest_file,
+    valid_label, valid_service_name,
 };
 pub use network::{Destination, NetworkGrant, NetworkPolicy, Refusal, Transport};
+pub use sections::{MANIFEST_SECTION, SIGNATURE_SECTION};
 pub use signature::{
     Inspection, KeyError, KeyId, MAX_HASH_SETS, MAX_HASHES, MAX_KEY_FILE_SIZE, MAX_SIGNATURES,
-    PublicKey, SIGNATURE_SECTION, SecretKey, SignatureError, SignatureSummary, VerifiedBy, inspect,
-    sign, verify,
+    PublicKey, SecretKey, SignatureError, SignatureSummary, VerifiedBy, inspect, sign, verify,
 };
 pub use size::{ByteSize, SizeError};
 pub use status::{ExitReason, RestartPolicy, RestartPolicyError, ServiceState, ServiceStatus};

@@ -41,10 +41,9 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 
 use crate::network::{DestinationError, NetworkGrant};
+use crate::sections::{MANIFEST_SECTION, SIGNATURE_SECTION};
 use crate::wasm::{WasmFile, custom_section};
 use crate::{ByteSize, RestartPolicy, WasmError, WasmKind};
-
-pub use crate::sections::MANIFEST_SECTION;
 
 /// Largest embedded manifest (and `kelp.toml`) read. A manifest is a few
 /// hundred bytes; 64 KiB leaves room for a long env table while keeping a
@@ -329,7 +328,7 @@ pub fn embed(module: &[u8], manifest: &Manifest) -> Result<Vec<u8>, ManifestErro
     let mut out = Vec::with_capacity(module.len() + section.len());
     out.extend_from_slice(file.header);
     for s in &file.sections {
-        if !s.is_custom(MANIFEST_SECTION) && !s.is_custom(crate::sections::SIGNATURE_SECTION) {
+        if !s.is_custom(MANIFEST_SECTION) && !s.is_custom(SIGNATURE_SECTION) {
             out.extend_from_slice(s.raw);
         }
     }

@@ -17,11 +17,15 @@
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! The modules, bottom up: `names` (repository names, tags, references),
+//! `oci` (the artifact format), `error` (the spec's error body), `store` (the
+//! blobs on disk), `server` (the API, one module per area of the spec) and
+//! `client` (the same areas, from the other side). `oci` and `client` are
+//! public as namespaces too, for their less common items
+//! (`oci::WasmArtifact`, `client::Progress`).
 
-#[cfg(feature = "server")]
-mod auth;
 pub mod client;
-
 mod error;
 mod names;
 pub mod oci;
@@ -30,9 +34,7 @@ mod server;
 #[cfg(feature = "server")]
 mod store;
 
-#[cfg(feature = "server")]
-pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash, Tokens};
-pub use client::{Client, ClientError, Pulled, Reference};
+pub use client::{Client, ClientError, Progress, Pulled, Reference};
 #[cfg(feature = "server")]
 pub use error::ApiError;
 pub use error::{ErrorBody, ErrorCode, ErrorEntry};
@@ -40,6 +42,9 @@ pub use kelp_core::fsutil::write_atomic;
 pub use names::{MAX_NAME_LEN, MAX_TAG_LEN, ManifestRef, NameError, RepoName, Tag};
 pub use oci::{MAX_BLOB_SIZE, MAX_MANIFEST_SIZE};
 #[cfg(feature = "server")]
-pub use server::{MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS, Registry, UPLOAD_IDLE_TIMEOUT, router};
+pub use server::{
+    Auth, MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS, PullPolicy, PullPolicyError, Registry, TokenHash,
+    Tokens, UPLOAD_IDLE_TIMEOUT, router,
+};
 #[cfg(feature = "server")]
 pub use store::Store;

@@ -4,7 +4,7 @@
 use std::time::Duration;
 
 use kelp_client::api::{NewRelease, ServiceSpec};
-use kelp_client::{Client, LogQuery, StatusCode};
+use kelp_client::{Client, LogQuery, Pinned, Scope, StatusCode};
 use serde_json::json;
 
 use crate::fleet_cli::{post_logs, register};
@@ -51,7 +51,9 @@ fn the_example_tours_a_fleet_and_the_client_reads_what_it_did() {
         ],
         "{first}"
     );
-    let vars = rt.block_on(client.fleet_env("garden", None)).unwrap();
+    let vars = rt
+        .block_on(client.env(Scope::Fleet("garden"), None))
+        .unwrap();
     assert_eq!(vars.len(), 1);
     assert_eq!(
         (vars[0].name.as_str(), vars[0].value.as_str()),
@@ -100,9 +102,12 @@ fn the_example_tours_a_fleet_and_the_client_reads_what_it_did() {
         .block_on(client.set_tag("pump-1", "site", "north"))
         .unwrap();
     assert_eq!(tagged.tags["site"], "north");
-    let pinned = rt
-        .block_on(client.pin_device("pump-1", Some("1.0")))
-        .unwrap();
+    let Pinned::Device(pinned) = rt
+        .block_on(client.pin(Scope::Device("pump-1"), Some("1.0")))
+        .unwrap()
+    else {
+        panic!("a device's pin answered with a fleet");
+    };
     assert_eq!(pinned.pinned_release.as_deref(), Some("1.0"));
     rt.block_on(client.delete_tag("pump-1", "site")).unwrap();
     assert!(
@@ -114,18 +119,19 @@ fn the_example_tours_a_fleet_and_the_client_reads_what_it_did() {
 
     // Hardware maps: set, read back, removed.
     let map = "[gpio.led]\nchip = \"gpiochip0\"\nline = 17\nmodes = [\"output\"]\n";
-    rt.block_on(client.set_fleet_hardware_map("garden", map))
+    rt.block_on(client.set_hardware_map(Scope::Fleet("garden"), map))
         .unwrap();
     assert_eq!(
-        rt.block_on(client.fleet_hardware_map("garden"))
+        rt.block_on(client.hardware_map(Scope::Fleet("garden")))
             .unwrap()
             .as_deref(),
         Some(map)
     );
-    rt.block_on(client.delete_fleet_hardware_map("garden"))
+    rt.block_on(client.delete_hardware_map(Scope::Fleet("garden")))
         .unwrap();
     assert_eq!(
-        rt.block_on(client.fleet_hardware_map("garden")).unwrap(),
+        rt.block_on(client.hardware_map(Scope::Fleet("garden")))
+            .unwrap(),
         None
     );
 

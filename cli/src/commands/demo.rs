@@ -15,7 +15,7 @@ use std::time::Duration;
 
 use anyhow::{Context as _, bail};
 use clap::Args;
-use kelp_client::{Client as Cloud, LogQuery};
+use kelp_client::{Client as Cloud, LogQuery, Scope};
 use kelp_core::api::{DeviceView, NewRelease, ServiceSpec, StoredLogLine, UpdateStrategy};
 use kelp_core::{Manifest, SecretKey};
 use kelp_registry::{Client, ManifestRef, Reference, RepoName, Tag};
@@ -120,7 +120,7 @@ impl DemoArgs {
             let map = samples.join("hardware-sim.toml");
             let map = std::fs::read_to_string(&map)
                 .with_context(|| format!("cannot read `{}`", map.display()))?;
-            cloud.set_fleet_hardware_map(FLEET, &map).await?;
+            cloud.set_hardware_map(Scope::Fleet(FLEET), &map).await?;
             let version = publish(&cloud, &url, &token, &key, &samples).await?;
             let config = device_config(&data, &url, &provisioning_key)?;
             anyhow::Ok((version, config))

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use kelp_client::{Client, DeviceQuery};
+use kelp_client::{Client, DeviceQuery, Pinned, Scope};
 use kelp_core::api::DeviceView;
 
 use crate::cloud::{self, ForUser as _};
@@ -246,10 +246,16 @@ fn show(d: DeviceView) {
 impl PinArgs {
     async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         let release = if self.fleet { None } else { self.version };
-        let d = cloud
-            .pin_device(&self.uuid, release.as_deref())
+        let pinned = cloud
+            .pin(Scope::Device(&self.uuid), release.as_deref())
             .await
             .for_user()?;
+        let Pinned::Device(d) = pinned else {
+            anyhow::bail!(
+                "the cloud answered the pin of device {} with a fleet",
+                self.uuid
+            );
+        };
         match &d.pinned_release {
             Some(v) => println!("device {} pinned to release {v}", d.uuid),
             None => println!(

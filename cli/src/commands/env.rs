@@ -76,6 +76,16 @@ struct ListArgs {
 }
 
 impl Scope {
+    /// The fleet or device named.
+    fn owner(&self) -> kelp_client::Scope<'_> {
+        match (&self.owner.fleet, &self.owner.device) {
+            (Some(fleet), _) => kelp_client::Scope::Fleet(fleet),
+            (None, Some(device)) => kelp_client::Scope::Device(device),
+            // clap requires one of them.
+            (None, None) => kelp_client::Scope::Fleet(""),
+        }
+    }
+
     /// `fleet garden`, `device pump-1, service web`.
     fn describe(&self) -> String {
         let owner = match (&self.owner.fleet, &self.owner.device) {
@@ -114,13 +124,10 @@ impl SetArgs {
         }
         let service = self.scope.service.as_deref();
         for (key, value) in pairs {
-            match (&self.scope.owner.fleet, &self.scope.owner.device) {
-                (Some(fleet), _) => cloud.set_fleet_env(fleet, key, value, service).await,
-                (None, Some(device)) => cloud.set_device_env(device, key, value, service).await,
-                // clap requires one of them.
-                (None, None) => cloud.set_fleet_env("", key, value, service).await,
-            }
-            .for_user()?;
+            cloud
+                .set_env(self.scope.owner(), key, value, service)
+                .await
+                .for_user()?;
             println!("set {key} for {}", self.scope.describe());
         }
         Ok(())
@@ -131,12 +138,10 @@ impl UnsetArgs {
     async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         let service = self.scope.service.as_deref();
         for key in &self.keys {
-            match (&self.scope.owner.fleet, &self.scope.owner.device) {
-                (Some(fleet), _) => cloud.delete_fleet_env(fleet, key, service).await,
-                (None, Some(device)) => cloud.delete_device_env(device, key, service).await,
-                (None, None) => cloud.delete_fleet_env("", key, service).await,
-            }
-            .for_user()?;
+            cloud
+                .delete_env(self.scope.owner(), key, service)
+                .await
+                .for_user()?;
             println!("unset {key} for {}", self.scope.describe());
         }
         Ok(())
@@ -146,12 +151,7 @@ impl UnsetArgs {
 impl ListArgs {
     async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         let service = self.scope.service.as_deref();
-        let vars = match (&self.scope.owner.fleet, &self.scope.owner.device) {
-            (Some(fleet), _) => cloud.fleet_env(fleet, service).await,
-            (None, Some(device)) => cloud.device_env(device, service).await,
-            (None, None) => cloud.fleet_env("", service).await,
-        }
-        .for_user()?;
+        let vars = cloud.env(self.scope.owner(), service).await.for_user()?;
         if self.output.json() {
             return output::print_value(&vars);
         }

@@ -3,7 +3,7 @@
 use std::process::ExitCode;
 
 use clap::{Args, Subcommand};
-use kelp_client::Client;
+use kelp_client::{Client, Pinned, Scope};
 use kelp_core::api::FleetView;
 
 use crate::cloud::{self, ForUser as _};
@@ -132,10 +132,16 @@ impl ShowArgs {
 impl PinArgs {
     async fn run(self, cloud: &Client) -> anyhow::Result<()> {
         let release = if self.latest { None } else { self.version };
-        let f = cloud
-            .pin_fleet(&self.name, release.as_deref())
+        let pinned = cloud
+            .pin(Scope::Fleet(&self.name), release.as_deref())
             .await
             .for_user()?;
+        let Pinned::Fleet(f) = pinned else {
+            anyhow::bail!(
+                "the cloud answered the pin of fleet {} with a device",
+                self.name
+            );
+        };
         match &f.pinned_release {
             Some(v) => println!("fleet {} pinned to release {v}", f.name),
             None => println!(

@@ -1,4 +1,4 @@
-//! Who may push and pull.
+//! Who may push and pull, and `GET /v2/`, where clients learn it.
 //!
 //! Pushing always needs a token. Pulling needs one too unless the registry is
 //! configured for anonymous pulls. A token is accepted as `Authorization:
@@ -11,11 +11,14 @@ use std::fmt;
 use std::str::FromStr;
 use std::sync::Arc;
 
+use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
+use axum::response::{IntoResponse as _, Response};
 use base64::Engine as _;
 use kelp_core::Digest;
 use subtle::ConstantTimeEq as _;
 
+use super::Registry;
 use crate::error::{ApiError, ErrorCode};
 use crate::oci::digest_of;
 
@@ -210,6 +213,21 @@ fn presented_token(headers: &HeaderMap) -> Presented {
         };
     }
     Presented::Malformed
+}
+
+/// `GET /v2/`: 200 for a valid token, 401 with a challenge otherwise, even
+/// when pulls are anonymous. Docker-style clients send credentials only after
+/// this endpoint challenged them, so answering 200 to a client without
+/// credentials would leave it unable to push.
+pub(super) async fn base(State(reg): State<Registry>, headers: HeaderMap) -> Response {
+    match reg.inner.auth.check(&headers, Access::Push).await {
+        Ok(()) => (
+            [(header::CONTENT_TYPE, "application/json")],
+            "{}".to_owned(),
+        )
+            .into_response(),
+        Err(e) => e.into_response(),
+    }
 }
 
 #[cfg(test)]
