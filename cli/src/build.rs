@@ -91,8 +91,8 @@ pub fn ensure_target(target: &str) -> anyhow::Result<()> {
     }
     if !managed_by_rustup(&sysroot) {
         bail!(
-            "the Rust at `{}` has no standard library for {target}, and it is not a rustup \
-             toolchain, so kelp cannot install the target; with rustup's Rust \
+            "the Rust at `{}` has no standard library for {target}, and no rustup on PATH \
+             manages it, so kelp cannot install the target; with rustup's Rust \
              (https://rustup.rs) the fix is: rustup target add {target}",
             sysroot.display()
         );
