@@ -10,6 +10,8 @@ mod cloud;
 mod commands;
 mod output;
 mod progress;
+#[cfg(test)]
+mod reference;
 
 /// Build, sign, ship and run WebAssembly services on fleets of devices.
 #[derive(Parser, Debug)]

@@ -20,3 +20,4 @@ mod lifecycle;
 mod network;
 mod registry;
 mod signing;
+mod toolchain;

@@ -68,8 +68,9 @@ pub struct DemoArgs {
     #[arg(long, value_name = "ADDR", default_value = "127.0.0.1:8080")]
     listen: SocketAddr,
 
-    /// The sample services' sources (the repository's sample-modules).
-    #[arg(long, value_name = "DIR", default_value = SAMPLES)]
+    /// The sample services' sources [default: the sample-modules folder of
+    /// the repository this kelp was built from].
+    #[arg(long, value_name = "DIR", default_value = SAMPLES, hide_default_value = true)]
     samples: PathBuf,
 }
 
@@ -85,6 +86,11 @@ impl DemoArgs {
                     samples.display()
                 );
             }
+        }
+        // The wasm targets the samples build for, before anything starts.
+        for (name, _) in SERVICES {
+            let manifest = kelp_core::read_manifest_file(&samples.join(name).join("kelp.toml"))?;
+            crate::build::ensure_target(crate::build::target_for(manifest.kind))?;
         }
         std::fs::create_dir_all(&self.data)
             .with_context(|| format!("cannot create `{}`", self.data.display()))?;
