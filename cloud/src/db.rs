@@ -23,6 +23,7 @@ mod scratch;
 mod sessions;
 
 pub use scratch::ScratchSchema;
+pub use sessions::SessionRow;
 
 /// Most connections one server process holds. SQLite in WAL mode lets one
 /// writer and many readers through; PostgreSQL's default `max_connections`
