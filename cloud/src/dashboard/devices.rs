@@ -19,7 +19,7 @@ use crate::ops::reports::LogRead;
 use crate::ops::{self, ServiceSpec, is_online};
 
 /// Seconds of history a device page plots: an hour shows a restart loop
-/// or a leak at a glance; the cloud keeps a day (`db::KEPT_SAMPLE_AGE`),
+/// or a leak at a glance; the cloud keeps a day (`KEPT_SAMPLE_AGE` in `db/services.rs`),
 /// which `GET /api/v1/devices/{uuid}/samples?since=` returns.
 pub const PLOT_WINDOW: i64 = 60 * 60;
 
