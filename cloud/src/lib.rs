@@ -15,6 +15,13 @@
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Inside, requests go one way: the JSON API (`api`) and the dashboard
+//! (`dashboard`) take a request apart and call the fleet operations
+//! (`ops`), which check what they are given and read and write the
+//! database (`db`, one module per table). Waiting devices hear of changes
+//! through `changes`; `keys` and `seen` batch what every poll would
+//! otherwise ask of the database.
 
 mod api;
 mod changes;
