@@ -41,6 +41,14 @@ impl ScopePath {
     }
 }
 
+/// The page that shows `scope`, where a form posted to it goes back to.
+fn page(scope: &Scope) -> String {
+    match scope {
+        Scope::Fleet(f) => format!("/fleets/{}", f.name),
+        Scope::Device(d) => format!("/devices/{}", d.uuid),
+    }
+}
+
 pub struct VarItem {
     pub service: String,
     pub name: String,
@@ -77,7 +85,7 @@ pub async fn pin(
     let scope = at.find(&cp).await?;
     let version = (!form.release.is_empty()).then_some(form.release.as_str());
     ops::releases::pin(&cp, &session.token_id, &scope, version).await?;
-    Ok(Redirect::to(&scope.page()).into_response())
+    Ok(Redirect::to(&page(&scope)).into_response())
 }
 
 #[derive(Deserialize)]
@@ -108,7 +116,7 @@ pub async fn set_env(
     let service = form.service()?;
     let name = form.name.trim();
     ops::vars::set(&cp, &session.token_id, &scope, service, name, &form.value).await?;
-    Ok(Redirect::to(&format!("{}#variables", scope.page())).into_response())
+    Ok(Redirect::to(&format!("{}#variables", page(&scope))).into_response())
 }
 
 /// `POST /fleets/{name}/env/delete`, `POST /devices/{uuid}/env/delete`.
@@ -120,5 +128,5 @@ pub async fn delete_env(
     let scope = at.find(&cp).await?;
     let service = form.service()?;
     ops::vars::delete(&cp, &session.token_id, &scope, service, &form.name).await?;
-    Ok(Redirect::to(&format!("{}#variables", scope.page())).into_response())
+    Ok(Redirect::to(&format!("{}#variables", page(&scope))).into_response())
 }

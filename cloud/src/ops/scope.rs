@@ -35,12 +35,4 @@ impl Scope {
             Scope::Device(d) => Some(&d.uuid),
         }
     }
-
-    /// Where the dashboard shows this scope.
-    pub fn page(&self) -> String {
-        match self {
-            Scope::Fleet(f) => format!("/fleets/{}", f.name),
-            Scope::Device(d) => format!("/devices/{}", d.uuid),
-        }
-    }
 }
