@@ -15,23 +15,32 @@
 //! axum::serve(listener, app).await?;
 //! # Ok(()) }
 //! ```
+//!
+//! Inside, requests go one way: the JSON API (`api`) and the dashboard
+//! (`dashboard`) take a request apart and call the fleet operations
+//! (`ops`), which check what they are given and read and write the
+//! database (`db`, one module per table). Waiting devices hear of changes
+//! through `changes`; `keys` and `seen` batch what every poll would
+//! otherwise ask of the database.
 
 mod api;
 mod changes;
 mod dashboard;
 mod db;
 mod keys;
+mod ops;
 mod secret;
 mod seen;
 
-pub use api::{
-    ApiError, FleetCreated, MAX_COPY_AGE, MAX_JSON_BODY, MAX_LOG_BATCH, MAX_LOG_LINE, MAX_WAIT,
-    ONLINE_WINDOW, RECHECK, RegisteredDevice, TargetState, TokenCreated, UpdateStrategy, openapi,
-    router as fleet_router,
-};
+pub use api::{MAX_JSON_BODY, MAX_WAIT, RECHECK, openapi, router as fleet_router};
 pub use changes::Changes;
 pub use dashboard::{MAX_FORM_BODY, SESSION_LIFETIME, router as dashboard_router};
 pub use db::{Db, DbError, KEPT_LOG_LINES, MAX_CONNECTIONS, ScratchSchema, sqlite_url};
+pub use ops::targets::MAX_COPY_AGE;
+pub use ops::{
+    ApiError, FleetCreated, MAX_LOG_BATCH, MAX_LOG_LINE, ONLINE_WINDOW, RegisteredDevice,
+    TargetState, TokenCreated, UpdateStrategy,
+};
 pub use seen::SEEN_FLUSH;
 
 use std::fs;
@@ -115,7 +124,7 @@ fn parse_tokens(text: &str) -> anyhow::Result<Vec<TokenHash>> {
 pub struct ControlPlane {
     pub(crate) db: Db,
     pub(crate) changes: Changes,
-    pub(crate) targets: api::Targets,
+    pub(crate) targets: ops::targets::Targets,
     pub(crate) seen: seen::Seen,
     pub(crate) keys: keys::KeyLookups,
     /// Word that a device's log lines arrived, keyed by its uuid, for the
@@ -145,7 +154,7 @@ impl ControlPlane {
             logs: Changes::default(),
             db,
             changes,
-            targets: api::Targets::default(),
+            targets: ops::targets::Targets::default(),
             seen,
         })
     }

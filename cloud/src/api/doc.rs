@@ -14,7 +14,7 @@ use utoipa::openapi::{
     ContentBuilder, HeaderBuilder, ObjectBuilder, OpenApi, Ref, RefOr, Required, Type,
 };
 
-use super::ApiError;
+use crate::ops::ApiError;
 use kelp_core::api::{ErrorBody, ServiceReport, ServiceSpec, TargetService};
 use kelp_core::{GpioGrant, GpioMode, I2cGrant, NetworkGrant};
 

@@ -1,15 +1,18 @@
-//! What handlers take from a request: who is calling, and a JSON body
-//! parsed so that a bad one is refused with the field at fault.
+//! What handlers take from a request: who is calling, the fleet or device
+//! the path names, and a JSON body parsed so that a bad one is refused with
+//! the field at fault.
 
-use axum::extract::{FromRequest, FromRequestParts, Request};
+use std::collections::HashMap;
+use std::convert::Infallible;
+
+use axum::extract::{FromRequest, FromRequestParts, Path, Request};
 use axum::http::header;
 use axum::http::request::Parts;
 use serde::de::DeserializeOwned;
 
-use super::error::ApiError;
-use crate::ControlPlane;
-use crate::db::KeyedDevice;
-use crate::secret;
+use crate::db::{DeviceRow, FleetRow, KeyedDevice};
+use crate::ops::{self, ApiError, Scope};
+use crate::{ControlPlane, secret};
 
 /// Largest JSON request body. A release with the most services, each with
 /// the most variables at their longest, is well under it; anything larger is
@@ -249,7 +252,7 @@ impl FromRequestParts<ControlPlane> for User {
 
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let token = bearer(parts)?;
-        match cp.db.token_by_hash(&secret::hash(token)).await? {
+        match ops::tokens::live(cp, token).await? {
             Some(token_id) => Ok(User { token_id }),
             None => Err(ApiError::unauthorized(
                 "the API token is not valid or was revoked",
@@ -288,12 +291,88 @@ impl FromRequestParts<ControlPlane> for ProvisioningKey {
 
     async fn from_request_parts(parts: &mut Parts, cp: &ControlPlane) -> Result<Self, ApiError> {
         let key = bearer(parts)?;
-        match cp.db.provisioning_key_by_hash(&secret::hash(key)).await? {
+        match ops::fleets::of_provisioning_key(cp, key).await? {
             Some(fleet) => Ok(ProvisioningKey { fleet }),
             None => Err(ApiError::unauthorized(
                 "the provisioning key is not valid or was rotated",
             )),
         }
+    }
+}
+
+/// The route's path parameter `name`, or a JSON 400 if the path is not
+/// text.
+async fn param(parts: &mut Parts, name: &str) -> Result<String, ApiError> {
+    let Path(mut params) = Path::<HashMap<String, String>>::from_request_parts(parts, &())
+        .await
+        .map_err(|e| ApiError::field("path", e.body_text()))?;
+    params
+        .remove(name)
+        .ok_or_else(|| ApiError::Internal(format!("the route has no parameter `{name}`")))
+}
+
+/// The fleet the route's `{name}` names. It is looked up only when the
+/// handler asks ([`AtFleet::find`]), once the whole request is taken, so a
+/// body that is refused is refused before a name that is unknown.
+pub struct AtFleet(Result<String, ApiError>);
+
+impl AtFleet {
+    /// The fleet, or a 404.
+    pub async fn find(self, cp: &ControlPlane) -> Result<FleetRow, ApiError> {
+        ops::fleets::find(cp, &self.0?).await
+    }
+
+    /// The fleet as the scope of an operation it shares with devices.
+    pub async fn scope(self, cp: &ControlPlane) -> Result<Scope, ApiError> {
+        Ok(Scope::Fleet(self.find(cp).await?))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AtFleet {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(AtFleet(param(parts, "name").await))
+    }
+}
+
+/// The device the route's `{uuid}` names, looked up as [`AtFleet`] is.
+pub struct AtDevice(Result<String, ApiError>);
+
+impl AtDevice {
+    /// The device, or a 404.
+    pub async fn find(self, cp: &ControlPlane) -> Result<DeviceRow, ApiError> {
+        ops::devices::find(cp, &self.0?).await
+    }
+
+    /// The device as the scope of an operation it shares with fleets.
+    pub async fn scope(self, cp: &ControlPlane) -> Result<Scope, ApiError> {
+        Ok(Scope::Device(self.find(cp).await?))
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for AtDevice {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(AtDevice(param(parts, "uuid").await))
+    }
+}
+
+/// The route's `{key}`, unchecked: the operation checks it.
+pub struct Key(Result<String, ApiError>);
+
+impl Key {
+    pub fn take(self) -> Result<String, ApiError> {
+        self.0
+    }
+}
+
+impl<S: Send + Sync> FromRequestParts<S> for Key {
+    type Rejection = Infallible;
+
+    async fn from_request_parts(parts: &mut Parts, _: &S) -> Result<Self, Infallible> {
+        Ok(Key(param(parts, "key").await))
     }
 }
 

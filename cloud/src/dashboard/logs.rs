@@ -17,7 +17,7 @@ use tokio::sync::watch;
 use super::DashError;
 use super::session::Session;
 use crate::ControlPlane;
-use crate::api::{check_service_name, check_uuid};
+use crate::ops::{self, reports::LogRead};
 
 /// How often a stream looks for new lines without word of any: lines
 /// another `kelp-cloud` process stored (on a shared PostgreSQL) reach this
@@ -63,17 +63,12 @@ impl Follow {
             // Marked seen before reading, so word of a batch stored during
             // the read is not lost.
             self.news.mark_unchanged();
-            match self
-                .cp
-                .db
-                .logs(
-                    &self.uuid,
-                    &self.service,
-                    Some(self.after),
-                    LOG_STREAM_BATCH,
-                )
-                .await
-            {
+            let read = LogRead {
+                service: (!self.service.is_empty()).then_some(self.service.as_str()),
+                after: Some(self.after),
+                limit: Some(LOG_STREAM_BATCH),
+            };
+            match ops::reports::logs(&self.cp, &self.uuid, read).await {
                 Ok(lines) if !lines.is_empty() => {
                     self.pending.extend(lines);
                     continue;
@@ -116,15 +111,10 @@ pub async fn stream(
     headers: HeaderMap,
 ) -> Result<Response, DashError> {
     let Query(q) = query.map_err(|e| DashError::bad_request(e.body_text()))?;
-    check_uuid("uuid", &uuid)?;
-    let device = cp
-        .db
-        .device(&uuid)
-        .await?
-        .ok_or_else(|| DashError::not_found(format!("no device with uuid `{uuid}`")))?;
+    let device = ops::devices::find(&cp, &uuid).await?;
     let service = q.service.unwrap_or_default();
     if !service.is_empty() {
-        check_service_name("service", &service)?;
+        ops::check_service_name("service", &service)?;
     }
     let resume = match headers.get("last-event-id") {
         Some(v) => Some(
@@ -144,12 +134,14 @@ pub async fn stream(
     let news = cp.logs.subscribe(&device.uuid);
     let after = match resume {
         Some(n) => n,
-        None => cp
-            .db
-            .logs(&device.uuid, "", None, 1)
-            .await?
-            .last()
-            .map_or(0, |l| l.seq),
+        None => {
+            let newest = LogRead {
+                limit: Some(1),
+                ..LogRead::default()
+            };
+            let lines = ops::reports::logs(&cp, &device.uuid, newest).await?;
+            lines.last().map_or(0, |l| l.seq)
+        }
     };
     let follow = Follow {
         stopping: cp.changes.stopping(),

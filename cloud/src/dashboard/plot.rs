@@ -115,7 +115,7 @@ pub fn line_chart(
             anchor,
             x: format!("{:.1}", x_of(t)),
             y: format!("{:.1}", HEIGHT - 8.0),
-            text: super::pages::utc(t)
+            text: super::format::utc(t)
                 .get(11..16)
                 .unwrap_or_default()
                 .to_owned(),
@@ -167,7 +167,7 @@ pub fn service_history<'a>(samples: impl IntoIterator<Item = Sample<'a>>) -> Vec
     let mut plots = Vec::new();
     if !memory.is_empty() {
         plots.push(line_chart("Memory", owned(memory), |v| {
-            super::pages::bytes(v as i64)
+            super::format::bytes(v as i64)
         }));
     }
     if !restarts.is_empty() {

@@ -20,7 +20,7 @@ use serde::de::DeserializeOwned;
 use subtle::ConstantTimeEq as _;
 
 use super::{DashError, MAX_FORM_BODY, render};
-use crate::{ControlPlane, db, secret};
+use crate::{ControlPlane, ops, secret};
 
 /// How long a sign-in lasts: a working day, after which the browser signs
 /// in again. Revoking the token it signed in with ends it at once.
@@ -61,7 +61,7 @@ impl FromRequestParts<ControlPlane> for Session {
             return Err(DashError::SignIn);
         }
         let id_hash = secret::hash(id);
-        match cp.db.session(&id_hash).await? {
+        match ops::sessions::find(cp, &id_hash).await? {
             Some(row) => Ok(Session {
                 token_id: row.token_id,
                 csrf: row.csrf,
@@ -198,31 +198,14 @@ pub async fn login(
     }
     let form: LoginForm = serde_urlencoded::from_bytes(&body)
         .map_err(|e| DashError::bad_request(format!("the form is not complete: {e}")))?;
-    let token = form.token.trim();
-    let token_id = if token.is_empty() {
-        None
-    } else {
-        cp.db.token_by_hash(&secret::hash(token)).await?
-    };
-    let Some(token_id) = token_id else {
+    let lifetime = i64::try_from(SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX);
+    let Some(id) = ops::sessions::open(&cp, form.token.trim(), lifetime).await? else {
         let mut page = render(&LoginPage {
             error: Some("That token is not a live API token of this cloud."),
         })?;
         *page.status_mut() = StatusCode::UNAUTHORIZED;
         return Ok(page);
     };
-    let id = secret::new_secret("")?;
-    let csrf = secret::new_secret("")?;
-    let lifetime = i64::try_from(SESSION_LIFETIME.as_secs()).unwrap_or(i64::MAX);
-    cp.db
-        .create_session(
-            &secret::hash(&id),
-            &token_id,
-            &csrf,
-            db::now().saturating_add(lifetime),
-        )
-        .await?;
-    tracing::info!(token = %token_id, "signed in to the dashboard");
     let secure = if over_https(&headers) { "; Secure" } else { "" };
     let cookie =
         format!("{COOKIE}={id}; HttpOnly; SameSite=Strict; Path=/; Max-Age={lifetime}{secure}");
@@ -230,7 +213,7 @@ pub async fn login(
     response.headers_mut().insert(
         header::SET_COOKIE,
         HeaderValue::from_str(&cookie)
-            .map_err(|e| DashError::Internal(format!("bad cookie: {e}")))?,
+            .map_err(|e| DashError::Failed(ops::ApiError::Internal(format!("bad cookie: {e}"))))?,
     );
     Ok(response)
 }
@@ -243,8 +226,7 @@ pub async fn logout(
     State(cp): State<ControlPlane>,
     Posted { session, .. }: Posted<NoFields>,
 ) -> Result<Response, DashError> {
-    cp.db.delete_session(&session.id_hash).await?;
-    tracing::info!(token = %session.token_id, "signed out of the dashboard");
+    ops::sessions::close(&cp, &session.id_hash, &session.token_id).await?;
     let mut response = Redirect::to("/login").into_response();
     response.headers_mut().insert(
         header::SET_COOKIE,

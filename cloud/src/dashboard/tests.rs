@@ -1,6 +1,9 @@
 //! The dashboard's routes in-process, through the same app `kelp-cloud
 //! serve` runs: on SQLite, and on PostgreSQL too when `KELP_TEST_POSTGRES`
 //! names a server.
+//!
+//! Longer than the crate's other files: each test walks one page from
+//! signing in to what a device then sees, and all share the helpers here.
 
 use axum::Router;
 use axum::body::Body;

@@ -1,11 +1,9 @@
 //! The dashboard's sign-ins, stored by the hash of their session id.
 
-use sqlx::Row as _;
-
 use super::{Db, DbError, End, now};
 
 /// A signed-in browser's session as stored: never the session id itself.
-#[derive(Clone, Debug)]
+#[derive(Clone, Debug, sqlx::FromRow)]
 pub struct SessionRow {
     /// The API token the browser signed in with.
     pub token_id: String,
@@ -48,7 +46,7 @@ impl Db {
     /// The live session with this id hash: not expired, and signed in
     /// with a token that is still live.
     pub async fn session(&self, id_hash: &str) -> Result<Option<SessionRow>, DbError> {
-        let row = sqlx::query(
+        Ok(sqlx::query_as(
             "SELECT s.token_id, s.csrf, s.expires_at FROM dashboard_sessions s \
              JOIN api_tokens t ON t.id = s.token_id \
              WHERE s.id_hash = $1 AND s.expires_at > $2 AND t.revoked_at IS NULL",
@@ -56,15 +54,7 @@ impl Db {
         .bind(id_hash)
         .bind(now())
         .fetch_optional(&self.pool)
-        .await?;
-        let Some(row) = row else {
-            return Ok(None);
-        };
-        Ok(Some(SessionRow {
-            token_id: row.try_get("token_id")?,
-            csrf: row.try_get("csrf")?,
-            expires_at: row.try_get("expires_at")?,
-        }))
+        .await?)
     }
 
     /// Ends a session; `false` if there was none.

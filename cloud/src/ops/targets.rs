@@ -26,13 +26,22 @@ use axum::body::Bytes;
 use axum::http::HeaderValue;
 use sha2::Digest as _;
 
-use super::{ApiError, ReleaseView, TargetService, TargetState, apply_env, release_view};
+use super::ApiError;
+use super::releases::view as release_view;
+use super::vars::apply_env;
 use crate::db::{Db, EnvRow, KeyedDevice};
+use kelp_core::api::{ReleaseRef, ReleaseView, TargetService, TargetState};
 
 /// Longest a fleet's copy is used before it is read again even though the
 /// count has not moved: a write whose count failed to go up (it is
 /// logged, not undone) is then late by at most this, not for ever.
 pub const MAX_COPY_AGE: Duration = Duration::from_secs(5);
+
+/// The target of `device` as the database stands at the change count read
+/// with it.
+pub async fn of(cp: &crate::ControlPlane, device: &KeyedDevice) -> Result<Arc<Target>, ApiError> {
+    cp.targets.of(&cp.db, device).await
+}
 
 /// A target state as sent: its bytes and their strong ETag.
 pub struct Target {
@@ -220,7 +229,7 @@ fn render(
             restarts: BTreeMap::new(),
         },
         Some(view) => TargetState {
-            release: Some(super::ReleaseRef {
+            release: Some(ReleaseRef {
                 id: view.id.clone(),
                 version: view.version.clone(),
             }),

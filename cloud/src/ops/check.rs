@@ -6,7 +6,7 @@ pub use kelp_core::api::*;
 use kelp_core::{ByteSize, Grants, MAX_I2C_ADDRESS, valid_label};
 use kelp_registry::{ManifestRef, Reference};
 
-use super::error::ApiError;
+use super::ApiError;
 
 /// Most services in one release: far more than one device runs, few enough
 /// that a target state stays small to send and to hash.

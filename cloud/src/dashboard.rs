@@ -4,13 +4,18 @@
 //! no build step. A browser signs in with an API token and then holds a
 //! session cookie; every form it posts carries the session's CSRF token.
 //!
-//! The pages read and write through the same database functions as the
-//! fleet API's handlers, and announce changes the same way, so a variable
-//! set here reaches devices as one set through the API does.
+//! The pages render what [`crate::ops`] reads, and their forms call the
+//! same operations as the fleet API's handlers, so a variable set here
+//! reaches devices as one set through the API does, refused for the same
+//! reasons with the same words.
 
+mod devices;
+mod fleets;
+mod format;
+mod forms;
 mod logs;
-mod pages;
 mod plot;
+mod releases;
 mod session;
 #[cfg(test)]
 mod tests;
@@ -22,8 +27,8 @@ use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
 
 use crate::ControlPlane;
-use crate::api::ApiError;
 use crate::db::DbError;
+use crate::ops::ApiError;
 
 pub use session::SESSION_LIFETIME;
 
@@ -40,30 +45,32 @@ const CONTENT_SECURITY_POLICY: &str = "default-src 'self'; script-src 'self'; \
      style-src 'self'; img-src 'self' data:; connect-src 'self'; frame-ancestors 'none'; \
      form-action 'self'; base-uri 'none'; object-src 'none'";
 
-/// The dashboard's routes.
+/// The dashboard's routes. A form that a fleet and a device both have
+/// (pin, variables) posts to one handler, which tells the two apart by
+/// the path.
 pub fn router(cp: ControlPlane) -> Router {
     Router::new()
-        .route("/", get(pages::fleets))
+        .route("/", get(fleets::fleets))
         .route("/login", get(session::login_page).post(session::login))
         .route("/logout", post(session::logout))
-        .route("/fleets", post(pages::create_fleet))
-        .route("/fleets/{name}", get(pages::fleet))
+        .route("/fleets", post(fleets::create_fleet))
+        .route("/fleets/{name}", get(fleets::fleet))
         .route(
             "/fleets/{name}/provisioning-key",
-            post(pages::rotate_provisioning_key),
+            post(fleets::rotate_provisioning_key),
         )
-        .route("/fleets/{name}/pin", post(pages::pin_fleet))
-        .route("/fleets/{name}/env", post(pages::set_fleet_env))
-        .route("/fleets/{name}/env/delete", post(pages::delete_fleet_env))
-        .route("/fleets/{name}/releases/{version}", get(pages::release))
-        .route("/devices/{uuid}", get(pages::device))
-        .route("/devices/{uuid}/pin", post(pages::pin_device))
+        .route("/fleets/{name}/pin", post(forms::pin))
+        .route("/fleets/{name}/env", post(forms::set_env))
+        .route("/fleets/{name}/env/delete", post(forms::delete_env))
+        .route("/fleets/{name}/releases/{version}", get(releases::release))
+        .route("/devices/{uuid}", get(devices::device))
+        .route("/devices/{uuid}/pin", post(forms::pin))
         .route(
             "/devices/{uuid}/services/{service}/restart",
-            post(pages::restart_service),
+            post(devices::restart_service),
         )
-        .route("/devices/{uuid}/env", post(pages::set_device_env))
-        .route("/devices/{uuid}/env/delete", post(pages::delete_device_env))
+        .route("/devices/{uuid}/env", post(forms::set_env))
+        .route("/devices/{uuid}/env/delete", post(forms::delete_env))
         .route("/devices/{uuid}/logs/stream", get(logs::stream))
         .route("/static/dashboard.css", get(stylesheet))
         .route("/static/dashboard.js", get(script))
@@ -94,8 +101,8 @@ async fn security_headers(mut response: Response) -> Response {
     response
 }
 
-const STYLESHEET: &str = include_str!("../../templates/static/dashboard.css");
-const SCRIPT: &str = include_str!("../../templates/static/dashboard.js");
+const STYLESHEET: &str = include_str!("../templates/static/dashboard.css");
+const SCRIPT: &str = include_str!("../templates/static/dashboard.js");
 
 /// How long a browser may keep the stylesheet and script: they change only
 /// with the binary, and an hour bounds how long an upgrade looks stale.
@@ -123,34 +130,24 @@ async fn script() -> Response {
         .into_response()
 }
 
-/// What went wrong serving a page: shown to the person as a page that says
-/// what (a server fault is logged in full and shown as a bare "internal
-/// error"), or, without a session, a trip to the sign-in page.
+/// What went wrong serving a page: an operation refused or failed (shown
+/// to the person as a page that says what; a server fault is logged in
+/// full and shown as a bare "internal error"), or, without a session, a
+/// trip to the sign-in page.
 #[derive(Debug)]
 pub enum DashError {
     /// Not signed in, or the session ended.
     SignIn,
-    Client {
-        status: StatusCode,
-        message: String,
-    },
-    Internal(String),
+    Failed(ApiError),
 }
 
 impl DashError {
     pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        DashError::Client {
-            status,
-            message: message.into(),
-        }
+        DashError::Failed(ApiError::new(status, message))
     }
 
     pub fn forbidden(message: impl Into<String>) -> Self {
         Self::new(StatusCode::FORBIDDEN, message)
-    }
-
-    pub fn not_found(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::NOT_FOUND, message)
     }
 
     pub fn bad_request(message: impl Into<String>) -> Self {
@@ -158,32 +155,27 @@ impl DashError {
     }
 }
 
-impl From<DbError> for DashError {
-    fn from(e: DbError) -> Self {
-        DashError::Internal(format!("database: {e}"))
+impl From<ApiError> for DashError {
+    fn from(e: ApiError) -> Self {
+        DashError::Failed(e)
     }
 }
 
-impl From<ApiError> for DashError {
-    fn from(e: ApiError) -> Self {
-        match e {
-            ApiError::Client {
-                status, message, ..
-            } => DashError::Client { status, message },
-            ApiError::Internal(detail) => DashError::Internal(detail),
-        }
+impl From<DbError> for DashError {
+    fn from(e: DbError) -> Self {
+        DashError::Failed(e.into())
     }
 }
 
 impl From<crate::secret::NoRandomness> for DashError {
     fn from(e: crate::secret::NoRandomness) -> Self {
-        DashError::Internal(e.to_string())
+        DashError::Failed(e.into())
     }
 }
 
 impl From<askama::Error> for DashError {
     fn from(e: askama::Error) -> Self {
-        DashError::Internal(format!("cannot render a page: {e}"))
+        DashError::Failed(ApiError::Internal(format!("cannot render a page: {e}")))
     }
 }
 
@@ -199,8 +191,10 @@ impl IntoResponse for DashError {
     fn into_response(self) -> Response {
         let (status, message) = match self {
             DashError::SignIn => return Redirect::to("/login").into_response(),
-            DashError::Client { status, message } => (status, message),
-            DashError::Internal(detail) => {
+            DashError::Failed(ApiError::Client {
+                status, message, ..
+            }) => (status, message),
+            DashError::Failed(ApiError::Internal(detail)) => {
                 tracing::error!(error = %detail, "dashboard request failed");
                 (
                     StatusCode::INTERNAL_SERVER_ERROR,

@@ -1,6 +1,7 @@
-//! The fleet API's one error type, and the JSON body it answers with:
+//! The one error type of the fleet operations. The JSON API answers it as
 //! `{"error": "<what was wrong>", "field": "<where>"}` (`field` only when one
-//! field of the request is at fault).
+//! field of the request is at fault); the dashboard shows the same message
+//! on a page.
 
 use axum::http::{HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
@@ -8,7 +9,7 @@ use kelp_core::api::ErrorBody;
 
 use crate::db::DbError;
 
-/// What went wrong serving a request. Client errors say exactly what; a
+/// What went wrong with an operation. Client errors say exactly what; a
 /// server fault is logged in full and answered with a bare 500.
 #[derive(Debug, thiserror::Error)]
 pub enum ApiError {
