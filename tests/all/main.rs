@@ -9,6 +9,7 @@ mod client;
 mod dashboard;
 mod demo;
 mod engine;
+mod fetching;
 mod fleet;
 mod fleet_cli;
 mod hardware;

@@ -268,6 +268,69 @@ impl ImageStore {
         }
         Ok(module_path)
     }
+
+    /// Removes from the store every file that none of `images` needs: the
+    /// modules of releases the device will not run again, and what is left
+    /// of downloads that were refused or superseded. A device's disk holds
+    /// what it may still run, not everything it ever ran. Waits for a fetch
+    /// under way, so nothing it is writing goes. Returns the bytes freed.
+    pub async fn keep_only(&self, images: &[&ImageRef]) -> u64 {
+        let _no_fetch_meanwhile = self.fetching.lock().await;
+        let mut wanted = std::collections::HashSet::new();
+        for image in images {
+            wanted.insert(image.digest.hex());
+            let path = self.blob_path(&image.digest);
+            // A manifest that is missing or damaged is fetched again, with
+            // its module, before the image runs: nothing of it to keep.
+            if let Ok(Some(bytes)) = verified(&path, &image.digest, MAX_MANIFEST_SIZE as u64).await
+                && let Ok(manifest) = serde_json::from_slice::<ImageManifest>(&bytes)
+                && let Ok(layer) = manifest.wasm_layer()
+            {
+                wanted.insert(layer.digest.hex());
+            }
+        }
+        let dir = self.dir.clone();
+        let freed = blocking(move || {
+            let entries = match std::fs::read_dir(&dir) {
+                Ok(entries) => entries,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(0),
+                Err(e) => return Err(e),
+            };
+            let mut freed = 0u64;
+            for entry in entries {
+                let entry = entry?;
+                let name = entry.file_name();
+                let name = name.to_string_lossy();
+                let blob = name.strip_suffix(".partial").unwrap_or(&name);
+                if wanted.contains(blob) {
+                    continue;
+                }
+                let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
+                match std::fs::remove_file(entry.path()) {
+                    Ok(()) => freed += size,
+                    Err(e) => {
+                        tracing::warn!(path = %entry.path().display(), error = %e, "cannot remove from the image store")
+                    }
+                }
+            }
+            Ok(freed)
+        })
+        .await;
+        match freed {
+            Ok(0) => 0,
+            Ok(freed) => {
+                tracing::info!(
+                    freed_bytes = freed,
+                    "image store: removed what no release the device may run needs"
+                );
+                freed
+            }
+            Err(e) => {
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot clean the image store");
+                0
+            }
+        }
+    }
 }
 
 /// The bytes of a small file in the store if they match `digest`; `None`

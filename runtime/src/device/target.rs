@@ -84,6 +84,38 @@ pub fn from_cloud(
     (services, refused)
 }
 
+/// The images a target from the cloud names, each pinned by digest.
+pub fn images_of(target: &TargetState) -> Vec<ImageRef> {
+    target
+        .services
+        .values()
+        .filter_map(|s| s.image.parse().ok())
+        .collect()
+}
+
+/// Fetches into the store the images of a target from the cloud, before
+/// anything of it runs: what [`apply_cloud`] will find there. Stopping it
+/// part way (dropping the future) is safe: a download stopped in the middle
+/// goes on from where it stopped the next time. What fails here is tried
+/// again, and reported, by [`apply_cloud`]. A service that is to be stopped
+/// before its new version is fetched (`kill-then-download`) is left to it.
+pub async fn fetch_cloud(node: &Node, target: &TargetState) {
+    let Some(store) = node.images() else {
+        return;
+    };
+    for (name, service) in &target.services {
+        if service.update_strategy == UpdateStrategy::KillThenDownload {
+            continue;
+        }
+        let Ok(image) = service.image.parse::<ImageRef>() else {
+            continue;
+        };
+        if let Err(e) = store.fetch(&image).await {
+            tracing::warn!(service = %name, error = %e, "cannot fetch ahead of the switch");
+        }
+    }
+}
+
 /// Moves the device to a target from its local file.
 pub async fn apply_local(node: &Node, target: Vec<TargetService>) -> ApplyReport {
     apply(node, target, Refused::new()).await

@@ -16,8 +16,9 @@ use super::config::Config;
 use super::disk::DeviceFiles;
 use super::error::AgentError;
 use super::outbox::Outbox;
-use super::rollout::Rollout;
+use super::rollout::{Rollout, SavedTarget};
 use crate::device::node::Node;
+use crate::device::target;
 
 /// A burst of service changes is one report, this long after the first.
 const REPORT_DEBOUNCE: Duration = Duration::from_secs(1);
@@ -279,6 +280,7 @@ impl Follow {
             }
             Ok(Poll::Changed(saved)) => {
                 *failures = 0;
+                let saved = self.fetch_newest(device_key, saved).await;
                 self.rollout.receive(saved).await;
                 Step::Next
             }
@@ -288,6 +290,65 @@ impl Follow {
                 }
                 tracing::warn!(error = %e, "cannot get the target; trying again");
                 Step::Failed
+            }
+        }
+    }
+
+    /// Fetches the images `saved` needs while still following the cloud,
+    /// and returns the target to switch to once they are in: a newer target
+    /// that comes meanwhile takes the place of the one being fetched (whose
+    /// download stops there), and a health window under way still ends on
+    /// time. However slow a registry is, the device keeps up with its
+    /// newest target.
+    async fn fetch_newest(&mut self, device_key: &str, mut saved: SavedTarget) -> SavedTarget {
+        loop {
+            // Leaving this block drops `fetch`, which is what stops it; it
+            // must be gone before the rollout runs, since the rollout may
+            // fetch too and the store fetches one at a time.
+            let newer = {
+                let node = self.node.clone();
+                let target = saved.target.clone();
+                let fetch = async move { target::fetch_cloud(&node, &target).await };
+                tokio::pin!(fetch);
+                let deadline = self.rollout.deadline();
+                let window = async {
+                    match deadline {
+                        Some(until) => tokio::time::sleep_until(until).await,
+                        None => std::future::pending().await,
+                    }
+                };
+                tokio::pin!(window);
+                loop {
+                    let cloud = self.cloud.clone();
+                    let etag = saved.etag.clone();
+                    let ask = async move {
+                        match cloud.target(device_key, Some(&etag), POLL_WAIT).await {
+                            Ok(Poll::Changed(newer)) => Some(newer),
+                            Ok(Poll::Unchanged) => None,
+                            Err(e) => {
+                                tracing::warn!(error = %e, "cannot ask for a newer target while fetching; trying again");
+                                tokio::time::sleep(retry_after(3)).await;
+                                None
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        () = &mut fetch => return saved,
+                        () = &mut window => break None,
+                        newer = ask => if let Some(newer) = newer { break Some(newer) },
+                    }
+                }
+            };
+            match newer {
+                Some(newer) => {
+                    tracing::info!(
+                        fetching = ?saved.target.release,
+                        newer = ?newer.target.release,
+                        "a newer target came while fetching: fetching that one instead"
+                    );
+                    saved = newer;
+                }
+                None => self.rollout.judge(true).await,
             }
         }
     }

@@ -179,6 +179,7 @@ impl Rollout {
         if on_trial {
             rollout.start();
         }
+        rollout.reclaim().await;
         rollout
     }
 
@@ -228,6 +229,7 @@ impl Rollout {
             // A service refused outright fails the trial at once.
             self.judge(false).await;
         }
+        self.reclaim().await;
         self.show();
     }
 
@@ -283,7 +285,22 @@ impl Rollout {
             }
         }
         self.save("cannot keep the device's state for the next start");
+        self.reclaim().await;
         self.show();
+    }
+
+    /// Keeps in the image store only what the device may still run: the
+    /// cloud's target and the last healthy one (the one to roll back to).
+    async fn reclaim(&self) {
+        let Some(store) = self.node.images() else {
+            return;
+        };
+        let images: Vec<_> = [&self.state.target, &self.state.healthy]
+            .into_iter()
+            .flatten()
+            .flat_map(|saved| target::images_of(&saved.target))
+            .collect();
+        store.keep_only(&images.iter().collect::<Vec<_>>()).await;
     }
 
     fn start(&mut self) {

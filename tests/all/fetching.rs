@@ -1,0 +1,310 @@
+//! A device's downloads, against a real `kelp-cloud` and a registry that
+//! crawls: a slow download never keeps a device from its newest target,
+//! and the device's image store keeps only what it may still run.
+
+use std::io::{BufRead as _, BufReader, Write as _};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::{Duration, Instant};
+
+use kelp_tests::artifacts::{HELLO, IDLE};
+use serde_json::json;
+
+use crate::agent::{create_fleet, release, wait_for_cloud};
+use crate::images::{Publisher, push};
+use crate::kelpd::Device;
+use crate::registry::{TestCloud, sha256, wasm_manifest};
+
+const GREETING: &str = "Hello, world! Greetings from a WebAssembly component.";
+
+/// A registry that answers manifests at once and sends blobs one byte a
+/// second: the slow-retrieval attack. It serves one image, `kelp/slow`.
+struct CrawlingRegistry {
+    addr: String,
+    /// Blob requests it has begun to answer.
+    blob_requests: Arc<AtomicUsize>,
+}
+
+impl CrawlingRegistry {
+    fn serve(manifest: Vec<u8>, blob: Vec<u8>) -> CrawlingRegistry {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = listener.local_addr().unwrap().to_string();
+        let blob_requests = Arc::new(AtomicUsize::new(0));
+        let counter = blob_requests.clone();
+        let (manifest, blob) = (Arc::new(manifest), Arc::new(blob));
+        std::thread::spawn(move || {
+            // Bounded: the test is over long before.
+            let until = Instant::now() + Duration::from_secs(180);
+            for stream in listener.incoming() {
+                if Instant::now() > until {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (manifest, blob, counter) = (manifest.clone(), blob.clone(), counter.clone());
+                std::thread::spawn(move || answer(stream, &manifest, &blob, &counter, until));
+            }
+        });
+        CrawlingRegistry {
+            addr,
+            blob_requests,
+        }
+    }
+
+    fn image(&self, manifest: &[u8]) -> String {
+        format!("{}/kelp/slow@{}", self.addr, sha256(manifest))
+    }
+}
+
+fn answer(
+    stream: TcpStream,
+    manifest: &[u8],
+    blob: &[u8],
+    blob_requests: &AtomicUsize,
+    until: Instant,
+) {
+    let mut reader = BufReader::new(stream.try_clone().unwrap());
+    let mut out = stream;
+    loop {
+        let mut request = String::new();
+        if reader.read_line(&mut request).unwrap_or(0) == 0 {
+            return;
+        }
+        // Headers, up to the blank line; no request here has a body.
+        loop {
+            let mut line = String::new();
+            if reader.read_line(&mut line).unwrap_or(0) == 0 {
+                return;
+            }
+            if line == "\r\n" || line == "\n" {
+                break;
+            }
+        }
+        let path = request.split_whitespace().nth(1).unwrap_or("").to_owned();
+        if path.contains("/manifests/") {
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/vnd.oci.image.manifest.v1+json\r\n\
+                 docker-content-digest: {}\r\ncontent-length: {}\r\n\r\n",
+                sha256(manifest),
+                manifest.len()
+            );
+            if out.write_all(head.as_bytes()).is_err() || out.write_all(manifest).is_err() {
+                return;
+            }
+        } else if path.contains("/blobs/") {
+            blob_requests.fetch_add(1, Ordering::SeqCst);
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/octet-stream\r\ncontent-length: {}\r\n\r\n",
+                blob.len()
+            );
+            if out.write_all(head.as_bytes()).is_err() {
+                return;
+            }
+            for byte in blob {
+                if Instant::now() > until || out.write_all(&[*byte]).is_err() {
+                    return;
+                }
+                std::thread::sleep(Duration::from_secs(1));
+            }
+            return;
+        } else {
+            let body = b"{}";
+            let head = format!(
+                "HTTP/1.1 200 OK\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n",
+                body.len()
+            );
+            if out.write_all(head.as_bytes()).is_err() || out.write_all(body).is_err() {
+                return;
+            }
+        }
+    }
+}
+
+/// The files of the device's image store, by name.
+fn store(device: &Device) -> Vec<String> {
+    let dir: PathBuf = device.var().join("blobs/sha256");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .map(|entries| {
+            entries
+                .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// The store's file names for an image pushed to the cloud from `file`:
+/// its manifest and its module (the file itself is the image's one layer).
+fn blobs_of(image: &str, file: &Path) -> Vec<String> {
+    let (_, manifest) = image.split_once('@').unwrap();
+    let module = sha256(&std::fs::read(file).unwrap());
+    let mut blobs = vec![
+        manifest.trim_start_matches("sha256:").to_owned(),
+        module.trim_start_matches("sha256:").to_owned(),
+    ];
+    blobs.sort();
+    blobs
+}
+
+#[test]
+fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let publisher = Publisher::new();
+    let signed_idle = publisher.sign(Path::new(IDLE), "idle.wasm");
+    let idle = push(&cloud, &signed_idle, "kelp/idle");
+    let signed_hello = publisher.sign(Path::new(HELLO), "hello.wasm");
+    let hello = push(&cloud, &signed_hello, "kelp/hello");
+    let provisioning_key = create_fleet(&cloud, "garden");
+    release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+
+    let config = format!(
+        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
+         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
+        cloud.addr,
+        publisher.public()
+    );
+    let device = Device::start_in_fleet(&config);
+    device.wait_until("release 1.0 to run", |d| {
+        d.lines_of("idle", "idle: ready") == 1
+    });
+    let uuid = std::fs::read_to_string(device.var().join("device/uuid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
+        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+    });
+
+    // 2.0 names a module that arrives a byte a second: it would take days.
+    let module = std::fs::read(&signed_hello).unwrap();
+    let manifest = wasm_manifest(&module);
+    let crawling = CrawlingRegistry::serve(manifest.clone(), module);
+    release(
+        &cloud,
+        "2.0",
+        json!({
+            "idle": { "image": idle },
+            "hello": { "image": crawling.image(&manifest), "restart": "never" },
+        }),
+    );
+    let asked = Instant::now();
+    while crawling.blob_requests.load(Ordering::SeqCst) == 0 {
+        assert!(
+            asked.elapsed() < Duration::from_secs(60),
+            "the device never began to fetch 2.0's module:\n{}",
+            device.stderr()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Give the crawl a few bytes' start.
+    std::thread::sleep(Duration::from_secs(2));
+
+    // 3.0 comes while 2.0's download crawls: the device takes it, now.
+    let asked = Instant::now();
+    release(
+        &cloud,
+        "3.0",
+        json!({
+            "idle": { "image": idle },
+            "hello": { "image": hello, "restart": "never" },
+        }),
+    );
+    device.wait_until("release 3.0 to run", |d| d.lines_of("hello", GREETING) == 1);
+    assert!(
+        asked.elapsed() < Duration::from_secs(30),
+        "release 3.0 took {:?} behind a crawling download",
+        asked.elapsed()
+    );
+    wait_for_cloud(&cloud, &uuid, "release 3.0 healthy", |d| {
+        d["current_release"] == "3.0"
+            && d["update"]["release"] == "3.0"
+            && d["update"]["state"] == "healthy"
+    });
+    // What idle kept running through it all.
+    assert_eq!(device.lines_of("idle", "idle: ready"), 1);
+
+    // The store holds 3.0's images and nothing else: not 1.0's leftovers
+    // (there are none: idle is in 3.0), not the half download of 2.0.
+    let mut want = [
+        blobs_of(&idle, &signed_idle),
+        blobs_of(&hello, &signed_hello),
+    ]
+    .concat();
+    want.sort();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = store(&device);
+        if have == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the image store holds {have:?}, not just 3.0's {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+/// Each release a new module: the store does not grow with the releases.
+#[test]
+fn the_image_store_holds_what_the_device_may_still_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let publisher = Publisher::new();
+    let provisioning_key = create_fleet(&cloud, "garden");
+    // The same program signed with different env defaults is a different
+    // file, hence a different image.
+    let mut images = Vec::new();
+    for n in 0..4 {
+        let manifest = dir.path().join(format!("kelp-{n}.toml"));
+        std::fs::write(
+            &manifest,
+            format!(
+                "name = \"idle\"\nversion = \"1.0.{n}\"\nkind = \"component\"\n[env]\nN = \"{n}\"\n"
+            ),
+        )
+        .unwrap();
+        let signed = publisher.sign_with(Path::new(IDLE), &manifest, &format!("idle-{n}.wasm"));
+        images.push((push(&cloud, &signed, "kelp/idle"), signed));
+    }
+    release(&cloud, "1", json!({ "idle": { "image": images[0].0 } }));
+    let config = format!(
+        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
+         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
+        cloud.addr,
+        publisher.public()
+    );
+    let device = Device::start_in_fleet(&config);
+    device.wait_until("release 1 to run", |d| {
+        d.lines_of("idle", "idle: ready") == 1
+    });
+    let uuid = std::fs::read_to_string(device.var().join("device/uuid"))
+        .unwrap()
+        .trim()
+        .to_owned();
+    for (n, (image, file)) in images.iter().enumerate() {
+        let version = (n + 1).to_string();
+        if n > 0 {
+            release(&cloud, &version, json!({ "idle": { "image": image } }));
+        }
+        wait_for_cloud(&cloud, &uuid, &format!("release {version} healthy"), |d| {
+            d["update"]["release"] == version.as_str() && d["update"]["state"] == "healthy"
+        });
+        let want = blobs_of(image, file);
+        let deadline = Instant::now() + Duration::from_secs(20);
+        loop {
+            let have = store(&device);
+            if have == want {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "after release {version} the image store holds {have:?}, not just its {want:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+}
