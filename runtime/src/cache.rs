@@ -124,6 +124,33 @@ impl CompileCache {
         }
     }
 
+    /// Removes the entries of every module but `keep`; returns how many
+    /// went. What cannot be read or removed is left for the next time.
+    pub(crate) fn keep_only(&self, keep: &[Digest]) -> usize {
+        let keep: std::collections::HashSet<String> = keep.iter().map(Digest::hex).collect();
+        let Ok(entries) = fs::read_dir(&self.dir) else {
+            return 0;
+        };
+        let mut removed = 0;
+        for entry in entries.flatten() {
+            let name = entry.file_name();
+            let name = name.to_string_lossy();
+            let Some(hex) = name
+                .strip_suffix(".cwasm")
+                .or_else(|| name.strip_suffix(".tag"))
+            else {
+                continue;
+            };
+            if !keep.contains(hex)
+                && fs::remove_file(entry.path()).is_ok()
+                && name.ends_with(".cwasm")
+            {
+                removed += 1;
+            }
+        }
+        removed
+    }
+
     #[cfg(test)]
     pub(crate) fn code_path(&self, digest: &Digest) -> PathBuf {
         self.paths(digest).0
@@ -223,6 +250,22 @@ mod tests {
         let (_, tag3) = cache.paths(&digest(3));
         fs::copy(tag2, tag3).unwrap();
         assert!(matches!(cache.get(&digest(3)), Lookup::Rejected(_)));
+    }
+
+    #[test]
+    fn only_the_entries_kept_stay() {
+        let dir = tempfile::tempdir().unwrap();
+        let engine = wasmtime::Engine::default();
+        let cache = CompileCache::open(dir.path(), &engine).unwrap();
+        for n in 1..=3 {
+            cache.put(&digest(n), b"code");
+        }
+        assert_eq!(cache.keep_only(&[digest(2)]), 2);
+        assert!(matches!(cache.get(&digest(1)), Lookup::Miss));
+        assert!(matches!(cache.get(&digest(2)), Lookup::Hit(_)));
+        assert!(matches!(cache.get(&digest(3)), Lookup::Miss));
+        // The device's cache key is not an entry.
+        assert!(dir.path().join("key").exists());
     }
 
     #[test]

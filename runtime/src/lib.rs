@@ -182,6 +182,13 @@ impl Runtime {
         self.inner.loader.load_bytes(name, bytes).await
     }
 
+    /// Removes from the compile cache the code of every module but those
+    /// whose sha256 is in `keep`: for a device whose modules are gone from
+    /// its disk. Returns how many modules' code went.
+    pub fn keep_compiled(&self, keep: &[kelp_core::Digest]) -> usize {
+        self.inner.loader.keep_compiled(keep)
+    }
+
     pub fn load_stats(&self) -> LoadStats {
         self.inner.loader.stats()
     }

@@ -143,6 +143,12 @@ pub(crate) struct Loader {
 }
 
 impl Loader {
+    /// Drops the compiled code of every module but `keep` from the compile
+    /// cache; returns how many modules' code went.
+    pub(crate) fn keep_compiled(&self, keep: &[Digest]) -> usize {
+        self.cache.as_ref().map_or(0, |c| c.keep_only(keep))
+    }
+
     pub(crate) fn new(
         engine: wasmtime::Engine,
         cache: Option<CompileCache>,

@@ -135,6 +135,25 @@ fn store(device: &Device) -> Vec<String> {
     names
 }
 
+/// The modules whose compiled code is in the device's compile cache.
+fn compiled(device: &Device) -> Vec<String> {
+    let mut hexes = Vec::new();
+    for dir in std::fs::read_dir(device.var().join("cache")).unwrap() {
+        let dir = dir.unwrap().path();
+        if !dir.is_dir() {
+            continue;
+        }
+        for entry in std::fs::read_dir(&dir).unwrap() {
+            let name = entry.unwrap().file_name().to_string_lossy().into_owned();
+            if let Some(hex) = name.strip_suffix(".cwasm") {
+                hexes.push(hex.to_owned());
+            }
+        }
+    }
+    hexes.sort();
+    hexes
+}
+
 /// The store's file names for an image pushed to the cloud from `file`:
 /// its manifest and its module (the file itself is the image's one layer).
 fn blobs_of(image: &str, file: &Path) -> Vec<String> {
@@ -294,15 +313,20 @@ fn the_image_store_holds_what_the_device_may_still_run() {
             d["update"]["release"] == version.as_str() && d["update"]["state"] == "healthy"
         });
         let want = blobs_of(image, file);
+        let module = sha256(&std::fs::read(file).unwrap())
+            .trim_start_matches("sha256:")
+            .to_owned();
         let deadline = Instant::now() + Duration::from_secs(20);
         loop {
             let have = store(&device);
-            if have == want {
+            if have == want && compiled(&device) == [module.as_str()] {
                 break;
             }
             assert!(
                 Instant::now() < deadline,
-                "after release {version} the image store holds {have:?}, not just its {want:?}"
+                "after release {version} the image store holds {have:?}, not just its {want:?}; \
+                 the compile cache holds {:?}, not just {module}",
+                compiled(&device)
             );
             std::thread::sleep(Duration::from_millis(100));
         }

@@ -273,10 +273,12 @@ impl ImageStore {
     /// modules of releases the device will not run again, and what is left
     /// of downloads that were refused or superseded. A device's disk holds
     /// what it may still run, not everything it ever ran. Waits for a fetch
-    /// under way, so nothing it is writing goes. Returns the bytes freed.
-    pub async fn keep_only(&self, images: &[&ImageRef]) -> u64 {
+    /// under way, so nothing it is writing goes. Returns the digests of the
+    /// modules kept.
+    pub async fn keep_only(&self, images: &[&ImageRef]) -> Vec<Digest> {
         let _no_fetch_meanwhile = self.fetching.lock().await;
         let mut wanted = std::collections::HashSet::new();
+        let mut modules = Vec::new();
         for image in images {
             wanted.insert(image.digest.hex());
             let path = self.blob_path(&image.digest);
@@ -287,6 +289,7 @@ impl ImageStore {
                 && let Ok(layer) = manifest.wasm_layer()
             {
                 wanted.insert(layer.digest.hex());
+                modules.push(layer.digest);
             }
         }
         let dir = self.dir.clone();
@@ -317,19 +320,16 @@ impl ImageStore {
         })
         .await;
         match freed {
-            Ok(0) => 0,
-            Ok(freed) => {
-                tracing::info!(
-                    freed_bytes = freed,
-                    "image store: removed what no release the device may run needs"
-                );
-                freed
-            }
+            Ok(0) => {}
+            Ok(freed) => tracing::info!(
+                freed_bytes = freed,
+                "image store: removed what no release the device may run needs"
+            ),
             Err(e) => {
-                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot clean the image store");
-                0
+                tracing::warn!(dir = %self.dir.display(), error = %e, "cannot clean the image store")
             }
         }
+        modules
     }
 }
 

@@ -289,8 +289,9 @@ impl Rollout {
         self.show();
     }
 
-    /// Keeps in the image store only what the device may still run: the
-    /// cloud's target and the last healthy one (the one to roll back to).
+    /// Keeps in the image store, and in the compile cache, only what the
+    /// device may still run: the cloud's target and the last healthy one
+    /// (the one to roll back to).
     async fn reclaim(&self) {
         let Some(store) = self.node.images() else {
             return;
@@ -300,7 +301,14 @@ impl Rollout {
             .flatten()
             .flat_map(|saved| target::images_of(&saved.target))
             .collect();
-        store.keep_only(&images.iter().collect::<Vec<_>>()).await;
+        let modules = store.keep_only(&images.iter().collect::<Vec<_>>()).await;
+        let compiled = self.node.supervisor.runtime().keep_compiled(&modules);
+        if compiled > 0 {
+            tracing::info!(
+                modules = compiled,
+                "compile cache: removed the code of modules gone from the store"
+            );
+        }
     }
 
     fn start(&mut self) {
