@@ -19,8 +19,17 @@ use crate::registry::{TestCloud, sha256, wasm_manifest};
 
 const GREETING: &str = "Hello, world! Greetings from a WebAssembly component.";
 
-/// A registry that answers manifests at once and sends blobs one byte a
-/// second: the slow-retrieval attack. It serves one image, `kelp/slow`.
+/// How the test registry sends a blob.
+#[derive(Clone, Copy)]
+enum Blob {
+    /// One byte a second: the slow-retrieval attack.
+    Crawl,
+    /// This many bytes, then the connection closes (every time).
+    CutAfter(usize),
+}
+
+/// A registry that answers manifests at once and sends blobs as [`Blob`]
+/// says. It serves one image, `kelp/slow`.
 struct CrawlingRegistry {
     addr: String,
     /// Blob requests it has begun to answer.
@@ -28,7 +37,7 @@ struct CrawlingRegistry {
 }
 
 impl CrawlingRegistry {
-    fn serve(manifest: Vec<u8>, blob: Vec<u8>) -> CrawlingRegistry {
+    fn serve(manifest: Vec<u8>, blob: Vec<u8>, how: Blob) -> CrawlingRegistry {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = listener.local_addr().unwrap().to_string();
         let blob_requests = Arc::new(AtomicUsize::new(0));
@@ -43,7 +52,7 @@ impl CrawlingRegistry {
                 }
                 let Ok(stream) = stream else { continue };
                 let (manifest, blob, counter) = (manifest.clone(), blob.clone(), counter.clone());
-                std::thread::spawn(move || answer(stream, &manifest, &blob, &counter, until));
+                std::thread::spawn(move || answer(stream, &manifest, &blob, how, &counter, until));
             }
         });
         CrawlingRegistry {
@@ -61,6 +70,7 @@ fn answer(
     stream: TcpStream,
     manifest: &[u8],
     blob: &[u8],
+    how: Blob,
     blob_requests: &AtomicUsize,
     until: Instant,
 ) {
@@ -101,11 +111,18 @@ fn answer(
             if out.write_all(head.as_bytes()).is_err() {
                 return;
             }
-            for byte in blob {
-                if Instant::now() > until || out.write_all(&[*byte]).is_err() {
-                    return;
+            match how {
+                Blob::Crawl => {
+                    for byte in blob {
+                        if Instant::now() > until || out.write_all(&[*byte]).is_err() {
+                            return;
+                        }
+                        std::thread::sleep(Duration::from_secs(1));
+                    }
                 }
-                std::thread::sleep(Duration::from_secs(1));
+                Blob::CutAfter(n) => {
+                    let _ = out.write_all(&blob[..n.min(blob.len())]);
+                }
             }
             return;
         } else {
@@ -200,7 +217,7 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
     // 2.0 names a module that arrives a byte a second: it would take days.
     let module = std::fs::read(&signed_hello).unwrap();
     let manifest = wasm_manifest(&module);
-    let crawling = CrawlingRegistry::serve(manifest.clone(), module);
+    let crawling = CrawlingRegistry::serve(manifest.clone(), module, Blob::Crawl);
     release(
         &cloud,
         "2.0",
@@ -330,5 +347,70 @@ fn the_image_store_holds_what_the_device_may_still_run() {
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+}
+
+/// A download that never completes fails its release, and what it left is
+/// not kept: the device will not try that release again.
+#[test]
+fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let publisher = Publisher::new();
+    let signed_idle = publisher.sign(Path::new(IDLE), "idle.wasm");
+    let idle = push(&cloud, &signed_idle, "kelp/idle");
+    let provisioning_key = create_fleet(&cloud, "garden");
+    release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+    let config = format!(
+        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
+         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
+        cloud.addr,
+        publisher.public()
+    );
+    let device = Device::start_in_fleet(&config);
+    let uuid = loop {
+        if let Ok(uuid) = std::fs::read_to_string(device.var().join("device/uuid")) {
+            break uuid.trim().to_owned();
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
+        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+    });
+
+    // Half the module, and the connection closes: every time.
+    let module = std::fs::read(publisher.sign(Path::new(HELLO), "hello.wasm")).unwrap();
+    let manifest = wasm_manifest(&module);
+    let cut = CrawlingRegistry::serve(
+        manifest.clone(),
+        module.clone(),
+        Blob::CutAfter(module.len() / 2),
+    );
+    release(
+        &cloud,
+        "2.0",
+        json!({
+            "idle": { "image": idle },
+            "hello": { "image": cut.image(&manifest), "restart": "never" },
+        }),
+    );
+    wait_for_cloud(&cloud, &uuid, "2.0 rolled back", |d| {
+        d["update"]["release"] == "2.0"
+            && d["update"]["state"] == "rolled-back"
+            && d["current_release"] == "1.0"
+    });
+    assert!(cut.blob_requests.load(Ordering::SeqCst) > 0);
+    let want = blobs_of(&idle, &signed_idle);
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = store(&device);
+        if have == want {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "after 2.0 was given up on, the image store holds {have:?}, not just 1.0's {want:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
     }
 }

@@ -290,13 +290,19 @@ impl Rollout {
     }
 
     /// Keeps in the image store, and in the compile cache, only what the
-    /// device may still run: the cloud's target and the last healthy one
-    /// (the one to roll back to).
+    /// device may still run: the cloud's target, unless it was given up on,
+    /// and the last healthy one (the one to roll back to). A target given up
+    /// on is not tried again until the cloud's target changes, so what was
+    /// fetched of it (a download cut short by a full disk, say) goes.
     async fn reclaim(&self) {
         let Some(store) = self.node.images() else {
             return;
         };
-        let images: Vec<_> = [&self.state.target, &self.state.healthy]
+        let target = match self.state.target_rejected() {
+            true => &None,
+            false => &self.state.target,
+        };
+        let images: Vec<_> = [target, &self.state.healthy]
             .into_iter()
             .flatten()
             .flat_map(|saved| target::images_of(&saved.target))
