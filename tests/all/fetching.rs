@@ -152,6 +152,38 @@ fn store(device: &Device) -> Vec<String> {
     names
 }
 
+/// A device config for fleet `garden` of `cloud`, pulling from `registries`
+/// (the cloud's own when empty).
+fn device_config(
+    cloud: &TestCloud,
+    provisioning_key: &str,
+    publisher: &Publisher,
+    registries: &[&str],
+) -> String {
+    let mut config = format!(
+        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
+         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
+        cloud.addr,
+        publisher.public()
+    );
+    if !registries.is_empty() {
+        config.push_str(&format!("registries = {registries:?}\n"));
+    }
+    config
+}
+
+/// The device's uuid, once it has made one.
+fn uuid_of(device: &Device) -> String {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(uuid) = std::fs::read_to_string(device.var().join("device/uuid")) {
+            return uuid.trim().to_owned();
+        }
+        assert!(Instant::now() < deadline, "no uuid:\n{}", device.stderr());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
 /// The modules whose compiled code is in the device's compile cache.
 fn compiled(device: &Device) -> Vec<String> {
     let mut hexes = Vec::new();
@@ -195,29 +227,26 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
     let hello = push(&cloud, &signed_hello, "kelp/hello");
     let provisioning_key = create_fleet(&cloud, "garden");
     release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+    // A registry that sends modules a byte a second: 2.0's would take days.
+    let module = std::fs::read(&signed_hello).unwrap();
+    let manifest = wasm_manifest(&module);
+    let crawling = CrawlingRegistry::serve(manifest.clone(), module, Blob::Crawl);
 
-    let config = format!(
-        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
-         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
-        cloud.addr,
-        publisher.public()
+    let config = device_config(
+        &cloud,
+        &provisioning_key,
+        &publisher,
+        &[&cloud.addr, &crawling.addr],
     );
     let device = Device::start_in_fleet(&config);
     device.wait_until("release 1.0 to run", |d| {
         d.lines_of("idle", "idle: ready") == 1
     });
-    let uuid = std::fs::read_to_string(device.var().join("device/uuid"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let uuid = uuid_of(&device);
     wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
         d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
     });
 
-    // 2.0 names a module that arrives a byte a second: it would take days.
-    let module = std::fs::read(&signed_hello).unwrap();
-    let manifest = wasm_manifest(&module);
-    let crawling = CrawlingRegistry::serve(manifest.clone(), module, Blob::Crawl);
     release(
         &cloud,
         "2.0",
@@ -307,20 +336,12 @@ fn the_image_store_holds_what_the_device_may_still_run() {
         images.push((push(&cloud, &signed, "kelp/idle"), signed));
     }
     release(&cloud, "1", json!({ "idle": { "image": images[0].0 } }));
-    let config = format!(
-        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
-         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
-        cloud.addr,
-        publisher.public()
-    );
+    let config = device_config(&cloud, &provisioning_key, &publisher, &[]);
     let device = Device::start_in_fleet(&config);
     device.wait_until("release 1 to run", |d| {
         d.lines_of("idle", "idle: ready") == 1
     });
-    let uuid = std::fs::read_to_string(device.var().join("device/uuid"))
-        .unwrap()
-        .trim()
-        .to_owned();
+    let uuid = uuid_of(&device);
     for (n, (image, file)) in images.iter().enumerate() {
         let version = (n + 1).to_string();
         if n > 0 {
@@ -361,23 +382,6 @@ fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
     let idle = push(&cloud, &signed_idle, "kelp/idle");
     let provisioning_key = create_fleet(&cloud, "garden");
     release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
-    let config = format!(
-        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
-         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
-        cloud.addr,
-        publisher.public()
-    );
-    let device = Device::start_in_fleet(&config);
-    let uuid = loop {
-        if let Ok(uuid) = std::fs::read_to_string(device.var().join("device/uuid")) {
-            break uuid.trim().to_owned();
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    };
-    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
-        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
-    });
-
     // Half the module, and the connection closes: every time.
     let module = std::fs::read(publisher.sign(Path::new(HELLO), "hello.wasm")).unwrap();
     let manifest = wasm_manifest(&module);
@@ -386,6 +390,18 @@ fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
         module.clone(),
         Blob::CutAfter(module.len() / 2),
     );
+    let config = device_config(
+        &cloud,
+        &provisioning_key,
+        &publisher,
+        &[&cloud.addr, &cut.addr],
+    );
+    let device = Device::start_in_fleet(&config);
+    let uuid = uuid_of(&device);
+    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
+        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+    });
+
     release(
         &cloud,
         "2.0",
@@ -413,4 +429,46 @@ fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
         );
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// A device pulls only from the registries its config names (its cloud's
+/// unless it says): a release naming another is refused before anything is
+/// fetched, and the device stays on the release it runs.
+#[test]
+fn a_release_on_a_registry_the_device_does_not_pull_from_is_refused_untouched() {
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let publisher = Publisher::new();
+    let idle = push(
+        &cloud,
+        &publisher.sign(Path::new(IDLE), "idle.wasm"),
+        "kelp/idle",
+    );
+    let provisioning_key = create_fleet(&cloud, "garden");
+    release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+    let device = Device::start_in_fleet(&device_config(&cloud, &provisioning_key, &publisher, &[]));
+    let uuid = uuid_of(&device);
+    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
+        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+    });
+
+    let elsewhere = crate::support::Watch::on("127.0.0.1:0");
+    let host = format!("127.0.0.1:{}", elsewhere.port());
+    let (_, digest) = idle.split_once('@').unwrap();
+    release(
+        &cloud,
+        "2.0",
+        json!({ "idle": { "image": format!("{host}/kelp/idle@{digest}") } }),
+    );
+    wait_for_cloud(&cloud, &uuid, "2.0 refused", |d| {
+        d["update"]["release"] == "2.0"
+            && d["update"]["state"] == "rolled-back"
+            && d["current_release"] == "1.0"
+            && d["update"]["reason"].as_str().is_some_and(|r| {
+                r.contains(&format!("does not pull from registry `{host}`"))
+                    && r.contains(&cloud.addr)
+            })
+    });
+    assert_eq!(elsewhere.connections(), 0, "the device contacted {host}");
+    assert_eq!(device.service_state("idle").as_deref(), Some("running"));
 }

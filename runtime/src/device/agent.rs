@@ -13,6 +13,7 @@
 //! health-window = "30s"                # how long a new release must run without
 //!                                      # a service failing before it counts as healthy
 //! log-buffer = "8MiB"                  # log lines kept on disk while the cloud is away
+//! registries = ["registry.example.com"] # where images may come from; default: the cloud's
 //! ```
 //!
 //! On its first start the device makes up a uuid, registers it with the

@@ -96,6 +96,14 @@ pub enum ImageError {
         "image {image}: its module is {size} bytes, more than the {MAX_MODULE_SIZE} bytes a module may have"
     )]
     TooLarge { image: String, size: u64 },
+    #[error(
+        "image {image}: this device does not pull from registry `{host}` (the registries its config allows: {allowed})"
+    )]
+    RegistryNotAllowed {
+        image: String,
+        host: String,
+        allowed: String,
+    },
     #[error("image {image}: `{path}`: {source}")]
     Io {
         image: String,
@@ -119,6 +127,8 @@ pub struct ImageStore {
     /// One fetch at a time: two fetches of the same blob would append to
     /// the same partial file.
     fetching: tokio::sync::Mutex<()>,
+    /// The registries (`host[:port]`) images may come from; `None` for any.
+    allowed: std::sync::Mutex<Option<Vec<String>>>,
 }
 
 impl ImageStore {
@@ -131,7 +141,38 @@ impl ImageStore {
             home: std::sync::Mutex::new(None),
             signed: std::sync::Mutex::default(),
             fetching: tokio::sync::Mutex::new(()),
+            allowed: std::sync::Mutex::new(None),
         }
+    }
+
+    /// Fetches only from these registries (`host[:port]`, as an image
+    /// names them): a device of a fleet pulls from the registries its config
+    /// names, not from wherever a target points.
+    pub fn allow_only(&self, registries: Vec<String>) {
+        *self.allowed.lock().unwrap_or_else(|p| p.into_inner()) = Some(registries);
+    }
+
+    /// Refuses an image from a registry the device does not pull from.
+    fn check_allowed(&self, image: &ImageRef) -> Result<(), ImageError> {
+        let allowed = self.allowed.lock().unwrap_or_else(|p| p.into_inner());
+        let Some(allowed) = allowed.as_ref() else {
+            return Ok(());
+        };
+        let registry = &image.reference.registry;
+        let host = registry
+            .split_once("://")
+            .map_or(registry.as_str(), |(_, h)| h);
+        if allowed.iter().any(|a| a == host) {
+            return Ok(());
+        }
+        Err(ImageError::RegistryNotAllowed {
+            image: image.to_string(),
+            host: host.to_owned(),
+            allowed: match allowed.is_empty() {
+                true => "none".to_owned(),
+                false => allowed.join(", "),
+            },
+        })
     }
 
     /// Fetches from `registry` (`http(s)://host[:port]`) with `token`, unless a token
@@ -194,6 +235,7 @@ impl ImageStore {
     /// Makes sure the image's module is in the store, fetching whatever is
     /// missing or damaged, and returns the module's file.
     pub async fn fetch(&self, image: &ImageRef) -> Result<PathBuf, ImageError> {
+        self.check_allowed(image)?;
         let _one_at_a_time = self.fetching.lock().await;
         let io = |path: &Path| {
             let (image, path) = (image.to_string(), path.to_owned());

@@ -235,6 +235,13 @@ impl Node {
 
     /// Lets the device pull from its cloud's registry (`http(s)://host[:port]`) with
     /// its device key.
+    /// Pulls images only from these registries (`host[:port]`).
+    pub fn allow_registries(&self, registries: Vec<String>) {
+        if let Some(images) = &self.images {
+            images.allow_only(registries);
+        }
+    }
+
     pub fn set_home_registry(&self, registry: &str, key: &str) {
         if let Some(images) = &self.images {
             images.set_home_registry(registry, key);

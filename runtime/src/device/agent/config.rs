@@ -26,6 +26,7 @@ struct ConfigFile {
     data_dir: Option<PathBuf>,
     health_window: Option<String>,
     log_buffer: Option<kelp_core::ByteSize>,
+    registries: Option<Vec<String>>,
 }
 
 /// A device's config, its paths made relative to the config file.
@@ -44,6 +45,9 @@ pub struct Config {
     pub health_window: Duration,
     /// Bytes of log lines kept on disk for the cloud.
     pub log_buffer: u64,
+    /// The registries (`host[:port]`, as an image names them) the device
+    /// pulls images from: the config's `registries`, else its cloud's.
+    pub registries: Vec<String>,
 }
 
 /// Log lines kept on disk for the cloud unless the config file says.
@@ -102,6 +106,19 @@ impl Config {
                 .map_err(|e| invalid(format!("`health-window = {text:?}`: {e}")))?,
             None => DEFAULT_HEALTH_WINDOW,
         };
+        let registries = match file.registries {
+            Some(list) => list
+                .iter()
+                .map(|r| {
+                    registry_host(r).ok_or_else(|| {
+                        invalid(format!(
+                            "`registries`: {r:?} is not a registry's host[:port]"
+                        ))
+                    })
+                })
+                .collect::<Result<Vec<_>, _>>()?,
+            None => registry_host(&cloud).into_iter().collect(),
+        };
         let base = path.parent().unwrap_or(Path::new("."));
         Ok(Config {
             cloud,
@@ -114,8 +131,25 @@ impl Config {
             data_dir: file.data_dir.map(|d| base.join(d)),
             health_window,
             log_buffer: file.log_buffer.map_or(DEFAULT_LOG_BUFFER, |b| b.bytes()),
+            registries,
         })
     }
+}
+
+/// `host[:port]` of a registry named as `host[:port]` or by its URL.
+fn registry_host(name: &str) -> Option<String> {
+    let url = match name.contains("://") {
+        true => reqwest::Url::parse(name).ok()?,
+        false => reqwest::Url::parse(&format!("https://{name}")).ok()?,
+    };
+    if !matches!(url.scheme(), "http" | "https") || !matches!(url.path(), "" | "/") {
+        return None;
+    }
+    let host = url.host_str()?;
+    Some(match url.port() {
+        Some(port) => format!("{host}:{port}"),
+        None => host.to_owned(),
+    })
 }
 
 #[cfg(test)]
@@ -146,6 +180,14 @@ mod tests {
         );
         assert_eq!(config.hardware, Some(kelp_hostcalls::BackendKind::Sim));
         assert_eq!(config.data_dir, Some(PathBuf::from("/etc/kelp/var")));
+        // Without `registries`, the cloud's own.
+        assert_eq!(config.registries, ["127.0.0.1:8080"]);
+        let config = Config::parse(
+            "cloud = \"https://kelp.example.com\"\nregistries = [\"registry.example.com\", \"http://10.0.0.2:5000/\"]\n",
+            Path::new("d.toml"),
+        )
+        .unwrap();
+        assert_eq!(config.registries, ["registry.example.com", "10.0.0.2:5000"]);
     }
 
     #[test]
@@ -161,6 +203,8 @@ mod tests {
         assert!(e.contains("provisioning_key"), "{e}");
         let e = err("cloud = \"http://x\"\nhardware = \"gpio\"\n");
         assert!(e.contains("`hardware`") && e.contains("gpio"), "{e}");
+        let e = err("cloud = \"http://x\"\nregistries = [\"ftp://r\"]\n");
+        assert!(e.contains("`registries`") && e.contains("ftp://r"), "{e}");
         let e = err("provisioning-key = \"k\"\n");
         assert!(e.contains("cloud"), "{e}");
     }

@@ -58,6 +58,7 @@ impl Agent {
             outbox,
         } = self;
         let cloud = Arc::new(Cloud::new(&config.cloud)?);
+        node.allow_registries(config.registries.clone());
         let rollout = Rollout::resume(
             node.clone(),
             files.clone(),
