@@ -19,5 +19,6 @@ mod kelpd;
 mod lifecycle;
 mod network;
 mod registry;
+mod registry_oci;
 mod signing;
 mod toolchain;

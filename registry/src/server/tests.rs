@@ -221,6 +221,16 @@ async fn chunks_must_arrive_in_order_and_the_digest_is_checked_at_the_end() {
         .await;
     assert_eq!(r.status, StatusCode::RANGE_NOT_SATISFIABLE);
     assert_eq!(r.header("range"), "0-4");
+    // Its body is the error, and no header says otherwise.
+    assert_eq!(r.code(), "BLOB_UPLOAD_INVALID");
+    assert_eq!(r.header("content-type"), "application/json");
+    assert!(
+        r.header("content-length").is_empty()
+            || r.header("content-length") == r.body.len().to_string(),
+        "content-length {} for a body of {} bytes",
+        r.header("content-length"),
+        r.body.len()
+    );
     let r = t
         .call("PATCH", &location, &[("content-range", "3-4")], b"lo")
         .await;
