@@ -415,3 +415,56 @@ async fn an_sbom_attached_by_oras_is_listed_by_the_referrers_api() {
         .unwrap();
     assert_eq!(index["manifests"], serde_json::json!([]));
 }
+
+#[tokio::test]
+async fn sha512_blobs_are_stored_verified_and_absent_ones_are_404() {
+    use sha2::Digest as _;
+    let dir = tempfile::tempdir().unwrap();
+    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+    let http = reqwest::Client::new();
+    let auth = format!("Bearer {}", cloud.token);
+    let sha512 = |bytes: &[u8]| format!("sha512:{}", hex::encode(sha2::Sha512::digest(bytes)));
+    let blob = b"a blob its client addresses by sha512";
+
+    let get = |digest: String| {
+        let http = http.clone();
+        let url = cloud.url(&format!("/v2/big/blobs/{digest}"));
+        let auth = auth.clone();
+        async move {
+            let res = http
+                .get(url)
+                .header("authorization", auth)
+                .send()
+                .await
+                .unwrap();
+            (res.status().as_u16(), res.bytes().await.unwrap().to_vec())
+        }
+    };
+    assert_eq!(get(sha512(blob)).await.0, 404);
+    assert_eq!(get("sha512:0123".to_owned()).await.0, 400);
+    let res = http
+        .post(cloud.url(&format!(
+            "/v2/big/blobs/uploads/?digest={}",
+            sha512(b"not this")
+        )))
+        .header("authorization", &auth)
+        .body(blob.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 400);
+    let res = http
+        .post(cloud.url(&format!("/v2/big/blobs/uploads/?digest={}", sha512(blob))))
+        .header("authorization", &auth)
+        .body(blob.to_vec())
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(res.status(), 201);
+    assert_eq!(get(sha512(blob)).await, (200, blob.to_vec()));
+    let stored = cloud
+        .data
+        .join("registry/blobs/sha512")
+        .join(&sha512(blob)["sha512:".len()..]);
+    assert_eq!(std::fs::read(stored).unwrap(), blob);
+}
