@@ -51,7 +51,7 @@ use std::time::Duration;
 use anyhow::Context as _;
 use axum::Router;
 use kelp_core::fsutil::{write_atomic, write_atomic_private};
-use kelp_registry::{Auth, PullPolicy, Registry, Store, TokenHash, Tokens};
+use kelp_registry::{Auth, GcPolicy, PullPolicy, Registry, Retained, Store, TokenHash, Tokens};
 
 /// Longest any request may take. Long enough to upload the largest blob the
 /// registry accepts ([`kelp_registry::MAX_BLOB_SIZE`], 512 MiB) at about
@@ -205,7 +205,12 @@ pub fn app_with_fleet(
     pull: PullPolicy,
     cp: ControlPlane,
 ) -> anyhow::Result<Router> {
-    let registry = registry_router(data, pull, Arc::new(ApiTokens(cp.db.clone())))?;
+    let registry = registry_router(
+        data,
+        pull,
+        Arc::new(ApiTokens(cp.db.clone())),
+        Arc::new(ReleaseImages(cp.db.clone())),
+    )?;
     let dashboard = dashboard::router(cp.clone());
     Ok(with_limits(
         registry.merge(api::router(cp)).merge(dashboard),
@@ -219,6 +224,7 @@ pub fn app(data: &DataDir, pull: PullPolicy) -> anyhow::Result<Router> {
         data,
         pull,
         Arc::new(data.tokens.clone()),
+        Arc::new(kelp_registry::RetainNothing),
     )?))
 }
 
@@ -262,16 +268,60 @@ impl Tokens for ApiTokens {
     }
 }
 
+/// The images of every release the fleet database holds: the registry
+/// keeps them (and their blobs) while a release names them, since a device
+/// or a pin may still need them.
+struct ReleaseImages(Db);
+
+impl std::fmt::Debug for ReleaseImages {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("the images of the fleet API's releases")
+    }
+}
+
+#[async_trait::async_trait]
+impl Retained for ReleaseImages {
+    async fn manifests(&self) -> std::io::Result<Vec<kelp_core::Digest>> {
+        let mut out = Vec::new();
+        let fleets = self.0.fleets().await.map_err(std::io::Error::other)?;
+        for fleet in fleets {
+            let releases = self
+                .0
+                .releases(&fleet.name)
+                .await
+                .map_err(std::io::Error::other)?;
+            for release in releases {
+                let services: std::collections::BTreeMap<String, kelp_core::api::ServiceSpec> =
+                    serde_json::from_str(&release.services).map_err(std::io::Error::other)?;
+                out.extend(services.values().filter_map(|s| {
+                    s.image
+                        .rsplit_once('@')
+                        .and_then(|(_, d)| d.parse::<kelp_core::Digest>().ok())
+                }));
+            }
+        }
+        Ok(out)
+    }
+}
+
 fn registry_router(
     data: &DataDir,
     pull: PullPolicy,
     tokens: Arc<dyn Tokens>,
+    retained: Arc<dyn Retained>,
 ) -> anyhow::Result<Router> {
     let store_dir = data.root.join("registry");
     let store = Store::open(&store_dir)
         .with_context(|| format!("cannot open the registry store in {}", store_dir.display()))?;
     let auth = Auth { pull, tokens };
-    Ok(kelp_registry::router(Registry::new(store, auth)))
+    let registry = Registry::retaining(store, auth, retained);
+    // Garbage collection runs in the serving process, where it sees the
+    // uploads and pushes in flight; a router built outside a runtime (a
+    // test's) has none.
+    if tokio::runtime::Handle::try_current().is_ok() {
+        registry.spawn_gc(GcPolicy::from_env().context("reading the registry's GC settings")?);
+    }
+    Ok(kelp_registry::router(registry))
 }
 
 fn with_limits(router: Router) -> Router {

@@ -127,9 +127,29 @@ impl IntoResponse for ApiError {
             header::CONTENT_TYPE,
             HeaderValue::from_static("application/json"),
         );
+        // The body is the JSON above, whatever the headers an error was
+        // given say (a 416 carries the upload's headers, which describe an
+        // empty answer): a `Content-Length` or `Transfer-Encoding` that does
+        // not describe this body would make a kept-alive connection read
+        // its bytes as the start of the next answer.
         for (name, value) in extra {
-            headers.insert(name, value);
+            if !is_framing(&name) {
+                headers.insert(name, value);
+            }
         }
         (status, headers, json).into_response()
     }
+}
+
+/// Headers that say how long the body is or what it is; every error answer
+/// sets these from its own body.
+#[cfg(feature = "server")]
+fn is_framing(name: &HeaderName) -> bool {
+    [
+        header::CONTENT_LENGTH,
+        header::TRANSFER_ENCODING,
+        header::CONTENT_TYPE,
+        header::CONTENT_RANGE,
+    ]
+    .contains(name)
 }

@@ -19,13 +19,16 @@
 //! ```
 //!
 //! The modules, bottom up: `names` (repository names, tags, references),
-//! `oci` (the artifact format), `error` (the spec's error body), `store` (the
+//! `oci` (the artifact format), `digest` (the sha256 and sha512 digests
+//! the server accepts), `error` (the spec's error body), `store` (the
 //! blobs on disk), `server` (the API, one module per area of the spec) and
 //! `client` (the same areas, from the other side). `oci` and `client` are
 //! public as namespaces too, for their less common items
 //! (`oci::WasmArtifact`, `client::Progress`).
 
 pub mod client;
+#[cfg(feature = "server")]
+mod digest;
 mod error;
 mod names;
 pub mod oci;
@@ -36,6 +39,8 @@ mod store;
 
 pub use client::{Client, ClientError, Progress, Pulled, Reference};
 #[cfg(feature = "server")]
+pub use digest::{Algorithm, BlobDigest, BlobDigestError};
+#[cfg(feature = "server")]
 pub use error::ApiError;
 pub use error::{ErrorBody, ErrorCode, ErrorEntry};
 pub use kelp_core::fsutil::write_atomic;
@@ -43,8 +48,9 @@ pub use names::{MAX_NAME_LEN, MAX_TAG_LEN, ManifestRef, NameError, RepoName, Tag
 pub use oci::{MAX_BLOB_SIZE, MAX_MANIFEST_SIZE};
 #[cfg(feature = "server")]
 pub use server::{
-    Auth, MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS, PullPolicy, PullPolicyError, Registry, TokenHash,
-    Tokens, UPLOAD_IDLE_TIMEOUT, router,
+    Auth, GC_EVERY, GcPolicy, GcPolicyError, GcReport, MAX_TAGS_PAGE, MAX_UPLOAD_SESSIONS,
+    PullPolicy, PullPolicyError, Registry, RetainNothing, Retained, TokenHash, Tokens,
+    UPLOAD_IDLE_TIMEOUT, router,
 };
 #[cfg(feature = "server")]
 pub use store::Store;

@@ -1,6 +1,7 @@
 //! The OCI distribution API over a [`Store`], one module per area of the
-//! spec: `auth` (who may push and pull, and the `/v2/` check), `blobs`,
-//! `uploads`, `manifests` and `tags`. `routes` maps a request to its area;
+//! spec: `auth` (who may push, pull and delete, and the `/v2/` check),
+//! `blobs`, `uploads`, `manifests`, `tags` and `referrers`, with `gc`
+//! removing what nothing uses. `routes` maps a request to its area;
 //! this module holds the state they share and the helpers they use.
 
 use std::collections::HashMap;
@@ -10,15 +11,17 @@ use axum::Router;
 use axum::http::{HeaderName, HeaderValue};
 use axum::response::Response;
 use axum::routing::{any, get};
-use kelp_core::Digest;
 use uuid::Uuid;
 
+use crate::digest::BlobDigest;
 use crate::error::{ApiError, ErrorCode};
 use crate::store::Store;
 
 mod auth;
 mod blobs;
+mod gc;
 mod manifests;
+mod referrers;
 mod routes;
 mod tags;
 #[cfg(test)]
@@ -26,6 +29,7 @@ mod tests;
 mod uploads;
 
 pub use auth::{Auth, PullPolicy, PullPolicyError, TokenHash, Tokens};
+pub use gc::{GC_EVERY, GcPolicy, GcPolicyError, GcReport, RetainNothing, Retained};
 pub use tags::MAX_TAGS_PAGE;
 pub use uploads::{MAX_UPLOAD_SESSIONS, UPLOAD_IDLE_TIMEOUT};
 
@@ -40,6 +44,7 @@ const SERVE_CHUNK: usize = 256 << 10;
 const DOCKER_CONTENT_DIGEST: HeaderName = HeaderName::from_static("docker-content-digest");
 const DOCKER_UPLOAD_UUID: HeaderName = HeaderName::from_static("docker-upload-uuid");
 const OCI_TAG: HeaderName = HeaderName::from_static("oci-tag");
+const OCI_SUBJECT: HeaderName = HeaderName::from_static("oci-subject");
 
 /// The registry's shared state: its store, its access rules and the uploads
 /// in progress. Cheap to clone.
@@ -52,15 +57,29 @@ struct Inner {
     store: Store,
     auth: Auth,
     uploads: Mutex<HashMap<Uuid, Arc<tokio::sync::Mutex<Upload>>>>,
+    retained: Arc<dyn Retained>,
+    /// Read by everything that makes a blob wanted (a manifest linked, a
+    /// blob announced to a client), written by what removes blobs: see
+    /// `gc`.
+    gc_lock: tokio::sync::RwLock<()>,
 }
 
 impl Registry {
     pub fn new(store: Store, auth: Auth) -> Self {
+        Registry::retaining(store, auth, Arc::new(RetainNothing))
+    }
+
+    /// A registry that never lets go of the manifests `retained` names (nor
+    /// of their blobs): they cannot be deleted, and garbage collection keeps
+    /// them.
+    pub fn retaining(store: Store, auth: Auth, retained: Arc<dyn Retained>) -> Self {
         Registry {
             inner: Arc::new(Inner {
                 store,
                 auth,
                 uploads: Mutex::new(HashMap::new()),
+                retained,
+                gc_lock: tokio::sync::RwLock::new(()),
             }),
         }
     }
@@ -104,8 +123,8 @@ fn query_value<'a>(query: &'a [(String, String)], key: &str) -> Option<&'a str> 
         .map(|(_, v)| v.as_str())
 }
 
-fn parse_digest(s: &str) -> Result<Digest, ApiError> {
-    s.parse().map_err(|e: kelp_core::DigestError| {
+fn parse_digest(s: &str) -> Result<BlobDigest, ApiError> {
+    s.parse().map_err(|e: crate::digest::BlobDigestError| {
         ApiError::bad_request(ErrorCode::DigestInvalid, e.to_string())
     })
 }

@@ -20,5 +20,6 @@ mod kelpd;
 mod lifecycle;
 mod network;
 mod registry;
+mod registry_oci;
 mod signing;
 mod toolchain;

@@ -132,6 +132,9 @@ impl Default for Auth {
 pub(crate) enum Access {
     Pull,
     Push,
+    /// Deleting tags, manifests and blobs: the rights of pushing. A device
+    /// key, which may only pull, never deletes.
+    Delete,
 }
 
 impl Auth {
@@ -140,19 +143,23 @@ impl Auth {
         match presented_token(headers) {
             Presented::Token(token) => {
                 let valid = match access {
-                    Access::Push => self.tokens.accepts(&token).await,
+                    Access::Push | Access::Delete => self.tokens.accepts(&token).await,
                     Access::Pull => self.tokens.may_pull(&token).await,
                 }
                 .map_err(|e| ApiError::internal("checking a token", e))?;
                 if valid {
                     Ok(())
-                } else if access == Access::Push
+                } else if access != Access::Pull
                     && self.tokens.may_pull(&token).await.unwrap_or(false)
                 {
                     Err(ApiError::new(
                         StatusCode::FORBIDDEN,
                         ErrorCode::Denied,
-                        "the token presented may pull but not push",
+                        if access == Access::Push {
+                            "the token presented may pull but not push"
+                        } else {
+                            "the token presented may pull but not delete"
+                        },
                     ))
                 } else {
                     Err(unauthorized("the token presented is not valid"))
@@ -166,6 +173,7 @@ impl Auth {
             }
             Presented::None => Err(unauthorized(match access {
                 Access::Push => "pushing needs a token",
+                Access::Delete => "deleting needs a token",
                 Access::Pull => "pulling from this registry needs a token",
             })),
         }

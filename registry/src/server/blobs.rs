@@ -33,11 +33,18 @@ pub(super) async fn get_blob(
         HeaderValue::from_static("application/octet-stream"),
     );
     if head {
+        // A client that finds a blob here skips uploading it and pushes a
+        // manifest naming it next: the blob's time is stamped, so garbage
+        // collection spares it that long.
+        let _wanted = reg.inner.gc_lock.read().await;
         let store = reg.store().clone();
-        let size = blocking(move || store.blob_size(&digest))
-            .await
-            .map_err(io_err("reading blob size"))?
-            .ok_or_else(unknown)?;
+        let size = blocking(move || {
+            store.touch_blob(&digest)?;
+            store.blob_size(&digest)
+        })
+        .await
+        .map_err(io_err("reading blob size"))?
+        .ok_or_else(unknown)?;
         out.insert(header::CONTENT_LENGTH, header_value(&size.to_string()));
         return Ok((StatusCode::OK, out).into_response());
     }
@@ -115,4 +122,53 @@ fn parse_range(value: &HeaderValue, len: u64) -> Option<Result<(u64, u64), ()>> 
         return Some(Err(()));
     }
     Some(Ok((start, end)))
+}
+
+/// `DELETE /v2/<name>/blobs/<digest>`. Blobs are shared by every
+/// repository, so one a manifest still uses (anywhere, or a release's) is
+/// not deleted: the manifest goes first.
+pub(super) async fn delete_blob(reg: &Registry, digest: &str) -> Result<Response, ApiError> {
+    let digest = parse_digest(digest)?;
+    let retained = reg
+        .inner
+        .retained
+        .manifests()
+        .await
+        .map_err(io_err("reading retained manifests"))?;
+    let _exclusive = reg.inner.gc_lock.write().await;
+    let store = reg.store().clone();
+    let outcome = blocking(move || {
+        let users = super::gc::users(&store, &retained)?;
+        if let Some(user) = users.get(&digest) {
+            return Ok(Err(user.clone()));
+        }
+        store.delete_blob(&digest).map(Ok)
+    })
+    .await
+    .map_err(io_err("deleting blob"))?;
+    match outcome {
+        Ok(true) => {
+            tracing::info!(%digest, "blob deleted");
+            Ok(StatusCode::ACCEPTED.into_response())
+        }
+        Ok(false) => Err(ApiError::not_found(
+            ErrorCode::BlobUnknown,
+            format!("blob {digest} is not in the registry"),
+        )),
+        Err((repo, manifest)) => Err(ApiError::new(
+            StatusCode::FORBIDDEN,
+            ErrorCode::Denied,
+            match repo {
+                Some(repo) if manifest == digest => {
+                    format!("blob {digest} is a manifest of `{repo}`; delete it as a manifest")
+                }
+                Some(repo) => format!(
+                    "blob {digest} is used by manifest {manifest} of `{repo}`; delete that first"
+                ),
+                None => format!(
+                    "blob {digest} belongs to an image of a release; it is kept while the release exists"
+                ),
+            },
+        )),
+    }
 }

@@ -7,19 +7,91 @@ use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
 
-use super::{DOCKER_CONTENT_DIGEST, OCI_TAG, Registry, header_value, io_err, parse_digest};
+use super::{
+    DOCKER_CONTENT_DIGEST, OCI_SUBJECT, OCI_TAG, Registry, header_value, io_err, parse_digest,
+};
+use crate::digest::{Algorithm, BlobDigest};
 use crate::error::{ApiError, ErrorCode};
-use crate::names::{ManifestRef, RepoName, Tag};
-use crate::oci::{self, ImageIndex, ImageManifest, MAX_MANIFEST_SIZE};
+use crate::names::{RepoName, Tag};
+use crate::oci::{self, MAX_MANIFEST_SIZE};
 use crate::store::{Store, blocking};
 
-fn parse_reference(r: &str) -> Result<ManifestRef, ApiError> {
+/// A manifest named by tag or by digest (of either algorithm).
+#[derive(Clone, Debug)]
+pub(super) enum ManifestRef {
+    Tag(Tag),
+    Digest(BlobDigest),
+}
+
+impl std::fmt::Display for ManifestRef {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ManifestRef::Tag(t) => t.fmt(f),
+            ManifestRef::Digest(d) => d.fmt(f),
+        }
+    }
+}
+
+pub(super) fn parse_reference(r: &str) -> Result<ManifestRef, ApiError> {
     if r.contains(':') {
         return parse_digest(r).map(ManifestRef::Digest);
     }
     Tag::parse(r)
         .map(ManifestRef::Tag)
         .map_err(|e| ApiError::bad_request(ErrorCode::ManifestInvalid, e.to_string()))
+}
+
+/// A descriptor as the server reads one, with any digest it accepts.
+#[derive(Clone, Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Descriptor {
+    pub media_type: String,
+    pub digest: BlobDigest,
+    pub size: u64,
+}
+
+/// What the server needs of a stored image manifest or index: the blobs and
+/// manifests it names, and the `subject` it refers to.
+#[derive(Debug, serde::Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub(super) struct Parsed {
+    pub schema_version: u32,
+    #[serde(default)]
+    pub artifact_type: Option<String>,
+    #[serde(default)]
+    pub config: Option<Descriptor>,
+    #[serde(default)]
+    pub layers: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    pub manifests: Option<Vec<Descriptor>>,
+    #[serde(default)]
+    pub subject: Option<Descriptor>,
+    #[serde(default)]
+    pub annotations: Option<serde_json::Map<String, serde_json::Value>>,
+}
+
+impl Parsed {
+    /// The blobs this manifest keeps alive: its config and its layers (a
+    /// non-distributable layer is not in the registry, so it is left out),
+    /// or the manifests an index lists.
+    pub(super) fn references(&self) -> impl Iterator<Item = &Descriptor> {
+        self.config
+            .iter()
+            .chain(
+                self.layers
+                    .iter()
+                    .flatten()
+                    .filter(|l| !non_distributable(&l.media_type)),
+            )
+            .chain(self.manifests.iter().flatten())
+    }
+}
+
+/// Layer types the spec lets a manifest name without the blob being pushed:
+/// they are fetched from their `urls`, never through the registry.
+fn non_distributable(media_type: &str) -> bool {
+    media_type.starts_with("application/vnd.oci.image.layer.nondistributable.")
+        || media_type.starts_with("application/vnd.docker.image.rootfs.foreign.")
 }
 
 pub(super) async fn get_manifest(
@@ -53,7 +125,7 @@ pub(super) async fn get_manifest(
     })
     .await
     .map_err(io_err("reading manifest"))?;
-    let (digest, media_type, bytes) = match found {
+    let (digest, media_type, bytes): (BlobDigest, String, Vec<u8>) = match found {
         Ok(found) => found,
         Err(ErrorCode::NameUnknown) => {
             return Err(ApiError::not_found(
@@ -107,15 +179,16 @@ fn invalid_manifest(message: impl Into<String>) -> ApiError {
     ApiError::bad_request(ErrorCode::ManifestInvalid, message)
 }
 
-/// Checks a pushed manifest and returns its media type: the JSON parses, its
-/// `mediaType` (if any) agrees with `Content-Type`, it is a type this
-/// registry knows, its required fields are there, and every blob an image
-/// manifest references is stored with the size the manifest says.
+/// Checks a pushed manifest and returns its media type and what it says:
+/// the JSON parses, its `mediaType` (if any) agrees with `Content-Type`, it
+/// is a type this registry knows, its required fields are there, and every
+/// blob an image manifest references is stored with the size the manifest
+/// says (but for non-distributable layers, which are never pushed).
 fn check_manifest(
     store: &Store,
     content_type: Option<&str>,
     bytes: &[u8],
-) -> Result<String, ApiError> {
+) -> Result<(String, Parsed), ApiError> {
     let value: serde_json::Value = match serde_json::from_slice(bytes) {
         Ok(v) => v,
         Err(e) => return Err(invalid_manifest(format!("manifest is not JSON: {e}"))),
@@ -141,29 +214,32 @@ fn check_manifest(
             oci::MANIFEST_TYPES.join(", ")
         )));
     }
-    if media_type == oci::OCI_INDEX || media_type == oci::DOCKER_MANIFEST_LIST {
-        return match serde_json::from_value::<ImageIndex>(value) {
-            Ok(index) if index.schema_version == 2 => Ok(media_type),
-            Ok(index) => Err(invalid_manifest(format!(
-                "schemaVersion is {}, not 2",
-                index.schema_version
-            ))),
-            Err(e) => Err(invalid_manifest(format!("not a valid image index: {e}"))),
-        };
-    }
-    let manifest = match serde_json::from_value::<ImageManifest>(value) {
-        Ok(m) => m,
-        Err(e) => {
-            return Err(invalid_manifest(format!("not a valid image manifest: {e}")));
-        }
+    let index = media_type == oci::OCI_INDEX || media_type == oci::DOCKER_MANIFEST_LIST;
+    let parsed: Parsed = match serde_json::from_value(value) {
+        Ok(p) => p,
+        Err(e) => return Err(invalid_manifest(format!("not a valid manifest: {e}"))),
     };
-    if manifest.schema_version != 2 {
+    if parsed.schema_version != 2 {
         return Err(invalid_manifest(format!(
             "schemaVersion is {}, not 2",
-            manifest.schema_version
+            parsed.schema_version
         )));
     }
-    for descriptor in std::iter::once(&manifest.config).chain(&manifest.layers) {
+    if index {
+        if parsed.manifests.is_none() {
+            return Err(invalid_manifest("not a valid image index: no `manifests`"));
+        }
+        return Ok((media_type, parsed));
+    }
+    let (Some(config), Some(layers)) = (&parsed.config, &parsed.layers) else {
+        return Err(invalid_manifest(
+            "not a valid image manifest: it needs `config` and `layers`",
+        ));
+    };
+    for descriptor in std::iter::once(config).chain(layers) {
+        if non_distributable(&descriptor.media_type) {
+            continue;
+        }
         let size = store
             .blob_size(&descriptor.digest)
             .map_err(io_err("reading blob size"))?;
@@ -186,7 +262,7 @@ fn check_manifest(
             Some(_) => {}
         }
     }
-    Ok(media_type)
+    Ok((media_type, parsed))
 }
 
 pub(super) async fn put_manifest(
@@ -217,7 +293,11 @@ pub(super) async fn put_manifest(
         .map(|v| v.split(';').next().unwrap_or_default().trim().to_owned())
         .filter(|v| !v.is_empty());
     let bytes = read_limited(body, MAX_MANIFEST_SIZE).await?;
-    let digest = oci::digest_of(&bytes);
+    let algorithm = match &reference {
+        ManifestRef::Digest(d) => d.algorithm(),
+        ManifestRef::Tag(_) => Algorithm::Sha256,
+    };
+    let digest = BlobDigest::of(algorithm, &bytes);
     if let ManifestRef::Digest(wanted) = &reference
         && *wanted != digest
     {
@@ -229,17 +309,19 @@ pub(super) async fn put_manifest(
     let store = reg.store().clone();
     let repo2 = repo.clone();
     let tags2 = tags.clone();
-    blocking(move || {
-        let media_type = match check_manifest(&store, content_type.as_deref(), &bytes) {
+    // Checked and linked under the read side of the GC lock: see `gc`.
+    let _wanted = reg.inner.gc_lock.read().await;
+    let subject = blocking(move || {
+        let (media_type, parsed) = match check_manifest(&store, content_type.as_deref(), &bytes) {
             Ok(t) => t,
             Err(e) => return Ok(Err(e)),
         };
-        store.put_blob(&bytes)?;
+        store.put_blob(algorithm, &bytes)?;
         store.link_manifest(&repo2, &digest, &media_type)?;
         for tag in &tags2 {
             store.set_tag(&repo2, tag, &digest)?;
         }
-        Ok(Ok(()))
+        Ok(Ok(parsed.subject.map(|s| s.digest)))
     })
     .await
     .map_err(io_err("storing manifest"))??;
@@ -255,6 +337,57 @@ pub(super) async fn put_manifest(
             out.append(OCI_TAG, header_value(tag.as_str()));
         }
     }
+    // Tells the client this registry indexes referrers, so it need not
+    // maintain the fallback tag itself.
+    if let Some(subject) = subject {
+        out.insert(OCI_SUBJECT, header_value(&subject.to_string()));
+    }
     out.insert(header::CONTENT_LENGTH, HeaderValue::from_static("0"));
     Ok((StatusCode::CREATED, out).into_response())
+}
+
+/// `DELETE /v2/<name>/manifests/<reference>`: by tag, the tag goes; by
+/// digest, the manifest leaves the repository with every tag on it. Its
+/// blobs go at the next garbage collection, if nothing else uses them. A
+/// manifest the registry retains (a release's image) is not deleted.
+pub(super) async fn delete_manifest(
+    reg: &Registry,
+    repo: &RepoName,
+    reference: &str,
+) -> Result<Response, ApiError> {
+    let reference = parse_reference(reference)?;
+    if let ManifestRef::Digest(digest) = &reference {
+        let retained = reg
+            .inner
+            .retained
+            .manifests()
+            .await
+            .map_err(io_err("reading retained manifests"))?;
+        if retained.iter().any(|d| BlobDigest::from(*d) == *digest) {
+            return Err(ApiError::new(
+                StatusCode::FORBIDDEN,
+                ErrorCode::Denied,
+                format!(
+                    "manifest {digest} is an image of a release; it is kept while the release exists"
+                ),
+            ));
+        }
+    }
+    let store = reg.store().clone();
+    let repo2 = repo.clone();
+    let wanted = reference.clone();
+    let removed = blocking(move || match &wanted {
+        ManifestRef::Tag(tag) => store.delete_tag(&repo2, tag),
+        ManifestRef::Digest(digest) => store.unlink_manifest(&repo2, digest),
+    })
+    .await
+    .map_err(io_err("deleting manifest"))?;
+    if !removed {
+        return Err(ApiError::not_found(
+            ErrorCode::ManifestUnknown,
+            format!("manifest `{reference}` is not in `{repo}`"),
+        ));
+    }
+    tracing::info!(repo = %repo, %reference, "manifest deleted");
+    Ok(StatusCode::ACCEPTED.into_response())
 }

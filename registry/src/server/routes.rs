@@ -8,8 +8,9 @@ use axum::response::Response;
 
 use super::Registry;
 use super::auth::Access;
-use super::blobs::get_blob;
-use super::manifests::{get_manifest, put_manifest};
+use super::blobs::{delete_blob, get_blob};
+use super::manifests::{delete_manifest, get_manifest, put_manifest};
+use super::referrers::list_referrers;
 use super::tags::tags_list;
 use super::uploads::{cancel_upload, finish_upload, patch_upload, start_upload, upload_status};
 use crate::error::{ApiError, ErrorCode};
@@ -19,6 +20,7 @@ enum Route {
     Tags,
     Manifest(String),
     Blob(String),
+    Referrers(String),
     UploadStart,
     Upload(String),
 }
@@ -39,6 +41,7 @@ fn parse_route(path: &str) -> Option<(&str, Route)> {
     match kind {
         "manifests" => Some((name, Route::Manifest(last.to_owned()))),
         "blobs" => Some((name, Route::Blob(last.to_owned()))),
+        "referrers" => Some((name, Route::Referrers(last.to_owned()))),
         "uploads" => {
             let name = name.strip_suffix("/blobs")?;
             Some((name, Route::Upload(last.to_owned())))
@@ -63,9 +66,11 @@ pub(super) async fn dispatch(
         ));
     };
     let access = match (&method, &route) {
-        (&Method::GET | &Method::HEAD, Route::Tags | Route::Manifest(_) | Route::Blob(_)) => {
-            Access::Pull
-        }
+        (
+            &Method::GET | &Method::HEAD,
+            Route::Tags | Route::Manifest(_) | Route::Blob(_) | Route::Referrers(_),
+        ) => Access::Pull,
+        (&Method::DELETE, Route::Manifest(_) | Route::Blob(_)) => Access::Delete,
         _ => Access::Push,
     };
     reg.inner.auth.check(&headers, access).await?;
@@ -80,7 +85,10 @@ pub(super) async fn dispatch(
         (Method::PUT, Route::Manifest(r)) => {
             put_manifest(&reg, &repo, &r, &query, &headers, body).await
         }
+        (Method::DELETE, Route::Manifest(r)) => delete_manifest(&reg, &repo, &r).await,
         (Method::GET | Method::HEAD, Route::Blob(d)) => get_blob(&reg, &d, &headers, head).await,
+        (Method::DELETE, Route::Blob(d)) => delete_blob(&reg, &d).await,
+        (Method::GET, Route::Referrers(d)) => list_referrers(&reg, &repo, &d, &query).await,
         (Method::POST, Route::UploadStart) => {
             start_upload(&reg, &repo, &query, &headers, body).await
         }

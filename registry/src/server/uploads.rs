@@ -14,8 +14,6 @@ use axum::body::Body;
 use axum::http::{HeaderMap, HeaderValue, StatusCode, header};
 use axum::response::{IntoResponse, Response};
 use futures_util::StreamExt as _;
-use kelp_core::Digest;
-use sha2::{Digest as _, Sha256};
 use tokio::io::{AsyncSeekExt as _, AsyncWriteExt as _};
 use tokio::sync::OwnedMutexGuard;
 use uuid::Uuid;
@@ -24,6 +22,7 @@ use super::{
     DOCKER_CONTENT_DIGEST, DOCKER_UPLOAD_UUID, Registry, SERVE_CHUNK, header_value, io_err,
     parse_digest, query_value,
 };
+use crate::digest::{BlobDigest, Hasher};
 use crate::error::{ApiError, ErrorCode};
 use crate::names::RepoName;
 use crate::oci::MAX_BLOB_SIZE;
@@ -41,12 +40,14 @@ pub const UPLOAD_IDLE_TIMEOUT: Duration = Duration::from_secs(3600);
 pub(super) struct Upload {
     repo: RepoName,
     path: PathBuf,
-    hasher: Sha256,
+    /// sha256 of the bytes so far: what nearly every client closes with. A
+    /// sha512 closing digest is checked by hashing the file again.
+    hasher: Hasher,
     len: u64,
     touched: Instant,
 }
 
-fn blob_created(repo: &RepoName, digest: &Digest) -> Response {
+fn blob_created(repo: &RepoName, digest: &BlobDigest) -> Response {
     let mut out = HeaderMap::new();
     out.insert(
         header::LOCATION,
@@ -84,10 +85,11 @@ pub(super) async fn start_upload(
         // Blobs are shared by every repository, so a mount is a lookup.
         let digest = parse_digest(mount)?;
         let store = reg.store().clone();
-        let present = blocking(move || store.blob_size(&digest))
+        let _wanted = reg.inner.gc_lock.read().await;
+        let present = blocking(move || store.touch_blob(&digest))
             .await
-            .map_err(io_err("reading blob size"))?;
-        if present.is_some() {
+            .map_err(io_err("reading blob"))?;
+        if present {
             return Ok(blob_created(repo, &digest));
         }
     }
@@ -101,7 +103,7 @@ pub(super) async fn start_upload(
     let path = reg.store().upload_path(&id);
     {
         let mut uploads = reg.uploads();
-        sweep_idle(&mut uploads);
+        sweep_idle(&mut uploads, UPLOAD_IDLE_TIMEOUT);
         if uploads.len() >= MAX_UPLOAD_SESSIONS {
             return Err(ApiError::new(
                 StatusCode::TOO_MANY_REQUESTS,
@@ -116,7 +118,7 @@ pub(super) async fn start_upload(
             Arc::new(tokio::sync::Mutex::new(Upload {
                 repo: repo.clone(),
                 path: path.clone(),
-                hasher: Sha256::new(),
+                hasher: Hasher::default(),
                 len: 0,
                 touched: Instant::now(),
             })),
@@ -129,9 +131,13 @@ pub(super) async fn start_upload(
     Ok((StatusCode::ACCEPTED, upload_headers(repo, &id, 0)).into_response())
 }
 
-fn sweep_idle(uploads: &mut HashMap<Uuid, Arc<tokio::sync::Mutex<Upload>>>) {
+/// Ends the sessions idle longer than `limit`, removing their files.
+pub(super) fn sweep_idle(
+    uploads: &mut HashMap<Uuid, Arc<tokio::sync::Mutex<Upload>>>,
+    limit: Duration,
+) {
     uploads.retain(|_, upload| match upload.try_lock() {
-        Ok(u) if u.touched.elapsed() > UPLOAD_IDLE_TIMEOUT => {
+        Ok(u) if u.touched.elapsed() > limit => {
             let _ = std::fs::remove_file(&u.path);
             false
         }
@@ -155,7 +161,7 @@ fn content_length(headers: &HeaderMap) -> Result<Option<u64>, ApiError> {
 async fn monolithic(
     reg: &Registry,
     body: Body,
-    digest: Digest,
+    digest: BlobDigest,
     expected: Option<u64>,
 ) -> Result<(), ApiError> {
     let path = reg.store().upload_path(&Uuid::new_v4());
@@ -165,7 +171,7 @@ async fn monolithic(
     let mut file = tokio::fs::File::create_new(&path)
         .await
         .map_err(io_err("creating upload file"))?;
-    let mut hasher = Sha256::new();
+    let mut hasher = digest.algorithm().hasher();
     let written = append_body(&mut file, body, &mut hasher, 0).await?;
     check_length(expected, written)?;
     seal(reg, file, &path, hasher, digest).await?;
@@ -205,10 +211,22 @@ async fn seal(
     reg: &Registry,
     file: tokio::fs::File,
     path: &std::path::Path,
-    hasher: Sha256,
-    digest: Digest,
+    hasher: Hasher,
+    digest: BlobDigest,
 ) -> Result<(), ApiError> {
-    let actual = Digest::from_bytes(hasher.finalize().into());
+    let actual = if hasher.algorithm() == digest.algorithm() {
+        hasher.finish()
+    } else {
+        let path = path.to_owned();
+        let algorithm = digest.algorithm();
+        blocking(move || {
+            let mut hasher = algorithm.hasher();
+            std::io::copy(&mut std::fs::File::open(path)?, &mut hasher)?;
+            Ok(hasher.finish())
+        })
+        .await
+        .map_err(io_err("hashing upload"))?
+    };
     if actual != digest {
         return Err(ApiError::bad_request(
             ErrorCode::DigestInvalid,
@@ -219,6 +237,7 @@ async fn seal(
     drop(file);
     let store = reg.store().clone();
     let path = path.to_owned();
+    let _wanted = reg.inner.gc_lock.read().await;
     blocking(move || store.commit_upload(&path, &digest))
         .await
         .map_err(io_err("moving upload into place"))
@@ -229,7 +248,7 @@ async fn seal(
 async fn append_body(
     file: &mut tokio::fs::File,
     body: Body,
-    hasher: &mut Sha256,
+    hasher: &mut Hasher,
     already: u64,
 ) -> Result<u64, ApiError> {
     // Gathered into large writes: each write to a tokio file is a trip to
