@@ -14,6 +14,7 @@ mod fleet_cli;
 mod hardware;
 mod http;
 mod images;
+mod kelp_os;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
