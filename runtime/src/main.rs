@@ -76,6 +76,7 @@ struct Args {
 /// malloc arenas glibc may create. By default it makes up to eight per core,
 /// one per thread that allocates, and each keeps memory of its own; a
 /// supervisor is not allocation-bound, so two is plenty.
+#[cfg(all(target_os = "linux", target_env = "gnu"))]
 const MALLOC_ARENAS: libc::c_int = 2;
 
 fn main() -> ExitCode {

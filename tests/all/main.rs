@@ -15,6 +15,7 @@ mod fleet_cli;
 mod hardware;
 mod http;
 mod images;
+mod kelp_os;
 mod kelp_run;
 mod kelpd;
 mod lifecycle;
