@@ -203,6 +203,25 @@ fn compiled(device: &Device) -> Vec<String> {
     hexes
 }
 
+/// Waits until the device's image store holds exactly `want` (and, if
+/// given, its compile cache exactly `compiled_only`); `after` says when, for
+/// the failure message.
+fn wait_for_store(device: &Device, want: &[String], compiled_only: Option<&str>, after: &str) {
+    let deadline = Instant::now() + Duration::from_secs(20);
+    loop {
+        let have = store(device);
+        let cache = compiled(device);
+        if have == want && compiled_only.is_none_or(|m| cache == [m]) {
+            return;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{after}, the image store holds {have:?}, not just {want:?}; compile cache: {cache:?}"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
 /// The store's file names for an image pushed to the cloud from `file`:
 /// its manifest and its module (the file itself is the image's one layer).
 fn blobs_of(image: &str, file: &Path) -> Vec<String> {
@@ -299,18 +318,7 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
     ]
     .concat();
     want.sort();
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let have = store(&device);
-        if have == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the image store holds {have:?}, not just 3.0's {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_store(&device, &want, None, "after 3.0");
 }
 
 /// Each release a new module: the store does not grow with the releases.
@@ -354,20 +362,12 @@ fn the_image_store_holds_what_the_device_may_still_run() {
         let module = sha256(&std::fs::read(file).unwrap())
             .trim_start_matches("sha256:")
             .to_owned();
-        let deadline = Instant::now() + Duration::from_secs(20);
-        loop {
-            let have = store(&device);
-            if have == want && compiled(&device) == [module.as_str()] {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "after release {version} the image store holds {have:?}, not just its {want:?}; \
-                 the compile cache holds {:?}, not just {module}",
-                compiled(&device)
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        wait_for_store(
+            &device,
+            &want,
+            Some(&module),
+            &format!("after release {version}"),
+        );
     }
 }
 
@@ -417,18 +417,7 @@ fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
     });
     assert!(cut.blob_requests.load(Ordering::SeqCst) > 0);
     let want = blobs_of(&idle, &signed_idle);
-    let deadline = Instant::now() + Duration::from_secs(20);
-    loop {
-        let have = store(&device);
-        if have == want {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "after 2.0 was given up on, the image store holds {have:?}, not just 1.0's {want:?}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    wait_for_store(&device, &want, None, "after 2.0 was given up on");
 }
 
 /// A device pulls only from the registries its config names (its cloud's
