@@ -1,7 +1,8 @@
 //! Toggles the `led` output every `BLINK_MS` milliseconds (default 500) and
 //! logs each change. `BLINK_COUNT` stops it after that many toggles;
 //! `FAIL_AFTER` makes it crash after that many, leaving the LED on, to show
-//! the device putting the line back to its safe level.
+//! the device putting the line back to its safe level. Asked to stop, it
+//! ends at once (`kelp_sdk::stop`).
 
 use std::process::ExitCode;
 use std::time::Duration;
@@ -38,6 +39,10 @@ fn main() -> ExitCode {
         if count == Some(toggles) {
             return ExitCode::SUCCESS;
         }
-        std::thread::sleep(period);
+        // Asked to stop (an update, a restart, a reboot): end now rather
+        // than when the device's stop grace runs out.
+        if kelp_sdk::stop::sleep(period) {
+            return ExitCode::SUCCESS;
+        }
     }
 }
