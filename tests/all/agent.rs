@@ -14,7 +14,7 @@ use crate::images::{Publisher, push};
 use crate::kelpd::Device;
 use crate::registry::{TestCloud, text};
 
-const GREETING: &str = "Hello, world! Greetings from a WebAssembly component.";
+pub(crate) const GREETING: &str = "Hello, world! Greetings from a WebAssembly component.";
 
 /// One fleet API request as the admin; the status and the JSON answer.
 pub(crate) fn api(

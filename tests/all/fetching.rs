@@ -12,12 +12,10 @@ use std::time::{Duration, Instant};
 use kelp_tests::artifacts::{HELLO, IDLE};
 use serde_json::json;
 
-use crate::agent::{create_fleet, release, wait_for_cloud};
+use crate::agent::{GREETING, create_fleet, release, wait_for_cloud};
 use crate::images::{Publisher, push};
 use crate::kelpd::Device;
 use crate::registry::{TestCloud, sha256, wasm_manifest};
-
-const GREETING: &str = "Hello, world! Greetings from a WebAssembly component.";
 
 /// How the test registry sends a blob.
 #[derive(Clone, Copy)]
@@ -152,35 +150,63 @@ fn store(device: &Device) -> Vec<String> {
     names
 }
 
-/// A device config for fleet `garden` of `cloud`, pulling from `registries`
-/// (the cloud's own when empty).
-fn device_config(
-    cloud: &TestCloud,
-    provisioning_key: &str,
-    publisher: &Publisher,
-    registries: &[&str],
-) -> String {
-    let mut config = format!(
-        "cloud = \"http://{}\"\nprovisioning-key = {provisioning_key:?}\nfleet = \"garden\"\n\
-         trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
-        cloud.addr,
-        publisher.public()
-    );
-    if !registries.is_empty() {
-        config.push_str(&format!("registries = {registries:?}\n"));
-    }
-    config
+/// A cloud with fleet `garden`, a publisher the devices trust, and the
+/// `idle` sample pushed and released as 1.0: what every test here starts
+/// from.
+struct Garden {
+    _dir: tempfile::TempDir,
+    cloud: TestCloud,
+    publisher: Publisher,
+    provisioning_key: String,
+    signed_idle: PathBuf,
+    idle: String,
 }
 
-/// The device's uuid, once it has made one.
-fn uuid_of(device: &Device) -> String {
-    let deadline = Instant::now() + Duration::from_secs(30);
-    loop {
-        if let Ok(uuid) = std::fs::read_to_string(device.var().join("device/uuid")) {
-            return uuid.trim().to_owned();
+impl Garden {
+    fn new() -> Garden {
+        let dir = tempfile::tempdir().unwrap();
+        let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
+        let publisher = Publisher::new();
+        let signed_idle = publisher.sign(Path::new(IDLE), "idle.wasm");
+        let idle = push(&cloud, &signed_idle, "kelp/idle");
+        let provisioning_key = create_fleet(&cloud, "garden");
+        release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+        Garden {
+            _dir: dir,
+            cloud,
+            publisher,
+            provisioning_key,
+            signed_idle,
+            idle,
         }
-        assert!(Instant::now() < deadline, "no uuid:\n{}", device.stderr());
-        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    /// A device of the fleet pulling from `registries` (the cloud's own
+    /// when empty), and its uuid, once the cloud shows it healthy on 1.0.
+    fn device(&self, registries: &[&str]) -> (Device, String) {
+        let mut config = format!(
+            "cloud = \"http://{}\"\nprovisioning-key = {:?}\nfleet = \"garden\"\n\
+             trusted-keys = [{:?}]\nhardware = \"sim\"\nhealth-window = \"1s\"\n",
+            self.cloud.addr,
+            self.provisioning_key,
+            self.publisher.public()
+        );
+        if !registries.is_empty() {
+            config.push_str(&format!("registries = {registries:?}\n"));
+        }
+        let device = Device::start_in_fleet(&config);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let uuid = loop {
+            if let Ok(uuid) = std::fs::read_to_string(device.var().join("device/uuid")) {
+                break uuid.trim().to_owned();
+            }
+            assert!(Instant::now() < deadline, "no uuid:\n{}", device.stderr());
+            std::thread::sleep(Duration::from_millis(50));
+        };
+        wait_for_cloud(&self.cloud, &uuid, "release 1.0 healthy", |d| {
+            d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
+        });
+        (device, uuid)
     }
 }
 
@@ -237,37 +263,24 @@ fn blobs_of(image: &str, file: &Path) -> Vec<String> {
 
 #[test]
 fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
-    let dir = tempfile::tempdir().unwrap();
-    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
-    let publisher = Publisher::new();
-    let signed_idle = publisher.sign(Path::new(IDLE), "idle.wasm");
-    let idle = push(&cloud, &signed_idle, "kelp/idle");
+    let garden = Garden::new();
+    let Garden {
+        cloud,
+        publisher,
+        signed_idle,
+        idle,
+        ..
+    } = &garden;
     let signed_hello = publisher.sign(Path::new(HELLO), "hello.wasm");
-    let hello = push(&cloud, &signed_hello, "kelp/hello");
-    let provisioning_key = create_fleet(&cloud, "garden");
-    release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+    let hello = push(cloud, &signed_hello, "kelp/hello");
     // A registry that sends modules a byte a second: 2.0's would take days.
     let module = std::fs::read(&signed_hello).unwrap();
     let manifest = wasm_manifest(&module);
     let crawling = CrawlingRegistry::serve(manifest.clone(), module, Blob::Crawl);
-
-    let config = device_config(
-        &cloud,
-        &provisioning_key,
-        &publisher,
-        &[&cloud.addr, &crawling.addr],
-    );
-    let device = Device::start_in_fleet(&config);
-    device.wait_until("release 1.0 to run", |d| {
-        d.lines_of("idle", "idle: ready") == 1
-    });
-    let uuid = uuid_of(&device);
-    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
-        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
-    });
+    let (device, uuid) = garden.device(&[&cloud.addr, &crawling.addr]);
 
     release(
-        &cloud,
+        cloud,
         "2.0",
         json!({
             "idle": { "image": idle },
@@ -289,7 +302,7 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
     // 3.0 comes while 2.0's download crawls: the device takes it, now.
     let asked = Instant::now();
     release(
-        &cloud,
+        cloud,
         "3.0",
         json!({
             "idle": { "image": idle },
@@ -302,7 +315,7 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
         "release 3.0 took {:?} behind a crawling download",
         asked.elapsed()
     );
-    wait_for_cloud(&cloud, &uuid, "release 3.0 healthy", |d| {
+    wait_for_cloud(cloud, &uuid, "release 3.0 healthy", |d| {
         d["current_release"] == "3.0"
             && d["update"]["release"] == "3.0"
             && d["update"]["state"] == "healthy"
@@ -312,11 +325,7 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
 
     // The store holds 3.0's images and nothing else: not 1.0's leftovers
     // (there are none: idle is in 3.0), not the half download of 2.0.
-    let mut want = [
-        blobs_of(&idle, &signed_idle),
-        blobs_of(&hello, &signed_hello),
-    ]
-    .concat();
+    let mut want = [blobs_of(idle, signed_idle), blobs_of(&hello, &signed_hello)].concat();
     want.sort();
     wait_for_store(&device, &want, None, "after 3.0");
 }
@@ -324,15 +333,15 @@ fn a_crawling_download_gives_way_to_a_newer_target_and_leaves_nothing_behind() {
 /// Each release a new module: the store does not grow with the releases.
 #[test]
 fn the_image_store_holds_what_the_device_may_still_run() {
-    let dir = tempfile::tempdir().unwrap();
-    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
-    let publisher = Publisher::new();
-    let provisioning_key = create_fleet(&cloud, "garden");
+    let garden = Garden::new();
+    let Garden {
+        cloud, publisher, ..
+    } = &garden;
     // The same program signed with different env defaults is a different
     // file, hence a different image.
     let mut images = Vec::new();
     for n in 0..4 {
-        let manifest = dir.path().join(format!("kelp-{n}.toml"));
+        let manifest = publisher.dir().join(format!("kelp-{n}.toml"));
         std::fs::write(
             &manifest,
             format!(
@@ -341,21 +350,13 @@ fn the_image_store_holds_what_the_device_may_still_run() {
         )
         .unwrap();
         let signed = publisher.sign_with(Path::new(IDLE), &manifest, &format!("idle-{n}.wasm"));
-        images.push((push(&cloud, &signed, "kelp/idle"), signed));
+        images.push((push(cloud, &signed, "kelp/idle"), signed));
     }
-    release(&cloud, "1", json!({ "idle": { "image": images[0].0 } }));
-    let config = device_config(&cloud, &provisioning_key, &publisher, &[]);
-    let device = Device::start_in_fleet(&config);
-    device.wait_until("release 1 to run", |d| {
-        d.lines_of("idle", "idle: ready") == 1
-    });
-    let uuid = uuid_of(&device);
+    let (device, uuid) = garden.device(&[]);
     for (n, (image, file)) in images.iter().enumerate() {
         let version = (n + 1).to_string();
-        if n > 0 {
-            release(&cloud, &version, json!({ "idle": { "image": image } }));
-        }
-        wait_for_cloud(&cloud, &uuid, &format!("release {version} healthy"), |d| {
+        release(cloud, &version, json!({ "idle": { "image": image } }));
+        wait_for_cloud(cloud, &uuid, &format!("release {version} healthy"), |d| {
             d["update"]["release"] == version.as_str() && d["update"]["state"] == "healthy"
         });
         let want = blobs_of(image, file);
@@ -375,13 +376,14 @@ fn the_image_store_holds_what_the_device_may_still_run() {
 /// not kept: the device will not try that release again.
 #[test]
 fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
-    let dir = tempfile::tempdir().unwrap();
-    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
-    let publisher = Publisher::new();
-    let signed_idle = publisher.sign(Path::new(IDLE), "idle.wasm");
-    let idle = push(&cloud, &signed_idle, "kelp/idle");
-    let provisioning_key = create_fleet(&cloud, "garden");
-    release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
+    let garden = Garden::new();
+    let Garden {
+        cloud,
+        publisher,
+        signed_idle,
+        idle,
+        ..
+    } = &garden;
     // Half the module, and the connection closes: every time.
     let module = std::fs::read(publisher.sign(Path::new(HELLO), "hello.wasm")).unwrap();
     let manifest = wasm_manifest(&module);
@@ -390,33 +392,23 @@ fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
         module.clone(),
         Blob::CutAfter(module.len() / 2),
     );
-    let config = device_config(
-        &cloud,
-        &provisioning_key,
-        &publisher,
-        &[&cloud.addr, &cut.addr],
-    );
-    let device = Device::start_in_fleet(&config);
-    let uuid = uuid_of(&device);
-    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
-        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
-    });
+    let (device, uuid) = garden.device(&[&cloud.addr, &cut.addr]);
 
     release(
-        &cloud,
+        cloud,
         "2.0",
         json!({
             "idle": { "image": idle },
             "hello": { "image": cut.image(&manifest), "restart": "never" },
         }),
     );
-    wait_for_cloud(&cloud, &uuid, "2.0 rolled back", |d| {
+    wait_for_cloud(cloud, &uuid, "2.0 rolled back", |d| {
         d["update"]["release"] == "2.0"
             && d["update"]["state"] == "rolled-back"
             && d["current_release"] == "1.0"
     });
     assert!(cut.blob_requests.load(Ordering::SeqCst) > 0);
-    let want = blobs_of(&idle, &signed_idle);
+    let want = blobs_of(idle, signed_idle);
     wait_for_store(&device, &want, None, "after 2.0 was given up on");
 }
 
@@ -425,31 +417,19 @@ fn what_a_failed_release_fetched_is_removed_when_it_is_given_up() {
 /// fetched, and the device stays on the release it runs.
 #[test]
 fn a_release_on_a_registry_the_device_does_not_pull_from_is_refused_untouched() {
-    let dir = tempfile::tempdir().unwrap();
-    let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
-    let publisher = Publisher::new();
-    let idle = push(
-        &cloud,
-        &publisher.sign(Path::new(IDLE), "idle.wasm"),
-        "kelp/idle",
-    );
-    let provisioning_key = create_fleet(&cloud, "garden");
-    release(&cloud, "1.0", json!({ "idle": { "image": idle } }));
-    let device = Device::start_in_fleet(&device_config(&cloud, &provisioning_key, &publisher, &[]));
-    let uuid = uuid_of(&device);
-    wait_for_cloud(&cloud, &uuid, "release 1.0 healthy", |d| {
-        d["update"]["release"] == "1.0" && d["update"]["state"] == "healthy"
-    });
+    let garden = Garden::new();
+    let Garden { cloud, idle, .. } = &garden;
+    let (device, uuid) = garden.device(&[]);
 
     let elsewhere = crate::support::Watch::on("127.0.0.1:0");
     let host = format!("127.0.0.1:{}", elsewhere.port());
     let (_, digest) = idle.split_once('@').unwrap();
     release(
-        &cloud,
+        cloud,
         "2.0",
         json!({ "idle": { "image": format!("{host}/kelp/idle@{digest}") } }),
     );
-    wait_for_cloud(&cloud, &uuid, "2.0 refused", |d| {
+    wait_for_cloud(cloud, &uuid, "2.0 refused", |d| {
         d["update"]["release"] == "2.0"
             && d["update"]["state"] == "rolled-back"
             && d["current_release"] == "1.0"

@@ -26,13 +26,13 @@ const HELLO_MANIFEST: &str = concat!(
 
 /// A user of `kelp`: a home and config directory of their own, and the
 /// secrets that must never appear in what `kelp` prints.
-struct User {
+pub(crate) struct User {
     home: tempfile::TempDir,
     secrets: Vec<String>,
 }
 
 impl User {
-    fn new(cloud: &TestCloud) -> User {
+    pub(crate) fn new(cloud: &TestCloud) -> User {
         User {
             home: tempfile::tempdir().unwrap(),
             secrets: vec![cloud.token.clone()],
@@ -80,7 +80,7 @@ impl User {
     }
 
     /// `kelp args`, which must succeed; its stdout.
-    fn ok(&self, args: &[&str]) -> String {
+    pub(crate) fn ok(&self, args: &[&str]) -> String {
         let out = self.run_with(args, &[]);
         assert!(
             out.status.success(),
@@ -92,7 +92,7 @@ impl User {
     }
 
     /// `kelp args --output json`, parsed.
-    fn json(&self, args: &[&str]) -> Value {
+    pub(crate) fn json(&self, args: &[&str]) -> Value {
         let mut all = args.to_vec();
         all.extend(["--output", "json"]);
         let out = self.ok(&all);

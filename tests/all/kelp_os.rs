@@ -12,7 +12,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use std::process::{Child, Command, Stdio};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -20,6 +20,7 @@ use kelp_tests::artifacts::{BLINKY, THERMOMETER};
 use kelp_tests::binary;
 use serde_json::Value;
 
+use crate::fleet_cli::User;
 use crate::images::Publisher;
 use crate::registry::{TestCloud, text};
 
@@ -86,44 +87,6 @@ fn copy_image(image: &Path, dir: &Path) -> PathBuf {
         assert!(status.success());
     }
     dir.join(format!("{name}.img"))
-}
-
-/// A user of `kelp` with a config directory of their own.
-struct User {
-    home: tempfile::TempDir,
-}
-
-impl User {
-    fn run(&self, args: &[&str]) -> Output {
-        Command::new(binary("kelp"))
-            .args(args)
-            .env("HOME", self.home.path())
-            .env("XDG_CONFIG_HOME", self.home.path().join("config"))
-            .env_remove("KELP_URL")
-            .env_remove("KELP_TOKEN")
-            .env_remove("KELP_KEY")
-            .env_remove("KELP_LOG")
-            .output()
-            .unwrap()
-    }
-
-    fn ok(&self, args: &[&str]) -> String {
-        let out = self.run(args);
-        assert!(
-            out.status.success(),
-            "`kelp {}` failed: {}",
-            args.join(" "),
-            text(&out.stderr)
-        );
-        text(&out.stdout)
-    }
-
-    fn json(&self, args: &[&str]) -> Value {
-        let mut all = args.to_vec();
-        all.extend(["--output", "json"]);
-        let out = self.ok(&all);
-        serde_json::from_str(&out).unwrap_or_else(|e| panic!("not JSON ({e}): {out}"))
-    }
 }
 
 /// A booted image: qemu with its console collected as it comes.
@@ -270,9 +233,7 @@ fn a_device_joins_its_fleet_and_drives_kernel_hardware(arch: &str) {
     let image = test_image(arch);
     let dir = tempfile::tempdir().unwrap();
     let cloud = TestCloud::start(&dir.path().join("cloud"), &[]);
-    let user = User {
-        home: tempfile::tempdir().unwrap(),
-    };
+    let user = User::new(&cloud);
     user.ok(&["login", &cloud.url(""), "--token", &cloud.token]);
     let out = user.ok(&["fleet", "create", "garden"]);
     let provisioning_key = out
